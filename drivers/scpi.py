@@ -1,0 +1,380 @@
+"""SCPI / IEEE 488.2 base: binary blocks, packed sample arrays, and the common instrument commands.
+
+Pure helpers (no I/O):
+    encode_block(payload)                     -> b"#<n><len><payload>" with the shortest header
+    decode_block(data)                        -> payload of exactly one definite-length block
+    pack_values(values, dtype, byte_order)    -> raw bytes of a numeric array
+    unpack_values(data, dtype, byte_order)    -> numeric array from raw bytes
+    format_number(x)                          -> shortest text that reads back as the same float
+
+``SCPIInstrument`` wraps a ``drivers.transport.Link`` and speaks the IEEE 488.2 common commands plus the
+SCPI error queue, exactly as the Keysight manuals write them::
+
+    *IDN?   *RST   *OPC?   *CLS   SYST:ERR?  (-> '+0,"No error"' when the queue is empty)
+
+``Control`` declares a simple instrument setting PyMeasure-style: one SCPI header, a unit, a range.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from drivers.errors import InstrumentReportedError, LimitViolation, ProtocolError
+
+if TYPE_CHECKING:
+    from drivers.transport import Link
+
+log = logging.getLogger(__name__)
+
+Dtype = Literal["int8", "uint8", "int16", "uint16", "float32"]
+ByteOrder = Literal["little", "big"]
+
+#: Longest error queue drained by ``SCPIInstrument.errors`` (real queues hold 20-30 entries).
+MAX_ERROR_READS = 50
+_ERROR_REPLY = re.compile(r'^\s*([+-]?\d+)\s*,\s*"(.*)"\s*$', re.DOTALL)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# IEEE 488.2 definite-length arbitrary blocks
+# ---------------------------------------------------------------------------------------------------------------
+
+def encode_block(payload: bytes) -> bytes:
+    """Wrap ``payload`` in a definite-length block: ``#`` + number of length digits + length + payload."""
+    length = str(len(payload))
+    if len(length) > 9:
+        raise ValueError(f"binary block of {len(payload)} bytes is too long for an IEEE 488.2 header")
+    return b"#" + str(len(length)).encode() + length.encode() + bytes(payload)
+
+
+def block_digit_count(start: bytes, *, instrument: str = "instrument", command: str | None = None) -> int:
+    """Number of length digits announced by the first two bytes ``#<n>`` of a block (1..9).
+
+    Raises ProtocolError for anything else, including the indefinite form ``#0``.
+    """
+    if len(start) < 2 or start[:1] != b"#" or start[1:2] not in b"123456789":
+        hint = " (indefinite-length '#0' blocks are not supported)" if start[:2] == b"#0" else ""
+        raise ProtocolError(instrument, command,
+                            f"expected a binary block starting '#<1-9>', got {_preview(start)}{hint}")
+    return int(start[1:2])
+
+
+def block_length(digits: bytes, *, instrument: str = "instrument", command: str | None = None) -> int:
+    """Payload length (bytes) given the ASCII length digits of a block header."""
+    if not digits or not digits.isdigit():
+        raise ProtocolError(instrument, command, f"binary block header has a non-numeric length {_preview(digits)}")
+    return int(digits)
+
+
+def decode_block(data: bytes, *, instrument: str = "instrument", command: str | None = None) -> bytes:
+    """Payload of exactly one definite-length block; a single trailing ``\\n`` or ``\\r\\n`` is allowed.
+
+    Strict: a bad header, a payload shorter than declared or extra bytes after it raise ProtocolError.
+    """
+    n = block_digit_count(data[:2], instrument=instrument, command=command)
+    if len(data) < 2 + n:
+        raise ProtocolError(instrument, command, f"binary block header cut short: {_preview(data)}")
+    size = block_length(data[2:2 + n], instrument=instrument, command=command)
+    payload = data[2 + n:2 + n + size]
+    if len(payload) < size:
+        raise ProtocolError(instrument, command,
+                            f"binary block declared {size} bytes but only {len(payload)} arrived "
+                            f"(starts {_preview(data)})")
+    rest = data[2 + n + size:]
+    if rest not in (b"", b"\n", b"\r\n"):
+        raise ProtocolError(instrument, command, f"{len(rest)} unexpected bytes after the binary block: "
+                                                 f"{_preview(rest)}")
+    return payload
+
+
+def _preview(data: bytes, limit: int = 40) -> str:
+    """Short printable rendering of raw bytes for error messages."""
+    text = repr(bytes(data[:limit]))
+    return text + (f"... ({len(data)} bytes)" if len(data) > limit else "")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Packed numeric arrays
+# ---------------------------------------------------------------------------------------------------------------
+
+def _numpy_dtype(dtype: Dtype, byte_order: ByteOrder) -> np.dtype:
+    if dtype not in ("int8", "uint8", "int16", "uint16", "float32"):
+        raise ValueError(f"unsupported sample type {dtype!r}")
+    if byte_order not in ("little", "big"):
+        raise ValueError(f"byte_order must be 'little' or 'big', got {byte_order!r}")
+    return np.dtype(dtype).newbyteorder("<" if byte_order == "little" else ">")
+
+
+def pack_values(values: np.ndarray | Sequence[float], dtype: Dtype, byte_order: ByteOrder) -> bytes:
+    """Raw bytes of ``values`` as ``dtype`` in ``byte_order``.
+
+    Integer types require integral values inside the type's range (no silent wrap-around or rounding);
+    all values must be finite.
+    """
+    target = _numpy_dtype(dtype, byte_order)
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"expected a 1-D array of values, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("values contain NaN or infinity")
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise ValueError(f"values span [{arr.min()}, {arr.max()}], outside the {dtype} range "
+                             f"[{info.min}, {info.max}]")
+        if not np.all(np.mod(arr, 1) == 0):
+            raise ValueError(f"{dtype} values must be integers; round them first")
+    return arr.astype(target).tobytes()
+
+
+def unpack_values(data: bytes, dtype: Dtype, byte_order: ByteOrder, *,
+                  instrument: str = "instrument", command: str | None = None) -> np.ndarray:
+    """Numeric array (native byte order) decoded from raw bytes.
+
+    Raises ProtocolError if the byte count is not a multiple of the item size or a float is not finite.
+    """
+    source = _numpy_dtype(dtype, byte_order)
+    if len(data) % source.itemsize:
+        raise ProtocolError(instrument, command, f"{len(data)} bytes is not a whole number of {dtype} values "
+                                                 f"({source.itemsize} bytes each)")
+    arr = np.frombuffer(data, dtype=source).astype(source.newbyteorder("="))
+    if source.kind == "f" and not np.all(np.isfinite(arr)):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise ProtocolError(instrument, command, f"{bad} of {arr.size} values are NaN or infinite")
+    return arr
+
+
+def format_number(value: float) -> str:
+    """Shortest decimal text that reads back as the same float (e.g. ``1.5``, ``2.5e-07``)."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"cannot send a non-finite number ({value}) to an instrument")
+    return repr(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Limits
+# ---------------------------------------------------------------------------------------------------------------
+
+def check_range(instrument: str, command: str, value: float, low: float | None, high: float | None,
+                unit: str = "") -> float:
+    """Return ``value`` as a float if ``low <= value <= high``, else raise LimitViolation (nothing is sent)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise LimitViolation(instrument, command, f"value {value!r} is not a number") from None
+    if not math.isfinite(value):
+        raise LimitViolation(instrument, command, f"value {value} {unit} is not finite")
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else _readable(low)
+        hi = "+inf" if high is None else _readable(high)
+        raise LimitViolation(instrument, command, f"value {_readable(value)} {unit} is outside the allowed range "
+                                                  f"[{lo}, {hi}] {unit}".rstrip())
+    return value
+
+
+def _readable(x: float) -> str:
+    """Integers without exponent (1000000), other numbers in %g form (2.5e-07)."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e12 else f"{x:g}"
+
+
+def check_choice(instrument: str, command: str, value: str, choices: dict[str, str]) -> str:
+    """Map a user keyword (case-insensitive, long or short form) to its SCPI short form, or raise LimitViolation."""
+    token = choices.get(str(value).upper())
+    if token is None:
+        allowed = ", ".join(sorted(set(choices.values())))
+        raise LimitViolation(instrument, command, f"{value!r} is not one of {allowed}")
+    return token
+
+
+class Control:
+    """A declared instrument setting, PyMeasure-style: SCPI header, unit, range, optional extra check.
+
+    ``command`` may contain ``{ch}``, filled from the instrument's ``channel``. Reading sends ``<command>?``
+    and parses a float; writing checks ``low <= value <= high`` and ``check(instrument, value, command)``
+    BEFORE sending ``<command> <value>``. The last value read or written is kept in
+    ``instrument.settings[<attribute name>]`` so other checks can combine settings without a round trip.
+    """
+
+    def __init__(self, command: str, doc: str, *, unit: str, low: float | None = None, high: float | None = None,
+                 check: Callable[[Any, float, str], None] | None = None):
+        self.command, self.unit, self.low, self.high, self.check = command, unit, low, high, check
+        self.__doc__ = doc
+        self.attr = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = name
+
+    def __get__(self, instrument: SCPIInstrument | None, owner: type | None = None) -> Any:
+        if instrument is None:
+            return self
+        value = instrument.query_float(self.command.format(**instrument.command_fields()) + "?")
+        instrument.settings[self.attr] = value
+        return value
+
+    def __set__(self, instrument: SCPIInstrument, value: float) -> None:
+        header = self.command.format(**instrument.command_fields())
+        value = check_range(instrument.name, f"{header} {value}", value, self.low, self.high, self.unit)
+        command = f"{header} {format_number(value)}"
+        if self.check is not None:
+            self.check(instrument, value, command)
+        instrument.write(command)
+        instrument.settings[self.attr] = value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The common-command instrument
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Identity:
+    """The four ``*IDN?`` fields."""
+
+    manufacturer: str
+    model: str
+    serial: str
+    firmware: str
+
+    def __str__(self) -> str:
+        return f"{self.manufacturer} {self.model} (serial {self.serial}, firmware {self.firmware})"
+
+
+def parse_identity(reply: str, *, instrument: str = "instrument") -> Identity:
+    """Parse ``manufacturer,model,serial,firmware``; anything else raises ProtocolError."""
+    fields = [f.strip() for f in reply.strip().split(",", 3)]
+    if len(fields) != 4 or not fields[0] or not fields[1] or not all(f.isprintable() for f in fields):
+        raise ProtocolError(instrument, "*IDN?", f"expected 'manufacturer,model,serial,firmware', got {reply!r}")
+    return Identity(*fields)
+
+
+def parse_error(reply: str, *, instrument: str = "instrument") -> tuple[int, str]:
+    """Parse one ``SYST:ERR?`` reply such as ``-113,"Undefined header"``."""
+    match = _ERROR_REPLY.match(reply)
+    if match is None:
+        raise ProtocolError(instrument, "SYST:ERR?", f"expected '<code>,\"<message>\"', got {reply!r}")
+    return int(match.group(1)), match.group(2)
+
+
+class SCPIInstrument:
+    """An instrument speaking IEEE 488.2 common commands and the SCPI error queue over a ``Link``.
+
+    With ``check_errors`` (default) every ``write`` is followed by draining ``SYST:ERR?``, and any error the
+    instrument reports raises InstrumentReportedError naming the command. Queries are not followed by a check:
+    a query the instrument rejects produces no reply and ends in InstrumentTimeout.
+    """
+
+    def __init__(self, link: Link, name: str | None = None, check_errors: bool = True):
+        self.link = link
+        self.name = name or link.name
+        self.check_errors = check_errors
+        #: last value read or written per declared ``Control`` (see ``Control``)
+        self.settings: dict[str, Any] = {}
+        self._identity: Identity | None = None
+
+    def command_fields(self) -> dict[str, Any]:
+        """Values substituted into ``Control`` command templates (e.g. ``{ch}``)."""
+        return {}
+
+    # -- raw traffic ------------------------------------------------------------------------------------------
+    def write(self, cmd: str, check: bool | None = None) -> None:
+        """Send a setting; then, if checking, raise InstrumentReportedError for anything in the error queue."""
+        self.link.write(cmd)
+        self._check(cmd, check)
+
+    def write_block(self, prefix: str, payload: bytes, check: bool | None = None) -> None:
+        """Send ``prefix`` + a binary block of ``payload`` as one message, then check the error queue."""
+        self.link.write_block(prefix, payload)
+        self._check(f"{prefix}#<{len(payload)} byte block>", check)
+
+    def write_all(self, commands: Sequence[str], check: bool | None = None) -> None:
+        """Send several settings, then check the error queue once (errors name all of them)."""
+        for cmd in commands:
+            self.link.write(cmd)
+        self._check("; ".join(commands), check)
+
+    def _check(self, cmd: str, check: bool | None) -> None:
+        if self.check_errors if check is None else check:
+            errors = self.errors()
+            if errors:
+                raise InstrumentReportedError(self.name, cmd, errors)
+
+    def query(self, cmd: str) -> str:
+        """Send a query and return the reply without surrounding whitespace."""
+        return self.link.query(cmd)
+
+    def query_float(self, cmd: str) -> float:
+        """Query a number (SCPI NR1/NR2/NR3, e.g. ``+1.00000000000000E+06``)."""
+        reply = self.query(cmd)
+        try:
+            return float(reply)
+        except ValueError:
+            raise ProtocolError(self.name, cmd, f"expected a number, got {reply!r}") from None
+
+    def query_int(self, cmd: str) -> int:
+        """Query an integer (``+1``, ``0``; an integral float such as ``8.0E+00`` is accepted)."""
+        value = self.query_float(cmd)
+        if not value.is_integer():
+            raise ProtocolError(self.name, cmd, f"expected an integer, got {value!r}")
+        return int(value)
+
+    # -- IEEE 488.2 common commands -----------------------------------------------------------------------------
+    @property
+    def identity(self) -> Identity:
+        """``*IDN?`` of the instrument, read once and cached."""
+        if self._identity is None:
+            self._identity = self.idn()
+        return self._identity
+
+    def idn(self) -> Identity:
+        """``*IDN?`` parsed into manufacturer, model, serial number and firmware."""
+        return parse_identity(self.query("*IDN?"), instrument=self.name)
+
+    def reset(self) -> None:
+        """``*RST`` (factory default state) then ``*OPC?`` to wait until it is done."""
+        self.link.write("*RST")
+        self.wait_opc()
+
+    def clear(self) -> None:
+        """``*CLS``: clear the status registers and the error queue."""
+        self.link.write("*CLS")
+
+    def wait_opc(self, timeout_s: float | None = None) -> None:
+        """``*OPC?``: block until all pending operations are complete (up to ``timeout_s``, s)."""
+        previous = self.link.timeout_s
+        if timeout_s is not None:
+            self.link.timeout_s = timeout_s
+        try:
+            reply = self.query("*OPC?")
+        finally:
+            if timeout_s is not None:
+                self.link.timeout_s = previous
+        if reply.lstrip("+") != "1":
+            raise ProtocolError(self.name, "*OPC?", f"expected '1', got {reply!r}")
+
+    def errors(self) -> list[tuple[int, str]]:
+        """Drain the error queue with ``SYST:ERR?``: every ``(code, message)`` until ``+0,"No error"``."""
+        found: list[tuple[int, str]] = []
+        for _ in range(MAX_ERROR_READS):
+            code, message = parse_error(self.query("SYST:ERR?"), instrument=self.name)
+            if code == 0:
+                return found
+            log.warning("%s reported error %d,%r", self.name, code, message)
+            found.append((code, message))
+        log.warning("%s: error queue still not empty after %d reads", self.name, MAX_ERROR_READS)
+        return found
+
+    def close(self) -> None:
+        """Close the link."""
+        self.link.close()
+
+    def __enter__(self) -> SCPIInstrument:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

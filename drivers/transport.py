@@ -1,0 +1,409 @@
+"""Links to instruments: VISA resources through pyvisa, serial ports and pyserial URLs through pyserial.
+
+``open_link(resource, name=...)`` picks the backend from the resource string:
+
+* VISA (``ResourceManager(visa_library)``, ``"@py"`` = pyvisa-py):
+  ``TCPIP0::192.168.1.10::5025::SOCKET``, ``TCPIP0::host::INSTR``, ``USB0::...::INSTR``, ``GPIB0::7::INSTR``,
+  ``ASRL/dev/ttyUSB0::INSTR``;
+* pyserial (``serial.serial_for_url``): ``/dev/ttyUSB0``, ``/dev/pts/5``, ``COM3``, ``socket://127.0.0.1:1234``,
+  ``loop://``, ``rfc2217://...``.
+
+Both give the same ``Link`` API. Failures are translated into ``drivers.errors`` naming the instrument and the
+command: a timeout becomes InstrumentTimeout, a closed or reset connection ConnectionLost, a malformed binary
+block ProtocolError. After a timeout the next command first discards any late reply still in the input buffer,
+so replies cannot get out of step. Links never reconnect on their own (instrument state may have been lost);
+callers decide when to call ``reconnect()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+import pyvisa
+import pyvisa.constants
+import serial
+
+from drivers.errors import ConnectionLost, InstrumentError, InstrumentTimeout, ProtocolError
+from drivers.scpi import _preview, block_digit_count, block_length, encode_block
+
+log = logging.getLogger(__name__)
+
+_VISA_CHUNK_BYTES = 4096  # block payloads are read in chunks of this size
+_SERIAL_URL = re.compile(r"^[a-z][a-z0-9+]*://", re.IGNORECASE)
+_SERIAL_PORT = re.compile(r"^(/dev/\S+|COM\d+)$", re.IGNORECASE)
+
+
+class _ByteCounter:
+    """pyvisa ``monitoring_interface``: counts the bytes that arrived so far."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def update(self, size: int) -> None:
+        self.n += size
+
+
+class Link(ABC):
+    """A message link to one instrument; the same API for VISA and serial backends.
+
+    Attributes:
+        resource: what was opened (VISA resource string, port or pyserial URL).
+        name: human-readable instrument name used in every error message.
+    """
+
+    def __init__(self, resource: str, name: str, timeout_s: float, read_termination: str, write_termination: str,
+                 reconnect_attempts: int, reconnect_backoff_s: float):
+        self.resource = resource
+        self.name = name
+        self._timeout_s = float(timeout_s)
+        self._read_term = read_termination
+        self._write_term = write_termination
+        self._reconnect_attempts = reconnect_attempts
+        self._reconnect_backoff_s = reconnect_backoff_s
+        self._lock = threading.RLock()
+        self._stale_input = False
+        self._last_command: str | None = None
+
+    # -- backend primitives ------------------------------------------------------------------------------------
+    @abstractmethod
+    def _open(self) -> None:
+        """Open the connection (raising the backend's own exceptions)."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Close the connection (raising the backend's own exceptions)."""
+
+    @abstractmethod
+    def _send(self, data: bytes) -> None:
+        """Send all of ``data``."""
+
+    @abstractmethod
+    def _receive_line(self) -> bytes:
+        """Receive one message up to and excluding the read termination."""
+
+    @abstractmethod
+    def _receive_exact(self, count: int) -> bytes:
+        """Receive exactly ``count`` bytes (binary data, terminators not special)."""
+
+    @abstractmethod
+    def _discard_input(self) -> None:
+        """Drop whatever has arrived and not been read yet."""
+
+    @abstractmethod
+    def _apply_timeout(self) -> None:
+        """Push ``self._timeout_s`` to the backend."""
+
+    @abstractmethod
+    def _translated(self, cmd: str | None) -> AbstractContextManager[None]:
+        """Context turning the backend's exceptions into drivers.errors (InstrumentTimeout, ConnectionLost)."""
+
+    # -- public API --------------------------------------------------------------------------------------------
+    @property
+    def timeout_s(self) -> float:
+        """Timeout of one read or write, s."""
+        return self._timeout_s
+
+    @timeout_s.setter
+    def timeout_s(self, value: float) -> None:
+        self._timeout_s = float(value)
+        with self._translated(None):
+            self._apply_timeout()
+
+    def write(self, cmd: str) -> None:
+        """Send one command followed by the write termination."""
+        self._write((cmd + self._write_term).encode("ascii"), cmd)
+
+    def write_raw(self, data: bytes) -> None:
+        """Send bytes exactly as given."""
+        self._write(data, _preview(data))
+
+    def _write(self, data: bytes, cmd: str) -> None:
+        with self._lock, self._translated(cmd):
+            self._flush_stale()
+            log.debug("%s <- %s", self.name, cmd if len(cmd) < 200 else cmd[:200] + "...")
+            self._last_command = cmd
+            self._send(data)
+
+    def write_block(self, prefix: str, payload: bytes) -> None:
+        """Send ``prefix`` + IEEE 488.2 block of ``payload`` + write termination as one write."""
+        data = prefix.encode("ascii") + encode_block(payload) + self._write_term.encode("ascii")
+        self._write(data, f"{prefix}#<{len(payload)} byte block>")
+
+    def read(self) -> str:
+        """Read one text reply, without its termination and surrounding whitespace."""
+        with self._lock, self._translated(self._last_command):
+            return self._receive_line().decode("latin-1").strip()
+
+    def query(self, cmd: str) -> str:
+        """Send ``cmd`` and return the reply text, stripped."""
+        with self._lock:
+            self.write(cmd)
+            return self.read()
+
+    def read_raw_block(self) -> bytes:
+        """Read one definite-length block ``#<n><len><payload>`` plus its trailing terminator; return the payload.
+
+        Reads exactly the declared length however it is split in transit. Raises ProtocolError on a bad
+        header or terminator, InstrumentTimeout if the data stops before the declared length.
+        """
+        cmd = self._last_command
+        with self._lock, self._translated(cmd):
+            try:
+                n = block_digit_count(self._receive_exact(2), instrument=self.name, command=cmd)
+                size = block_length(self._receive_exact(n), instrument=self.name, command=cmd)
+            except ProtocolError:
+                self._stale_input = True  # the rest of this garbled reply is still on its way
+                raise
+            payload = self._receive_block_payload(size, cmd)
+            end = self._receive_exact(len(self._read_term)) if self._read_term else b""
+        if end != self._read_term.encode("ascii"):
+            self._stale_input = True
+            raise ProtocolError(self.name, cmd, f"binary block of {size} bytes is followed by {_preview(end)} "
+                                                f"instead of the terminator {self._read_term!r}")
+        return payload
+
+    def _receive_block_payload(self, size: int, cmd: str | None) -> bytes:
+        """Receive the ``size``-byte payload of a block (backends may report short blocks more precisely)."""
+        return self._receive_exact(size)
+
+    def query_block(self, cmd: str) -> bytes:
+        """Send ``cmd`` and read the binary block it returns (payload only)."""
+        with self._lock:
+            self.write(cmd)
+            return self.read_raw_block()
+
+    def reconnect(self) -> None:
+        """Close and reopen the connection: ``reconnect_attempts`` tries, backoff doubling from
+        ``reconnect_backoff_s``. Raises ConnectionLost naming the instrument if every attempt fails."""
+        with self._lock:
+            try:
+                self._close()
+            except Exception as err:  # a dead connection often fails to close cleanly
+                log.debug("%s: closing before reconnect: %s", self.name, err)
+            last: Exception | None = None
+            for attempt in range(max(1, self._reconnect_attempts)):
+                if attempt:
+                    time.sleep(self._reconnect_backoff_s * 2 ** (attempt - 1))
+                try:
+                    self._open()
+                    self._stale_input = False
+                    log.info("%s: reconnected to %s (attempt %d)", self.name, self.resource, attempt + 1)
+                    return
+                except Exception as err:
+                    last = err
+                    log.warning("%s: reconnect attempt %d to %s failed: %s", self.name, attempt + 1,
+                                self.resource, err)
+            raise ConnectionLost(self.name, None, f"could not reconnect to {self.resource} after "
+                                                  f"{max(1, self._reconnect_attempts)} attempts: {last}")
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock, self._translated(None):
+            self._close()
+
+    def _flush_stale(self) -> None:
+        if self._stale_input:
+            self._discard_input()
+            self._stale_input = False
+
+    def _timed_out(self, cmd: str | None, detail: str = "") -> InstrumentTimeout:
+        self._stale_input = True
+        return InstrumentTimeout(self.name, cmd, f"no complete reply within {self._timeout_s:g} s "
+                                                 f"on {self.resource}{detail}")
+
+    def _lost(self, cmd: str | None, err: Exception) -> ConnectionLost:
+        return ConnectionLost(self.name, cmd, f"connection to {self.resource} lost ({err}); "
+                                              f"check cable/network and power, then reconnect")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.resource}>"
+
+
+class VisaLink(Link):
+    """A pyvisa message-based resource (TCPIP SOCKET/INSTR, USB, GPIB, ASRL)."""
+
+    def __init__(self, resource: str, name: str, *, visa_library: str, baud_rate: int, **kw: object):
+        super().__init__(resource, name, **kw)  # type: ignore[arg-type]
+        self._visa_library = visa_library
+        self._baud_rate = baud_rate
+        self._inst: pyvisa.resources.MessageBasedResource | None = None
+        self._received = 0
+
+    def _open(self) -> None:
+        rm = pyvisa.ResourceManager(self._visa_library)
+        inst = rm.open_resource(self.resource, open_timeout=int(self._timeout_s * 1000))
+        if not isinstance(inst, pyvisa.resources.MessageBasedResource):
+            inst.close()
+            raise ValueError(f"{self.resource} is not a message-based VISA resource")
+        inst.read_termination = self._read_term or None
+        inst.write_termination = ""  # Link.write appends the termination itself
+        if self.resource.upper().startswith("ASRL"):
+            inst.baud_rate = self._baud_rate  # type: ignore[attr-defined]
+        self._inst = inst
+        self._apply_timeout()
+
+    def _close(self) -> None:
+        if self._inst is not None:
+            inst, self._inst = self._inst, None
+            inst.close()
+
+    def _resource(self) -> pyvisa.resources.MessageBasedResource:
+        if self._inst is None:
+            raise pyvisa.errors.InvalidSession()
+        return self._inst
+
+    def _apply_timeout(self) -> None:
+        if self._inst is not None:
+            self._inst.timeout = self._timeout_s * 1000.0  # ms
+
+    def _send(self, data: bytes) -> None:
+        self._resource().write_raw(data)
+
+    def _receive_line(self) -> bytes:
+        data = self._resource().read_raw()
+        term = self._read_term.encode("ascii")
+        return data[:-len(term)] if term and data.endswith(term) else data
+
+    def _receive_exact(self, count: int) -> bytes:
+        return self._resource().read_bytes(count, break_on_termchar=False)
+
+    def _receive_block_payload(self, size: int, cmd: str | None) -> bytes:
+        counter = _ByteCounter()
+        try:
+            return self._resource().read_bytes(size, chunk_size=_VISA_CHUNK_BYTES, break_on_termchar=False,
+                                               monitoring_interface=counter)
+        except pyvisa.errors.VisaIOError as err:
+            if err.error_code == pyvisa.constants.StatusCode.error_timeout:
+                got = f" ({counter.n} read)" if counter.n else ""
+                raise self._timed_out(cmd, f": binary block declared {size} bytes, fewer arrived before the "
+                                           f"data stopped{got}") from None
+            raise
+
+    def _discard_input(self) -> None:
+        self._resource().flush(pyvisa.constants.BufferOperation.discard_read_buffer)
+
+    @contextmanager
+    def _translated(self, cmd: str | None) -> Iterator[None]:
+        try:
+            yield
+        except pyvisa.errors.InvalidSession as err:
+            raise self._lost(cmd, err) from None
+        except pyvisa.errors.VisaIOError as err:
+            if err.error_code == pyvisa.constants.StatusCode.error_timeout:
+                raise self._timed_out(cmd) from None
+            if err.error_code in (pyvisa.constants.StatusCode.error_connection_lost,
+                                  pyvisa.constants.StatusCode.error_io,
+                                  pyvisa.constants.StatusCode.error_invalid_object):
+                raise self._lost(cmd, err) from None
+            raise InstrumentError(self.name, cmd, f"VISA error on {self.resource}: {err}") from None
+        except OSError as err:  # pyvisa-py lets socket errors (reset, broken pipe) through
+            raise self._lost(cmd, err) from None
+
+
+class SerialLink(Link):
+    """A pyserial port or URL (``/dev/ttyUSB0``, ``COM3``, ``socket://host:port``, ``loop://``)."""
+
+    def __init__(self, resource: str, name: str, *, baud_rate: int, **kw: object):
+        super().__init__(resource, name, **kw)  # type: ignore[arg-type]
+        self._baud_rate = baud_rate
+        self._port: serial.SerialBase | None = None
+
+    def _open(self) -> None:
+        self._port = serial.serial_for_url(self.resource, baudrate=self._baud_rate, timeout=self._timeout_s,
+                                           write_timeout=self._timeout_s)
+
+    def _close(self) -> None:
+        if self._port is not None:
+            port, self._port = self._port, None
+            port.close()
+
+    def _serial(self) -> serial.SerialBase:
+        if self._port is None or not self._port.is_open:
+            raise serial.PortNotOpenError()
+        return self._port
+
+    def _apply_timeout(self) -> None:
+        if self._port is not None:
+            self._port.timeout = self._timeout_s
+            self._port.write_timeout = self._timeout_s
+
+    def _send(self, data: bytes) -> None:
+        port = self._serial()
+        port.write(data)
+        port.flush()
+
+    def _receive_line(self) -> bytes:
+        term = self._read_term.encode("ascii")
+        data = self._serial().read_until(term)
+        if not data.endswith(term):
+            raise self._timed_out(self._last_command, f" (partial reply {_preview(data)})" if data else "")
+        return data[:-len(term)]
+
+    def _receive_exact(self, count: int) -> bytes:
+        data = self._serial().read(count)
+        if len(data) < count:
+            raise self._timed_out(self._last_command, f": expected {count} bytes, only {len(data)} arrived "
+                                                      f"({_preview(data)})")
+        return data
+
+    def _discard_input(self) -> None:
+        self._serial().reset_input_buffer()
+
+    @contextmanager
+    def _translated(self, cmd: str | None) -> Iterator[None]:
+        try:
+            yield
+        except serial.SerialTimeoutException as err:  # write timeout
+            raise self._timed_out(cmd, f" (write: {err})") from None
+        except (serial.SerialException, OSError) as err:
+            raise self._lost(cmd, err) from None
+
+
+def _is_visa(resource: str) -> bool:
+    return "::" in resource
+
+
+def open_link(resource: str, *, name: str, visa_library: str = "@py", timeout_s: float = 10.0,
+              read_termination: str = "\n", write_termination: str = "\n", baud_rate: int = 115200,
+              reconnect_attempts: int = 3, reconnect_backoff_s: float = 0.2) -> Link:
+    """Open a link to an instrument.
+
+    Args:
+        resource: VISA resource string (contains ``::``), serial port (``/dev/...``, ``COMn``) or pyserial URL.
+        name: instrument name used in logs and error messages (e.g. ``"awg"``).
+        visa_library: pyvisa backend, ``"@py"`` for pyvisa-py, ``""`` for the system VISA (NI, Keysight).
+        timeout_s: timeout of one read or write, s.
+        read_termination / write_termination: message terminators (SOCKET and serial links need them).
+        baud_rate: serial speed, bit/s (serial ports and ASRL resources only).
+        reconnect_attempts / reconnect_backoff_s: budget of ``Link.reconnect()``; backoff doubles, s.
+
+    Raises:
+        ValueError: the resource string is not recognised.
+        ConnectionLost: the connection could not be opened.
+    """
+    common = dict(timeout_s=timeout_s, read_termination=read_termination, write_termination=write_termination,
+                  reconnect_attempts=reconnect_attempts, reconnect_backoff_s=reconnect_backoff_s)
+    link: Link
+    if not read_termination and (resource.upper().endswith("::SOCKET") or not _is_visa(resource)):
+        raise ValueError(f"{name}: {resource} needs a read_termination (raw sockets and serial ports have no "
+                         f"end-of-message signal)")
+    if _is_visa(resource):
+        link = VisaLink(resource, name, visa_library=visa_library, baud_rate=baud_rate, **common)
+    elif _SERIAL_URL.match(resource) or _SERIAL_PORT.match(resource):
+        link = SerialLink(resource, name, baud_rate=baud_rate, **common)
+    else:
+        raise ValueError(f"{name}: cannot tell how to open {resource!r}; expected a VISA resource "
+                         f"('TCPIP0::host::5025::SOCKET', 'USB0::...::INSTR', 'ASRL/dev/ttyUSB0::INSTR'), "
+                         f"a serial port ('/dev/ttyUSB0', 'COM3') or a pyserial URL ('socket://host:port')")
+    try:
+        link._open()
+    except Exception as err:
+        raise ConnectionLost(name, None, f"could not open {resource}: {err}") from err
+    log.info("%s: opened %s", name, resource)
+    return link

@@ -1,0 +1,136 @@
+"""Calibration workflow: instrument calibration, twin data collection, twin fits, and a report.
+
+Files in the artifacts folder (``ExperimentConfig.artifacts_path``):
+    calibration.json       delay and instrument identities
+    twin_data.h5           measured (x, θ, y) with metadata (HDF5)
+    twin_neural.pt         neural twin artifact        twin_physics.pt   physics twin artifact
+    report.json, *.png     held-out errors and plots of twin vs device
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from drivers.setups.electronic import ElectronicSetup, emf_per_unit
+from orchestrator import plots
+from orchestrator.config import ExperimentConfig
+from orchestrator.trainer import atomic_write_bytes
+from twins.artifact import load_twin, save_twin
+from twins.data import TwinData, load_twin_data, save_twin_data
+from twins.electronic import ElectronicPhysicsTwin
+from twins.fit import fit_twin, nmse
+from twins.neural import NeuralTwin
+
+log = logging.getLogger(__name__)
+
+TWIN_FILES = {"neural": "twin_neural.pt", "physics": "twin_physics.pt"}
+
+
+def twin_path(artifacts: Path, kind: str) -> Path:
+    return artifacts / TWIN_FILES[kind]
+
+
+def collect_twin_data(setup: ElectronicSetup, n_samples: int, repeats: int, seed: int,
+                      batch: int = 1024, progress: Callable[[int, int], None] | None = None) -> TwinData:
+    """Measure ``n_samples`` random (x, θ) pairs, uniform within the safe ranges, each ``repeats`` times averaged."""
+    gen = torch.Generator().manual_seed(seed)
+    n = setup.n_inputs
+    low, high = setup.param_bounds
+    x = 2 * torch.rand(n_samples, n, generator=gen) - 1
+    theta = low + (high - low) * torch.rand(n_samples, n, generator=gen)
+    ys = []
+    for start in range(0, n_samples, batch):
+        sl = slice(start, start + batch)
+        ys.append(torch.stack([setup.forward(x[sl], theta[sl]) for _ in range(repeats)]).mean(0))
+        if progress:
+            progress(min(start + batch, n_samples), n_samples)
+    y = torch.cat(ys)
+    meta = {"setup": "electronic", "n": n, "repeats": repeats, "seed": seed,
+            "encoding": json.dumps(setup.enc.model_dump()), "instruments": json.dumps(setup.snapshot(), default=str),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat()}
+    return TwinData(x=x.numpy().astype(np.float32), theta=theta.numpy().astype(np.float32),
+                    y=y.numpy().astype(np.float32), metadata=meta)
+
+
+def build_twin(kind: str, cfg: ExperimentConfig, n: int):
+    """A fresh, untrained twin of the given kind for this experiment."""
+    if kind == "neural":
+        nc = cfg.twin.neural
+        return NeuralTwin(n, n, n, hidden=tuple(nc.hidden), residual=nc.residual)
+    if kind == "physics":
+        return ElectronicPhysicsTwin(n, cfg.encoding.model_dump(), emf_per_unit(cfg.instruments.awg, cfg.encoding))
+    raise ValueError(f"no trainable twin of kind {kind!r}")
+
+
+def fit_and_save(kind: str, cfg: ExperimentConfig, data: TwinData, artifacts: Path, setup_snapshot: dict,
+                 progress: Callable[[int, float, float], None] | None = None) -> dict:
+    """Fit a twin of ``kind`` to measured data, save the artifact, return its report entry."""
+    train, val = data.split(cfg.twin.val_fraction, seed=cfg.seed)
+    model = build_twin(kind, cfg, data.x.shape[1])
+    if kind == "neural":
+        nc = cfg.twin.neural
+        rep = fit_twin(model, train, val, epochs=nc.epochs, lr=nc.lr, batch_size=nc.batch_size,
+                       patience=nc.patience, seed=cfg.seed, progress=progress)
+    else:
+        pc = cfg.twin.physics
+        sub = min(pc.samples, len(train.y))
+        train = TwinData(train.x[:sub], train.theta[:sub], train.y[:sub], train.metadata)
+        rep = fit_twin(model, train, val, epochs=pc.epochs, lr=pc.lr, batch_size=pc.batch_size,
+                       patience=pc.patience, seed=cfg.seed, progress=progress)
+    meta = {"setup": cfg.setup, "experiment": cfg.experiment, "twin": kind,
+            "encoding": json.dumps(cfg.encoding.model_dump()), "n": int(data.x.shape[1]),
+            "instruments": json.dumps(setup_snapshot, default=str), "dataset_checksum": data.checksum(),
+            "val_nmse": float(rep.val_nmse), "train_nmse": float(rep.train_nmse),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat()}
+    save_twin(twin_path(artifacts, kind), model, meta)
+    log.info("%s twin: held-out NMSE %.4f (%d epochs, %.1f s)", kind, rep.val_nmse, rep.epochs_run, rep.seconds)
+    return {"kind": kind, "val_nmse": float(rep.val_nmse), "train_nmse": float(rep.train_nmse),
+            "epochs": rep.epochs_run, "seconds": rep.seconds}
+
+
+def calibrate(cfg: ExperimentConfig, setup: ElectronicSetup, artifacts: Path, kinds: list[str],
+              progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """The whole calibration: delay, twin data (reused if present for the same encoding), twin fits, report."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    delay = setup.calibrate_delay()
+    snapshot = setup.snapshot()
+    atomic_write_bytes(artifacts / "calibration.json", json.dumps(
+        {"delay_s": delay, "instruments": snapshot}, indent=2, default=str).encode())
+    data_file = artifacts / "twin_data.h5"
+    data = None
+    if data_file.exists():
+        data = load_twin_data(data_file)
+        if (data.metadata.get("encoding") != json.dumps(setup.enc.model_dump()) or data.x.shape[1] != setup.n_inputs
+                or len(data.y) < cfg.twin.samples):
+            log.info("%s was measured with other settings; measuring again", data_file)
+            data = None
+    if data is None:
+        data = collect_twin_data(setup, cfg.twin.samples, cfg.twin.repeats, seed=cfg.seed + 7,
+                                 progress=(lambda i, n: progress("twin data", i, n)) if progress else None)
+        save_twin_data(data_file, data)
+    report = {"delay_s": delay, "twin_data": str(data_file), "samples": int(len(data.y)),
+              "dataset_checksum": data.checksum(), "twins": []}
+    for kind in kinds:
+        cb = (lambda e, tr, va, k=kind: progress(f"fit {k} twin", e, 0)) if progress else None
+        report["twins"].append(fit_and_save(kind, cfg, data, artifacts, snapshot, progress=cb))
+        plot_twin_vs_device(kind, artifacts, data, cfg)
+    atomic_write_bytes(artifacts / "report.json", json.dumps(report, indent=2).encode())
+    return report
+
+
+def plot_twin_vs_device(kind: str, artifacts: Path, data: TwinData, cfg: ExperimentConfig, n_show: int = 512) -> Path:
+    """Scatter and traces of the twin against held-out device measurements."""
+    _, val = data.split(cfg.twin.val_fraction, seed=cfg.seed)
+    model, _ = load_twin(twin_path(artifacts, kind))
+    with torch.no_grad():
+        pred = model(torch.as_tensor(val.x[:n_show]), torch.as_tensor(val.theta[:n_show])).numpy()
+    err = float(nmse(torch.as_tensor(pred), torch.as_tensor(val.y[:n_show])))
+    return plots.plot_twin_vs_device(val.y[:n_show], pred, artifacts / f"twin_{kind}_vs_device.png",
+                                     f"{kind} twin vs device (held-out NMSE {err:.3f})")

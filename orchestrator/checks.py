@@ -1,0 +1,65 @@
+"""``pnn check``: connect, identify, and check an experiment's settings against the instruments' limits without
+changing any output."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+
+from drivers.errors import InstrumentError
+from drivers.scpi import SCPIInstrument
+from drivers.transport import open_link
+from orchestrator.config import ExperimentConfig
+from orchestrator.lab import simulated_instruments, start_simulated_bench
+
+log = logging.getLogger(__name__)
+
+AWG_MAX_SAMPLE_RATE = 250e6
+
+
+def settings_problems(cfg: ExperimentConfig, n: int | None = None) -> list[tuple[str, str, str]]:
+    """Offline checks of the experiment's settings: (item, value, 'ok' or problem) rows."""
+    enc, awg, scope = cfg.encoding, cfg.instruments.awg, cfg.instruments.scope
+    rows = []
+
+    def row(item: str, value: str, problem: str | None) -> None:
+        rows.append((item, value, problem or "ok"))
+
+    row("drive amplitude", f"{enc.drive_volts_per_unit} V per unit (limit {awg.max_abs_volts} V)",
+        None if enc.drive_volts_per_unit <= awg.max_abs_volts else "exceeds awg.max_abs_volts")
+    row("sample rate", f"{enc.sample_rate_hz:g} Sa/s",
+        None if enc.sample_rate_hz <= AWG_MAX_SAMPLE_RATE else f"above the 33500B maximum {AWG_MAX_SAMPLE_RATE:g}")
+    if n is not None:
+        per_item = enc.samples_per_item(n)
+        room = min(awg.memory_points, scope.max_points) - 2 * enc.lead_samples
+        row("samples per item", f"{per_item} ({room // max(per_item, 1)} items per upload)",
+            None if per_item <= room else "one item does not fit in the AWG memory / scope record")
+    full_scale = 4 * scope.volts_per_div
+    row("scope range", f"+-{full_scale:g} V on CHAN{scope.channel}",
+        None if full_scale >= 0.5 * enc.output_volts_per_unit else "range too small for the expected output")
+    return rows
+
+
+def check_experiment(cfg: ExperimentConfig, simulate: bool = False) -> tuple[list[tuple[str, str, str]], bool]:
+    """Connect to each instrument, ask *IDN? and read its error queue; add the offline settings checks."""
+    rows: list[tuple[str, str, str]] = [("experiment file", cfg.experiment, "ok")]
+    with ExitStack() as stack:
+        if simulate:
+            bench = stack.enter_context(start_simulated_bench(cfg))
+            cfg = simulated_instruments(cfg, bench.resources)
+        for role in ("awg", "scope"):
+            inst = getattr(cfg.instruments, role)
+            try:
+                link = open_link(inst.resource, name=role, visa_library=inst.visa_library, timeout_s=inst.timeout_s)
+                stack.callback(link.close)
+                dev = SCPIInstrument(link, name=role)
+                ident = dev.idn()
+                errors = dev.errors()
+                rows.append((f"{role} identity", f"{ident.manufacturer} {ident.model} ({inst.resource})", "ok"))
+                rows.append((f"{role} error queue", "empty" if not errors else str(errors),
+                             "ok" if not errors else "errors pending"))
+            except InstrumentError as err:
+                rows.append((f"{role} connection", inst.resource, str(err)))
+        width = cfg.network.width
+        rows += settings_problems(cfg, width)
+    return rows, all(status == "ok" for _, _, status in rows)

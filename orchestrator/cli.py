@@ -1,0 +1,254 @@
+"""The ``pnn`` command: check, calibrate, run, bench, sim serve, resources.
+
+Exit codes: 0 success, 1 unexpected error, 2 bad experiment file or arguments, 3 instrument error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from drivers.errors import InstrumentError
+from orchestrator.config import ConfigError, ExperimentConfig, load_experiment
+from orchestrator.config import data_dir as resolve_data_dir
+
+console = Console(stderr=True)
+out_console = Console()
+
+
+def _overrides(pairs: tuple[str, ...]) -> dict:
+    result = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r}: expected FIELD=VALUE, e.g. training.epochs=3", param_hint="--set")
+        key, value = pair.split("=", 1)
+        result[key.strip()] = value
+    return result
+
+
+def _load(path: str, sets: tuple[str, ...] = ()) -> ExperimentConfig:
+    return load_experiment(path, overrides=_overrides(sets) or None)
+
+
+@contextmanager
+def _errors_to_exit_codes():
+    """Turn the errors an operator can act on into one clear message and an exit code."""
+    try:
+        yield
+    except ConfigError as err:
+        console.print(f"[red]{err}[/red]", highlight=False)
+        sys.exit(2)
+    except InstrumentError as err:
+        console.print(f"[red]instrument error:[/red] {err}", highlight=False)
+        console.print("outputs were switched off; finished epochs are saved (resume with --resume).")
+        sys.exit(3)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: outputs off; finished epochs are saved (resume with --resume).")
+        sys.exit(130)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, disable=not console.is_terminal, transient=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """pnn-lab: physics-aware training of physical neural networks."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if verbose == 0:
+        logging.getLogger("orchestrator").setLevel(logging.INFO)
+
+
+simulate_opt = click.option("--simulate", is_flag=True, help="Start the experiment's simulated bench in-process.")
+set_opt = click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
+                       help="Override a field of the experiment file, e.g. --set training.epochs=3.")
+data_opt = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                        help="Data directory (default: $PNN_DATA_DIR).")
+
+
+@main.command()
+@click.argument("experiment", type=click.Path())
+@simulate_opt
+@set_opt
+def check(experiment: str, simulate: bool, sets: tuple[str, ...]) -> None:
+    """Validate EXPERIMENT, connect to its instruments, ask *IDN? and check settings against limits."""
+    from orchestrator.checks import check_experiment
+
+    with _errors_to_exit_codes():
+        cfg = _load(experiment, sets)
+        rows, ok = check_experiment(cfg, simulate=simulate)
+        table = Table(title=f"{cfg.experiment}: check")
+        for col in ("item", "value", "status"):
+            table.add_column(col)
+        for item, value, status in rows:
+            table.add_row(item, value, "[green]ok[/green]" if status == "ok" else f"[red]{status}[/red]")
+        out_console.print(table)
+        sys.exit(0 if ok else 2)
+
+
+@main.command()
+@click.argument("experiment", type=click.Path())
+@simulate_opt
+@set_opt
+@data_opt
+@click.option("--twins", default="neural,physics", show_default=True, help="Which twins to fit.")
+def calibrate(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | None, twins: str) -> None:
+    """Calibrate instruments, measure twin data (HDF5), fit twins and write a report with plots."""
+    from orchestrator.calibrate import calibrate as run_calibration
+    from orchestrator.experiment import load_task
+    from orchestrator.lab import device_width, open_setup
+
+    with _errors_to_exit_codes():
+        cfg = _load(experiment, sets)
+        kinds = [k.strip() for k in twins.split(",") if k.strip()]
+        bad = [k for k in kinds if k not in ("neural", "physics")]
+        if bad:
+            raise click.BadParameter(f"unknown twin kind(s) {bad}; choose from neural, physics", param_hint="--twins")
+        data = load_task(cfg, resolve_data_dir(data_dir))
+        n = device_width(cfg, data.x_train.shape[1])
+        artifacts = cfg.artifacts_path(simulate)
+        with _bench_or_none(cfg, simulate) as bench, open_setup(cfg, n, bench=bench) as setup, _progress() as bar:
+            task = bar.add_task("calibrating", total=None)
+            report = run_calibration(cfg, setup, artifacts, kinds,
+                                     progress=lambda what, i, n: bar.update(task, description=what, completed=i,
+                                                                            total=n or None))
+        out_console.print_json(json.dumps(report))
+        out_console.print(f"artifacts in {artifacts}")
+
+
+@contextmanager
+def _bench_or_none(cfg: ExperimentConfig, simulate: bool):
+    if not simulate:
+        yield None
+        return
+    from orchestrator.lab import start_simulated_bench
+
+    with start_simulated_bench(cfg) as bench:
+        yield bench
+
+
+@main.command()
+@click.argument("experiment", type=click.Path())
+@simulate_opt
+@set_opt
+@data_opt
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/<experiment>).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out after its last finished epoch.")
+@click.option("--mode", type=click.Choice(["pat", "in_silico"]), default=None, help="Override training.mode.")
+@click.option("--twin", type=click.Choice(["neural", "physics", "perfect"]), default=None, help="Override twin.kind.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override training.epochs.")
+def run(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | None, out: str | None,
+        resume: bool, mode: str | None, twin: str | None, epochs: int | None) -> None:
+    """Train a physical neural network and evaluate it on the device."""
+    from orchestrator.experiment import run as run_experiment
+
+    with _errors_to_exit_codes():
+        extra = tuple(sets) + tuple(f"{k}={v}" for k, v in
+                                    (("training.mode", mode), ("twin.kind", twin), ("training.epochs", epochs)) if v)
+        cfg = _load(experiment, extra)
+        out_dir = Path(out or Path("runs") / cfg.experiment)
+        if out_dir.exists() and (out_dir / "summary.json").exists() and not resume:
+            console.print(f"note: {out_dir} holds a finished run; it will be overwritten")
+        with _progress() as bar:
+            task = bar.add_task("epoch 1", total=None)
+            summary = run_experiment(
+                cfg, out_dir, simulate=simulate, resume=resume, data_dir=resolve_data_dir(data_dir),
+                on_batch=lambda i, n: bar.update(task, completed=i, total=n),
+                on_epoch=lambda e, row: console.print(
+                    f"epoch {e}: loss {row['train_loss']:.3f}, device test accuracy {row['test_accuracy']:.3f}"),
+                on_calibration=lambda what, i, n: bar.update(task, description=what, completed=i, total=n or None))
+        _print_summary(summary)
+        out_console.print(f"run folder: {out_dir}")
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title="summary")
+    table.add_column("field")
+    table.add_column("value")
+    for k, v in summary.items():
+        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    out_console.print(table)
+
+
+@main.command()
+@click.argument("experiment", type=click.Path())
+@simulate_opt
+@set_opt
+@data_opt
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder (default runs/<experiment>-bench).")
+def bench(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | None, out: str | None) -> None:
+    """Compare PAT (each twin), in-silico training, the perfect twin and a digital baseline."""
+    from orchestrator.experiment import bench as run_bench
+
+    with _errors_to_exit_codes():
+        cfg = _load(experiment, sets)
+        out_dir = Path(out or Path("runs") / f"{cfg.experiment}-bench")
+        results = run_bench(cfg, out_dir, simulate=simulate, data_dir=resolve_data_dir(data_dir),
+                            on_row=lambda m, t: console.print(f"bench row: {m} / {t}"))
+        out_console.print((out_dir / "bench.md").read_text())
+
+
+@main.group()
+def sim() -> None:
+    """Simulated instruments."""
+
+
+@sim.command()
+@click.argument("bench_name", metavar="BENCH", type=click.Choice(["electronic"]))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="First port (0: free ports); instruments use consecutive ports.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--realtime", is_flag=True, help="Acquisitions take their physical duration.")
+def serve(bench_name: str, host: str, port: int, seed: int, realtime: bool) -> None:
+    """Serve BENCH's instruments and print '<role> <resource>' per instrument, until interrupted."""
+    from simulators.benches import start_bench
+
+    roles = ("awg", "scope")
+    ports = {role: (port + i if port else 0) for i, role in enumerate(roles)}
+    with start_bench(bench_name, host=host, seed=seed, realtime=realtime, ports=ports) as b:
+        for role, res in b.resources.items():
+            click.echo(f"{role} {res}")
+        sys.stdout.flush()
+        try:
+            while True:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command()
+@click.option("--visa-library", default="@py", show_default=True)
+def resources(visa_library: str) -> None:
+    """List VISA resources and serial ports."""
+    import pyvisa
+    from serial.tools import list_ports
+
+    table = Table(title="instruments")
+    table.add_column("kind")
+    table.add_column("resource")
+    table.add_column("description")
+    try:
+        for res in pyvisa.ResourceManager(visa_library).list_resources():
+            table.add_row("VISA", res, "")
+    except Exception as err:  # noqa: BLE001 - a missing VISA backend is reported, not fatal
+        table.add_row("VISA", "-", f"cannot list: {err}")
+    for port in list_ports.comports():
+        table.add_row("serial", port.device, port.description)
+    out_console.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The experiment file: what a lab operator writes. Validated strictly (unknown keys are errors) and reported as
+``file:line: field: message`` by ``load_experiment``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+from drivers.setups.electronic import ElectronicEncoding, ElectronicInstruments
+from orchestrator.yamlconfig import ConfigError, load_yaml_model
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskConfig(_Strict):
+    """The data set and how much of it to use."""
+
+    dataset: Literal["digits", "mnist", "fashion_mnist", "vowels"]
+    downsample: Literal[7, 14] | None = None
+    n_train: PositiveInt | None = None
+    n_test: PositiveInt | None = None
+
+
+class NetworkConfig(_Strict):
+    """A stack of ``depth`` physical layers of width ``width`` with element-wise affine maps in between.
+
+    ``readout: pool`` (fully physical): the last layer's output bins are assigned to the classes round-robin and
+    averaged. ``readout: linear`` adds a digital linear layer (a "hybrid" network)."""
+
+    depth: PositiveInt = 3
+    width: PositiveInt | None = Field(None, description="device width n; default: the number of input features")
+    readout: Literal["pool", "linear"] = "pool"
+    theta_bounds: tuple[float, float] = (-1.0, 1.0)
+    shuffle_slots: bool = Field(True, description="fixed random order of the time slots of each layer after the first")
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> "NetworkConfig":
+        if not self.theta_bounds[0] < self.theta_bounds[1]:
+            raise ValueError("theta_bounds must be [low, high] with low < high")
+        return self
+
+
+class NeuralTwinConfig(_Strict):
+    hidden: list[PositiveInt] = [256, 256]
+    residual: bool = True
+    epochs: PositiveInt = 300
+    lr: PositiveFloat = 2e-3
+    batch_size: PositiveInt = 256
+    patience: PositiveInt = 30
+
+
+class PhysicsTwinConfig(_Strict):
+    samples: PositiveInt = 1500
+    epochs: PositiveInt = 40
+    lr: PositiveFloat = 0.02
+    batch_size: PositiveInt = 128
+    patience: PositiveInt = 10
+
+
+class TwinConfig(_Strict):
+    """Which twin supplies the gradients, and how twins are calibrated."""
+
+    kind: Literal["neural", "physics", "perfect"] = "neural"
+    samples: PositiveInt = Field(8000, description="random (x, θ) samples measured for the twin")
+    repeats: PositiveInt = Field(1, description="measurements per sample, averaged")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    neural: NeuralTwinConfig = NeuralTwinConfig()
+    physics: PhysicsTwinConfig = PhysicsTwinConfig()
+
+
+class TrainingConfig(_Strict):
+    mode: Literal["pat", "in_silico"] = "pat"
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: PositiveFloat = 0.02
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 64
+    eval_batch_size: PositiveInt = 512
+    max_retries: int = Field(2, ge=0, description="retries of a failed physical forward before the run stops")
+
+
+class SimulateConfig(_Strict):
+    """Settings of the simulated bench used with --simulate."""
+
+    seed: int = 1
+    realtime: bool = False
+
+
+class ExperimentConfig(_Strict):
+    experiment: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    setup: Literal["electronic"]
+    seed: int = 0
+    instruments: ElectronicInstruments
+    encoding: ElectronicEncoding = ElectronicEncoding()
+    task: TaskConfig
+    network: NetworkConfig = NetworkConfig()
+    twin: TwinConfig = TwinConfig()
+    training: TrainingConfig = TrainingConfig()
+    simulate: SimulateConfig = SimulateConfig()
+    artifacts_dir: str | None = Field(None, description="calibration, twin data and twins; default artifacts/<experiment>")
+
+    def artifacts_path(self, simulated: bool) -> Path:
+        base = Path(self.artifacts_dir) if self.artifacts_dir else Path("artifacts") / self.experiment
+        return base.with_name(base.name + "-sim") if simulated else base
+
+
+def load_experiment(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """Read and validate an experiment file; raises ConfigError (``file:line: field: message``)."""
+    return load_yaml_model(path, ExperimentConfig, overrides=overrides)  # type: ignore[return-value]
+
+
+def data_dir(cli_value: str | None = None) -> str | None:
+    """The data directory: --data-dir, else $PNN_DATA_DIR, else None."""
+    return cli_value or os.environ.get("PNN_DATA_DIR")
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved configuration as YAML (written to the run folder)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+__all__ = ["ExperimentConfig", "ConfigError", "load_experiment", "dump_config", "data_dir"]

@@ -1,0 +1,246 @@
+"""Transport links and the SCPI base, over real pyvisa-py and pyserial connections to a scripted TCP server."""
+
+from __future__ import annotations
+
+import struct
+import time
+
+import numpy as np
+import pytest
+
+from drivers.errors import ConnectionLost, InstrumentReportedError, InstrumentTimeout, ProtocolError
+from drivers.scpi import (
+    Identity, SCPIInstrument, decode_block, encode_block, format_number, pack_values, unpack_values,
+)
+from drivers.transport import SerialLink, VisaLink, open_link
+from conftest import WireReply
+
+# --- pure helpers --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("payload, encoded", [
+    (b"", b"#10"),
+    (b"hello", b"#15hello"),
+    (b"x" * 10, b"#210" + b"x" * 10),
+    (b"\n" * 123, b"#3123" + b"\n" * 123),
+])
+def test_encode_block_uses_the_shortest_header(payload: bytes, encoded: bytes) -> None:
+    assert encode_block(payload) == encoded
+    assert decode_block(encoded) == payload
+    assert decode_block(encoded + b"\n") == payload
+
+
+@pytest.mark.parametrize("data", [b"", b"15hello", b"#0hello\n", b"#a5hello", b"#2x5hello", b"#3",
+                                  b"#15hel", b"#15hello!!"])
+def test_decode_block_is_strict(data: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_block(data, instrument="scope", command=":WAV:DATA?")
+
+
+def test_pack_and_unpack_values() -> None:
+    assert pack_values(np.array([1, -2]), "int16", "little") == struct.pack("<2h", 1, -2)
+    assert pack_values(np.array([1, -2]), "int16", "big") == struct.pack(">2h", 1, -2)
+    assert pack_values(np.array([0.5]), "float32", "big") == struct.pack(">f", 0.5)
+    np.testing.assert_array_equal(unpack_values(struct.pack("<3H", 0, 1, 65535), "uint16", "little"),
+                                  [0, 1, 65535])
+    np.testing.assert_array_equal(unpack_values(struct.pack(">2f", 1.5, -2.0), "float32", "big"), [1.5, -2.0])
+    for bad in (np.array([40000]), np.array([0.5]), np.array([np.nan])):
+        with pytest.raises(ValueError):
+            pack_values(bad, "int16", "little")
+    with pytest.raises(ProtocolError, match="whole number"):
+        unpack_values(b"\x00\x01\x02", "int16", "little")
+    with pytest.raises(ProtocolError, match="NaN"):
+        unpack_values(struct.pack("<f", float("nan")), "float32", "little")
+
+
+def test_format_number_is_lossless() -> None:
+    for value in (1.5, 0.1, 250e6, 1e-6, 1 / 3, -0.0):
+        assert float(format_number(value)) == value
+    with pytest.raises(ValueError):
+        format_number(float("inf"))
+
+
+def test_open_link_rejects_unknown_resources() -> None:
+    with pytest.raises(ValueError, match="cannot tell how to open"):
+        open_link("my-awg", name="awg")
+
+
+# --- VISA link (pyvisa-py) ---------------------------------------------------------------------------------------
+
+
+def test_visa_link_write_query_and_block_bytes(wire_server, wire_link) -> None:
+    server = wire_server({"*IDN?": "ACME,X1,007,1.0"})
+    link = wire_link(server, name="awg")
+    assert isinstance(link, VisaLink) and link.name == "awg" and link.resource == server.visa_resource
+    link.write("OUTP1 ON")
+    assert link.query("*IDN?") == "ACME,X1,007,1.0"
+    link.write_block("DATA:ARB:DAC A,", b"\x01\n\x02\x00")
+    link.write_raw(b"RAW\n")
+    assert link.query("*OPC?") == "1"
+    assert server.since(0) == b"OUTP1 ON\n*IDN?\nDATA:ARB:DAC A,#14\x01\n\x02\x00\nRAW\n*OPC?\n"
+
+
+def test_block_in_several_segments_is_reassembled(wire_server, wire_link) -> None:
+    payload = bytes(range(256)) * 40  # contains b"\n" and b"#"
+    block = b"#8%08d" % len(payload) + payload + b"\n"
+    server = wire_server({":WAV:DATA?": WireReply([block[:1], block[1:7], block[7:3000], block[3000:]],
+                                                  delay_s=0.02)})
+    link = wire_link(server, name="scope")
+    assert link.query_block(":WAV:DATA?") == payload
+    assert link.query("*OPC?") == "1"  # nothing left over in the input buffer
+
+
+@pytest.mark.parametrize("reply", [b"-113,\"Undefined header\"\n", b"#0abc\n", b"#4x12abcd\n"])
+def test_garbled_block_header_is_a_protocol_error(wire_server, wire_link, reply: bytes) -> None:
+    server = wire_server({":WAV:DATA?": reply})
+    link = wire_link(server, name="scope", timeout_s=0.5)
+    with pytest.raises(ProtocolError) as info:
+        link.query_block(":WAV:DATA?")
+    assert "scope" in str(info.value) and ":WAV:DATA?" in str(info.value)
+    assert link.query("*OPC?") == "1"  # the rest of the garbled reply was discarded
+
+
+def test_wrong_terminator_after_block_is_a_protocol_error(wire_server, wire_link) -> None:
+    server = wire_server({":WAV:DATA?": b"#13abcX\n"})
+    link = wire_link(server, name="scope", timeout_s=0.5)
+    with pytest.raises(ProtocolError, match="followed by b'X'"):
+        link.query_block(":WAV:DATA?")
+
+
+@pytest.mark.parametrize("serial", [False, True])
+def test_short_block_then_hang_up_names_instrument_and_command(wire_server, wire_link, serial: bool) -> None:
+    server = wire_server({":WAV:DATA?": WireReply([b"#800002000" + b"\x00" * 100], close=True)})
+    link = wire_link(server, name="scope", serial=serial, timeout_s=0.5)
+    with pytest.raises((ProtocolError, InstrumentTimeout, ConnectionLost)) as info:
+        link.query_block(":WAV:DATA?")
+    assert "scope" in str(info.value) and ":WAV:DATA?" in str(info.value)
+
+
+def test_short_block_then_silence_reports_declared_length(wire_server, wire_link) -> None:
+    server = wire_server({":WAV:DATA?": b"#800002000" + b"\x00" * 100})
+    link = wire_link(server, name="scope", timeout_s=0.3)
+    with pytest.raises(InstrumentTimeout, match="declared 2000 bytes"):
+        link.query_block(":WAV:DATA?")
+
+
+@pytest.mark.parametrize("serial", [False, True])
+def test_silent_instrument_times_out_within_the_timeout(wire_server, wire_link, serial: bool) -> None:
+    server = wire_server({"MEAS?": None})
+    link = wire_link(server, name="awg", serial=serial, timeout_s=0.3)
+    start = time.monotonic()
+    with pytest.raises(InstrumentTimeout) as info:
+        link.query("MEAS?")
+    assert time.monotonic() - start < 2.0
+    assert "awg" in str(info.value) and "MEAS?" in str(info.value)
+
+
+def test_late_reply_after_a_timeout_is_discarded(wire_server, wire_link) -> None:
+    server = wire_server({"SLOW?": WireReply([b"late\n"], delay_s=0.4), "FAST?": "fast"})
+    link = wire_link(server, timeout_s=0.2)
+    with pytest.raises(InstrumentTimeout):
+        link.query("SLOW?")
+    time.sleep(0.4)
+    assert link.query("FAST?") == "fast"
+
+
+def test_timeout_property_changes_the_link_timeout(wire_server, wire_link) -> None:
+    link = wire_link(wire_server({"MEAS?": None}), timeout_s=5.0)
+    link.timeout_s = 0.2
+    assert link.timeout_s == 0.2
+    start = time.monotonic()
+    with pytest.raises(InstrumentTimeout):
+        link.query("MEAS?")
+    assert time.monotonic() - start < 2.0
+
+
+def test_writing_to_a_reset_or_closed_visa_link_is_connection_lost(wire_server, wire_link) -> None:
+    server = wire_server({"BYE?": WireReply([b"bye\n"], close=True)})
+    link = wire_link(server, name="awg")
+    assert link.query("BYE?") == "bye"
+    with pytest.raises(ConnectionLost, match="awg, command 'OUTP1 OFF': connection to .* lost"):
+        for _ in range(100):  # the first writes may still be accepted by the local TCP stack
+            link.write("OUTP1 OFF")
+            time.sleep(0.01)
+    link.close()
+    with pytest.raises(ConnectionLost, match="awg, command '\\*IDN\\?'"):
+        link.query("*IDN?")
+
+
+def test_reconnect_after_the_instrument_hung_up(wire_server, wire_link) -> None:
+    server = wire_server({"BYE?": WireReply([b"bye\n"], close=True)})
+    link = wire_link(server)
+    assert link.query("BYE?") == "bye"
+    link.reconnect()
+    assert link.query("*OPC?") == "1"
+    assert server.connections == 2
+
+
+# --- serial link (pyserial socket://) ------------------------------------------------------------------------------
+
+
+def test_serial_link_bytes_query_and_block(wire_server, wire_link) -> None:
+    payload = b"\x00\n\x01" * 700
+    server = wire_server({"FRAME?": WireReply([b"#42100" + payload[:1000], payload[1000:] + b"\n"], delay_s=0.02)})
+    link = wire_link(server, name="camera", serial=True)
+    assert isinstance(link, SerialLink)
+    link.write("EXP 0.01")
+    assert link.query("*IDN?").startswith("Keysight")
+    assert link.query_block("FRAME?") == payload
+    link.write_block("LUT ", b"\x05\x06")
+    assert link.query("*OPC?") == "1"
+    assert server.since(0) == b"EXP 0.01\n*IDN?\nFRAME?\nLUT #12\x05\x06\n*OPC?\n"
+
+
+def test_serial_link_hang_up_is_connection_lost_and_reconnect_fails_cleanly(wire_server, wire_link) -> None:
+    server = wire_server({"BYE?": WireReply([b"by"], close=True)})
+    link = wire_link(server, name="slm", serial=True, timeout_s=0.5, reconnect_backoff_s=0.01)
+    with pytest.raises(ConnectionLost, match="slm.*BYE\\?"):
+        link.query("BYE?")
+    server.stop()
+    with pytest.raises(ConnectionLost, match="slm: could not reconnect .* after 3 attempts"):
+        link.reconnect()
+
+
+# --- SCPIInstrument ------------------------------------------------------------------------------------------------
+
+
+def test_write_raises_the_reported_error(wire_server, wire_link) -> None:
+    server = wire_server({"SYST:ERR?": ['-113,"Undefined header"', '+0,"No error"']})
+    dev = SCPIInstrument(wire_link(server), name="awg")
+    with pytest.raises(InstrumentReportedError) as info:
+        dev.write("SOUR1:FOO 1")
+    message = str(info.value)
+    assert "awg" in message and "SOUR1:FOO 1" in message and "-113" in message
+    assert info.value.errors == [(-113, "Undefined header")]
+    assert server.since(0) == b"SOUR1:FOO 1\nSYST:ERR?\nSYST:ERR?\n"
+    dev.write("SOUR1:VOLT 1")  # queue is empty again
+    dev.write("SOUR1:VOLT 2", check=False)
+    dev.wait_opc()
+    assert server.since(0).endswith(b"SOUR1:VOLT 1\nSYST:ERR?\nSOUR1:VOLT 2\n*OPC?\n")
+
+
+def test_errors_drains_a_bounded_queue(wire_server, wire_link) -> None:
+    dev = SCPIInstrument(wire_link(wire_server({"SYST:ERR?": '-350,"Queue overflow"'})))
+    assert dev.errors() == [(-350, "Queue overflow")] * 50
+
+
+def test_identity_reset_clear_and_numbers(wire_server, wire_link) -> None:
+    server = wire_server({"FREQ?": "+1.00000000000000E+03", "COUNT?": "+8", "BAD?": "hello"})
+    dev = SCPIInstrument(wire_link(server, name="awg"))
+    assert dev.idn() == Identity("Keysight Technologies", "33522B", "MY53400123", "4.00-1.19-2.00-58-00")
+    assert dev.query_float("FREQ?") == 1000.0
+    assert dev.query_int("COUNT?") == 8
+    with pytest.raises(ProtocolError, match="awg.*BAD\\?.*expected a number"):
+        dev.query_float("BAD?")
+    dev.reset()
+    dev.clear()
+    dev.wait_opc(timeout_s=0.5)
+    assert dev.link.timeout_s == 1.0
+    assert server.since(0).endswith(b"*RST\n*OPC?\n*CLS\n*OPC?\n")
+
+
+@pytest.mark.parametrize("reply", ["garbage", "ACME,,1,2", ""])
+def test_identity_garbage_is_a_protocol_error(wire_server, wire_link, reply: str) -> None:
+    dev = SCPIInstrument(wire_link(wire_server({"*IDN?": reply})), name="scope")
+    with pytest.raises(ProtocolError, match="scope.*IDN"):
+        dev.idn()

@@ -1,0 +1,175 @@
+"""Twin artifacts: a fitted twin's weights plus where it came from, in one file.
+
+An artifact is ``torch.save`` of a plain dict::
+
+    {"format": "pnn-lab-twin/1", "kind": "neural", "config": {...constructor kwargs...},
+     "state_dict": {...tensors...}, "metadata": {...JSON-able...}}
+
+The metadata records what a lab notebook would: setup, encoding, instrument identities (``*IDN?``),
+dataset checksum, held-out NMSE, date (ISO 8601). Loading always uses ``torch.load(..., weights_only=True)``,
+which unpickles only tensors and plain containers, so an artifact from elsewhere cannot run code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from twins import twin_class
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "pnn-lab-twin/1"
+
+
+class TwinArtifactError(Exception):
+    """A twin artifact cannot be loaded; the message starts with the file's path and says why."""
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a file all-or-nothing: yields a temporary path in the same folder to write to.
+
+    When the block finishes, the temporary file is flushed to disk and renamed over ``path``
+    (``os.replace``, atomic on POSIX and Windows), so readers see the old file or the complete new one,
+    never a partial one, even after a crash. If the block raises, the temporary file is removed and
+    ``path`` is untouched. Parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; lab files are meant to be shared
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_json_able(value: Any, where: str) -> None:
+    """Raise TypeError naming ``where`` (e.g. ``metadata['instruments']``) unless ``value`` is plain JSON:
+    str, int, float, bool, None, and lists/tuples/dicts (with str keys) of those."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_json_able(item, f"{where}[{i}]")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where}: key {key!r} is a {type(key).__name__}; keys must be str")
+            check_json_able(item, f"{where}[{key!r}]")
+        return
+    raise TypeError(
+        f"{where} is a {type(value).__module__}.{type(value).__qualname__}, not JSON-able; "
+        "use str, int, float, bool, None, lists and dicts (numpy scalars: .item())"
+    )
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able value as built-in types only (float subclasses such as numpy.float64 become float,
+    tuples become lists), so that ``weights_only`` loading accepts it."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    return value
+
+
+def save_twin(path: str | os.PathLike, model: nn.Module, metadata: Mapping[str, Any]) -> Path:
+    """Save a twin and its metadata to ``path`` atomically (parent folders are created).
+
+    Args:
+        path: artifact file, conventionally ``*.pt``.
+        model: a registered twin (``model.kind`` is known to ``twins.twin_class``) with ``config()``.
+        metadata: JSON-able values, stored as given (tuples become lists).
+    Returns:
+        The path written.
+    Raises:
+        TypeError: a metadata or config value is not JSON-able (the message names its key).
+        ValueError: the model's class is not the one registered for its kind, so it could not be loaded.
+    """
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+    check_json_able(dict(metadata), "metadata")
+    config = model.config()
+    check_json_able(config, f"{type(model).__name__}.config()")
+    try:
+        registered = twin_class(model.kind)
+    except KeyError as error:
+        raise ValueError(f"{type(model).__name__}: {error.args[0]}; decorate the class with @register_twin") from None
+    if registered is not type(model):
+        raise ValueError(f"{type(model).__name__} is not the class registered for kind {model.kind!r} ({registered.__name__})")
+
+    artifact = {
+        "format": FORMAT,
+        "kind": model.kind,
+        "config": _plain(config),
+        "state_dict": {name: t.detach().cpu().clone() for name, t in model.state_dict().items()},
+        "metadata": _plain(dict(metadata)),
+    }
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        torch.save(artifact, tmp)
+    logger.info("saved %s twin to %s", model.kind, path)
+    return path
+
+
+def load_twin(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """Load a twin saved by ``save_twin``: the model (in eval mode, on the CPU) and its metadata.
+
+    Raises:
+        TwinArtifactError: the file is missing, truncated or corrupted, not a twin artifact, of an unknown
+            twin kind, or its weights do not fit the architecture its config describes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TwinArtifactError(f"{path}: no such twin artifact file")
+    try:
+        artifact = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for bad files; all mean "unreadable"
+        raise TwinArtifactError(
+            f"{path}: not a readable twin artifact (truncated, corrupted, or contains objects other than "
+            f"tensors and plain data): {type(error).__name__}: {error}"
+        ) from error
+
+    if not isinstance(artifact, dict) or artifact.get("format") != FORMAT:
+        found = artifact.get("format") if isinstance(artifact, dict) else type(artifact).__name__
+        raise TwinArtifactError(f"{path}: not a {FORMAT!r} twin artifact (format: {found!r})")
+    expected = {"kind": str, "config": dict, "state_dict": dict, "metadata": dict}
+    for key, kind in expected.items():
+        if not isinstance(artifact.get(key), kind):
+            raise TwinArtifactError(f"{path}: field {key!r} is missing or not a {kind.__name__}")
+
+    try:
+        cls = twin_class(artifact["kind"])
+    except KeyError as error:
+        raise TwinArtifactError(f"{path}: {error.args[0]}") from None
+    try:
+        model = cls(**artifact["config"])
+    except (TypeError, ValueError) as error:
+        raise TwinArtifactError(f"{path}: config {artifact['config']} does not build a {cls.__name__}: {error}") from error
+    try:
+        model.load_state_dict(artifact["state_dict"], strict=True)
+    except (RuntimeError, KeyError, TypeError) as error:
+        raise TwinArtifactError(f"{path}: weights do not match the {cls.__name__} architecture: {error}") from error
+    model.eval()
+    logger.info("loaded %s twin from %s", artifact["kind"], path)
+    return model, artifact["metadata"]
