@@ -26,7 +26,7 @@ from twins.artifact import load_twin, save_twin
 from twins.data import TwinData, load_twin_data, save_twin_data
 from twins.electronic import ElectronicPhysicsTwin
 from twins.fit import fit_twin, nmse
-from twins.neural import NeuralTwin
+from twins.neural import NeuralTwin, TemporalConvTwin
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ def build_twin(kind: str, cfg: ExperimentConfig, n: int):
     """A fresh, untrained twin of the given kind for this experiment."""
     if kind == "neural":
         nc = cfg.twin.neural
+        if nc.architecture == "temporal_conv":
+            return TemporalConvTwin(n, n, n, channels=nc.channels, kernel=nc.kernel, dilations=tuple(nc.dilations))
         return NeuralTwin(n, n, n, hidden=tuple(nc.hidden), residual=nc.residual)
     if kind == "physics":
         return ElectronicPhysicsTwin(n, cfg.encoding.model_dump(), emf_per_unit(cfg.instruments.awg, cfg.encoding))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -45,10 +46,12 @@ def _errors_to_exit_codes():
     try:
         yield
     except ConfigError as err:
-        console.print(f"[red]{err}[/red]", highlight=False)
+        # plain text, one unwrapped line per problem: messages hold brackets ([low, high]) and are parsed as
+        # file:line: field: message by editors and CI
+        console.print(str(err), style="red", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except InstrumentError as err:
-        console.print(f"[red]instrument error:[/red] {err}", highlight=False)
+        console.print(f"[red]instrument error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         console.print("outputs were switched off; finished epochs are saved (resume with --resume).")
         sys.exit(3)
     except KeyboardInterrupt:

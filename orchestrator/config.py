@@ -47,12 +47,19 @@ class NetworkConfig(_Strict):
 
 
 class NeuralTwinConfig(_Strict):
-    hidden: list[PositiveInt] = [256, 256]
+    """The neural twin: a causal temporal convolutional network over the time slots (default), or an MLP on
+    [x, θ] (``hidden``, ``residual``), which needs many more measured samples for the same error."""
+
+    architecture: Literal["temporal_conv", "mlp"] = "temporal_conv"
+    channels: PositiveInt = 32
+    kernel: int = Field(3, ge=2)
+    dilations: list[PositiveInt] = [1, 2, 4, 8, 16]
+    hidden: list[PositiveInt] = [512, 512]
     residual: bool = True
-    epochs: PositiveInt = 300
-    lr: PositiveFloat = 2e-3
+    epochs: PositiveInt = 60
+    lr: PositiveFloat = 3e-3
     batch_size: PositiveInt = 256
-    patience: PositiveInt = 30
+    patience: PositiveInt = 15
 
 
 class PhysicsTwinConfig(_Strict):

@@ -73,7 +73,7 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module,
     torch.manual_seed(cfg.seed)
     net = PhysicalNetwork(data.x_train.shape[1], data.n_classes, setup.n_inputs, cfg.network.depth,
                           cfg.network.theta_bounds, cfg.network.readout, cfg.network.shuffle_slots, seed=cfg.seed)
-    trainer = Trainer(net, data, setup.forward, twin, _settings(cfg), out, recover=setup.configure,
+    trainer = Trainer(net, data, setup.forward, twin, _settings(cfg), out, recover=setup.recover,
                       on_batch=on_batch)
     calls0, samples0, inst0 = setup.counters.forward_calls, setup.counters.samples, setup.counters.instrument_s
     physics0 = bench.circuit.busy_s if bench is not None else 0.0

@@ -10,9 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +23,7 @@ from drivers.errors import InstrumentError
 from orchestrator.datasets import Dataset
 from orchestrator.network import Layer, PhysicalNetwork
 from orchestrator.pat import physics_aware
+from twins.artifact import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +45,10 @@ class TrainSettings:
     train_eval_samples: int = 2000
 
 
-@dataclass
-class EpochResult:
-    rows: list[dict] = field(default_factory=list)
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that a crash leaves either the old or the new version, never a torn one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:

@@ -41,6 +41,20 @@ def robust_std(a: Tensor | np.ndarray) -> Tensor:
     return torch.where(std > 1e-6 * top, std, top)
 
 
+class _OutputNormalisation:
+    """Outputs standardised with buffers ``y_mean``, ``y_std`` [n_outputs] set from training data."""
+
+    y_mean: Tensor
+    y_std: Tensor
+
+    @torch.no_grad()
+    def set_output_normalisation(self, y: Tensor | np.ndarray) -> None:
+        """Standardise outputs with the per-column mean and std of training outputs y [N, n_outputs]."""
+        y = torch.as_tensor(y).to(self.y_mean)
+        self.y_mean.copy_(y.mean(dim=0))
+        self.y_std.copy_(robust_std(y))
+
+
 class _ResidualBlock(nn.Module):
     """h -> act(Linear(h)) + skip(h); skip is the identity when the widths agree, else a linear projection."""
 
@@ -55,7 +69,7 @@ class _ResidualBlock(nn.Module):
 
 
 @register_twin
-class NeuralTwin(nn.Module):
+class NeuralTwin(_OutputNormalisation, nn.Module):
     """MLP twin y = f_m(x, θ).
 
     Architecture on z = standardised [x, θ] (width n_inputs + n_params):
@@ -133,12 +147,6 @@ class NeuralTwin(nn.Module):
         self.in_mean.copy_(z.mean(dim=0))
         self.in_std.copy_(robust_std(z))
 
-    @torch.no_grad()
-    def set_output_normalisation(self, y: Tensor | np.ndarray) -> None:
-        """Standardise outputs with the per-column mean and std of training outputs y [N, n_outputs]."""
-        y = torch.as_tensor(y).to(self.y_mean)
-        self.y_mean.copy_(y.mean(dim=0))
-        self.y_std.copy_(robust_std(y))
 
     def forward(self, x: Tensor, theta: Tensor) -> Tensor:
         """y [B, n_outputs] in physical units from x [B, n_inputs] and θ [B, n_params] or [n_params]."""
@@ -148,3 +156,74 @@ class NeuralTwin(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, n_inputs={self.n_inputs}, n_params={self.n_params}, n_outputs={self.n_outputs}"
+
+
+class _CausalBlock(nn.Module):
+    """h -> h + act(conv(h)) with a causal dilated convolution over time slots."""
+
+    def __init__(self, channels: int, kernel: int, dilation: int, activation: type[nn.Module]):
+        super().__init__()
+        self.pad = (kernel - 1) * dilation
+        self.conv = nn.Conv1d(channels, channels, kernel, dilation=dilation)
+        self.act = activation()
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.act(self.conv(nn.functional.pad(h, (self.pad, 0))))
+
+
+@register_twin
+class TemporalConvTwin(_OutputNormalisation, nn.Module):
+    """Neural twin for time-multiplexed setups: a causal dilated convolutional network over the time slots.
+
+    Slot i carries (x_i, θ_i) and produces y_i; the network assumes only what holds for any time-invariant,
+    causal device driven slot after slot (the electronic and mechanical setups), not the device's physics.
+    With kernel k and dilations 1, 2, 4, ... it sees ``receptive_field`` slots into the past. It needs far fewer
+    measured samples than an MLP on [x, θ], because every slot is a training example for the same filters.
+    Inputs and outputs are standardised with buffers set from the training data, as in ``NeuralTwin``.
+    """
+
+    kind = "temporal_conv"
+
+    def __init__(self, n_inputs: int, n_params: int, n_outputs: int, channels: int = 32, kernel: int = 3,
+                 dilations: Sequence[int] = (1, 2, 4, 8, 16), activation: str = "silu"):
+        super().__init__()
+        if not n_inputs == n_params == n_outputs:
+            raise ValueError(f"a temporal twin needs n_inputs == n_params == n_outputs; got {n_inputs}, {n_params}, "
+                             f"{n_outputs}")
+        self.n_inputs = self.n_params = self.n_outputs = int(n_inputs)
+        self.channels, self.kernel, self.dilations = int(channels), int(kernel), tuple(int(d) for d in dilations)
+        self.activation = activation
+        act = ACTIVATIONS[activation]
+        self.inp = nn.Conv1d(2, channels, 1)
+        self.blocks = nn.Sequential(*[_CausalBlock(channels, kernel, d, act) for d in self.dilations])
+        self.head = nn.Sequential(nn.Conv1d(channels, channels, 1), act(), nn.Conv1d(channels, 1, 1))
+        self.register_buffer("in_mean", torch.zeros(2))
+        self.register_buffer("in_std", torch.ones(2))
+        self.register_buffer("y_mean", torch.zeros(self.n_outputs))
+        self.register_buffer("y_std", torch.ones(self.n_outputs))
+
+    @property
+    def receptive_field(self) -> int:
+        """How many slots (this one included) an output depends on."""
+        return 1 + (self.kernel - 1) * sum(self.dilations)
+
+    def config(self) -> dict:
+        return {"n_inputs": self.n_inputs, "n_params": self.n_params, "n_outputs": self.n_outputs,
+                "channels": self.channels, "kernel": self.kernel, "dilations": list(self.dilations),
+                "activation": self.activation}
+
+    @torch.no_grad()
+    def set_input_normalisation(self, x: Tensor | np.ndarray, theta: Tensor | np.ndarray) -> None:
+        """Standardise x and θ with their overall mean and std (one pair per channel, shared by all slots)."""
+        for k, a in enumerate((torch.as_tensor(x), torch.as_tensor(theta))):
+            self.in_mean[k] = a.mean()
+            self.in_std[k] = a.std().clamp_min(1e-6)
+
+
+    def forward(self, x: Tensor, theta: Tensor) -> Tensor:
+        """y [B, n] in physical units from x [B, n] and θ [B, n] or [n]."""
+        theta = broadcast_theta(x, theta, self.n_inputs, self.n_params)
+        z = torch.stack([x, theta], dim=1).to(self.in_mean.dtype)  # [B, 2, n]
+        z = (z - self.in_mean[None, :, None]) / self.in_std[None, :, None]
+        out = self.head(self.blocks(self.inp(z)))[:, 0, :]
+        return (out * self.y_std + self.y_mean).to(x.dtype)

@@ -42,7 +42,8 @@ class AWGConfig(_Strict):
     timeout_s: PositiveFloat = 10.0
     channel: Literal[1, 2] = 1
     load_ohm: float | Literal["INF"] = 50.0
-    max_abs_volts: float = Field(gt=0, le=10, description="safety limit on |V| at the circuit input")
+    max_abs_volts: float = Field(gt=0, le=10, description="safety limit on the programmed |offset| + amplitude/2 (V "
+                                 "into the configured load); the driver refuses anything above it")
     memory_points: PositiveInt = 1_000_000
 
 
@@ -131,8 +132,7 @@ class ElectronicSetup:
         awg, scope, enc, sc = self.awg, self.scope, self.enc, self.cfg.scope
         awg.output = False
         awg.load = self.cfg.awg.load_ohm
-        awg.offset = 0.0
-        awg.amplitude = 2.0 * enc.drive_volts_per_unit  # Vpp: a DAC value of +-1 is +-drive_volts_per_unit
+        awg.set_levels(amplitude_vpp=2.0 * enc.drive_volts_per_unit, offset_v=0.0)  # DAC +-1 -> +-drive_volts_per_unit
         awg.configure_burst(n_cycles=1, trigger_source="BUS")
         scope.set_channel(sc.channel, scale_v_per_div=sc.volts_per_div, offset_v=0.0, coupling="DC", display=True)
         scope.set_channel(sc.reference_channel, scale_v_per_div=sc.reference_volts_per_div, offset_v=0.0,
@@ -140,6 +140,12 @@ class ElectronicSetup:
         scope.set_edge_trigger(source=sc.trigger_source, level_v=sc.trigger_level_v, slope="POS")
         scope.set_acquisition(type="NORM")
         self._timebase = None
+
+    def recover(self) -> None:
+        """After a failed forward: reopen both links and put the instruments back in their set-up state."""
+        for inst in (self.awg, self.scope):
+            inst.link.reconnect()
+        self.configure()
 
     def items_per_upload(self) -> int:
         """How many batch items fit in one waveform (AWG memory and scope record both limit it)."""
@@ -203,7 +209,9 @@ class ElectronicSetup:
         duration = len(wave) / fs
         points = min(self.cfg.scope.max_points, len(wave))
         if self._timebase != (duration, points):
-            scope.set_timebase(range_s=duration, position_s=0.0, reference="LEFT")
+            # InfiniiVision's LEFT reference is 1 of 10 divisions from the left edge: delay it by one division
+            # so the record starts at the trigger and holds the whole waveform
+            scope.set_timebase(range_s=duration, position_s=duration / 10, reference="LEFT")
             self._timebase = (duration, points)
         awg.output = True
         scope.arm_single(timeout_s=self.cfg.scope.timeout_s)

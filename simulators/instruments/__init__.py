@@ -1,0 +1,6 @@
+"""Simulated instrument front panels: state machine and SCPI command set of each instrument."""
+
+from simulators.instruments.awg import SimKeysight33522B
+from simulators.instruments.scope import SimInfiniiVision
+
+__all__ = ["SimKeysight33522B", "SimInfiniiVision"]

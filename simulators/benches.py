@@ -1,0 +1,160 @@
+"""Simulated benches: the instruments of a setup wired to its physics and served on loopback TCP ports.
+
+Electronic bench wiring::
+
+    AWG CH1 output (50 ohm) --> circuit input      circuit output --> scope CHAN1
+                                AWG CH1 terminal  --> scope CHAN2
+    AWG sync (trigger out)  --> scope EXT TRIG     AWG CH2: not connected
+
+``start_bench("electronic")`` returns a ``RunningBench`` whose ``resources`` point pyvisa at the instruments::
+
+    with start_bench("electronic", seed=0) as bench:
+        rm = pyvisa.ResourceManager("@py")
+        awg = rm.open_resource(bench.resources["awg"], read_termination="\\n", write_termination="\\n")
+
+A triggered burst is played to the circuit padded with the AWG's idle level (its first point) so the response
+covers the scope's whole window, pre-trigger part included. A continuous waveform is repeated until the circuit is
+in steady state (at least one period before the trigger) and the scope triggers at the start of a period. With
+``realtime=True`` an acquisition completes only after the played waveform's physical duration.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from typing import Callable
+
+import numpy as np
+
+from simulators.instruments import SimInfiniiVision, SimKeysight33522B
+from simulators.physics.electronic import ElectronicCircuit
+from simulators.server import FaultPlan, SCPIInstrument, SCPIServer
+
+log = logging.getLogger(__name__)
+
+
+class ElectronicBench:
+    """AWG, circuit and scope of the electronic setup; every state change and all physics run under ``lock``."""
+
+    drive_channel = 1
+    max_padding = 1 << 16  # idle samples simulated around a burst at most; beyond, the scope holds the edge value
+    max_periodic = 1 << 22  # samples simulated for a continuous waveform at most
+
+    def __init__(self, seed: int = 0, realtime: bool = False):
+        self.lock = threading.RLock()
+        self.realtime = realtime
+        self.circuit = ElectronicCircuit(seed=seed)
+        self.awg = SimKeysight33522B(lock=self.lock, listener=self)
+        self.scope = SimInfiniiVision(lock=self.lock, listener=self)
+        self._continuous: tuple[np.ndarray, float] | None = None  # EMF period (V) and sample rate (Sa/s)
+
+    @property
+    def instruments(self) -> dict[str, SCPIInstrument]:
+        return {"awg": self.awg, "scope": self.scope}
+
+    # -- AwgListener / ScopeListener --------------------------------------------------------------------------------
+
+    def on_awg_play(self, channel: int, emf_v: np.ndarray, sample_rate_hz: float, continuous: bool) -> None:
+        if channel != self.drive_channel:
+            return
+        with self.lock:
+            self._continuous = (emf_v, sample_rate_hz) if continuous else None
+            self._acquire(emf_v, sample_rate_hz, continuous)
+
+    def on_awg_stop(self, channel: int) -> None:
+        if channel == self.drive_channel:
+            with self.lock:
+                self._continuous = None
+
+    def on_scope_armed(self) -> None:
+        with self.lock:
+            if self._continuous is not None:
+                self._acquire(*self._continuous, continuous=True)
+
+    # -- physics -----------------------------------------------------------------------------------------------------
+
+    def _acquire(self, emf_v: np.ndarray, fs: float, continuous: bool) -> None:
+        """Run the circuit on what the AWG plays and hand the traces to the scope, if it is armed."""
+        if not self.scope.wants_trigger():
+            return
+        t_start, t_end = self.scope.window_s()
+        n = emf_v.shape[0]
+        if continuous:
+            period_s = n / fs
+            before = max(1, min(math.ceil(-t_start / period_s), self.max_periodic // (2 * n)))
+            after = max(1, min(math.ceil(t_end / period_s), self.max_periodic // n - before))
+            drive = np.tile(emf_v, before + after)
+            pre = before * n
+            duration_s = max(t_end, 0.0)
+        else:
+            pre = min(self.max_padding, max(0, math.ceil(-t_start * fs)))
+            post = min(self.max_padding, max(1, math.ceil(t_end * fs) - n + 1))
+            idle = emf_v[0]
+            drive = np.concatenate((np.full(pre, idle), emf_v, np.full(post, idle)))
+            duration_s = n / fs
+        traces = self.circuit.respond(drive, fs)
+        self.scope.capture(traces, fs, start_s=-pre / fs, ready_in_s=duration_s if self.realtime else 0.0)
+
+
+class RunningBench:
+    """A bench whose instruments are being served. ``resources``: role -> VISA resource string."""
+
+    def __init__(self, name: str, bench: ElectronicBench, servers: dict[str, SCPIServer]):
+        self.name = name
+        self.bench = bench
+        self.servers = servers
+
+    @property
+    def resources(self) -> dict[str, str]:
+        return {role: server.resource for role, server in self.servers.items()}
+
+    @property
+    def instruments(self) -> dict[str, SCPIInstrument]:
+        """The simulated front panels by role (for tests and diagnostics)."""
+        return self.bench.instruments
+
+    @property
+    def circuit(self) -> ElectronicCircuit:
+        return self.bench.circuit
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.close()
+        log.info("%s bench closed", self.name)
+
+    def __enter__(self) -> "RunningBench":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+BENCHES: dict[str, Callable[[int, bool], ElectronicBench]] = {"electronic": ElectronicBench}
+
+
+def start_bench(name: str = "electronic", *, host: str = "127.0.0.1", seed: int = 0, realtime: bool = False,
+                faults: dict[str, FaultPlan] | None = None, ports: dict[str, int] | None = None) -> RunningBench:
+    """Build bench ``name`` and serve each of its instruments on its own port (0 or missing: a free port).
+
+    ``faults`` and ``ports`` are keyed by role (``"awg"``, ``"scope"``).
+    """
+    if name not in BENCHES:
+        raise ValueError(f"unknown bench {name!r}; available: {', '.join(sorted(BENCHES))}")
+    bench = BENCHES[name](seed, realtime)
+    faults, ports = faults or {}, ports or {}
+    unknown = (set(faults) | set(ports)) - set(bench.instruments)
+    if unknown:
+        raise ValueError(f"{name} bench has no instrument {sorted(unknown)}; roles: {sorted(bench.instruments)}")
+    servers: dict[str, SCPIServer] = {}
+    try:
+        for role, inst in bench.instruments.items():
+            servers[role] = SCPIServer(inst.session, host=host, port=ports.get(role, 0), name=f"{name}-{role}",
+                                       faults=faults.get(role))
+    except OSError:
+        for server in servers.values():
+            server.close()
+        raise
+    running = RunningBench(name, bench, servers)
+    log.info("%s bench (seed %d%s): %s", name, seed, ", realtime" if realtime else "", running.resources)
+    return running
