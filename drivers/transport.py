@@ -18,6 +18,7 @@ callers decide when to call ``reconnect()``.
 from __future__ import annotations
 
 import logging
+import socket
 import re
 import threading
 import time
@@ -225,6 +226,19 @@ class Link(ABC):
         return f"<{type(self).__name__} {self.name} {self.resource}>"
 
 
+def _set_tcp_nodelay(inst: pyvisa.resources.MessageBasedResource, name: str) -> None:
+    """Switch off Nagle's algorithm on a VISA TCP socket: through the standard VISA attribute where the VISA
+    library supports it, else (pyvisa-py) on the session's socket itself."""
+    try:
+        inst.set_visa_attribute(pyvisa.constants.ResourceAttribute.tcpip_nodelay, True)
+        return
+    except Exception as err:  # noqa: BLE001 - backends raise their own types; falling back is always safe
+        log.debug("%s: VI_ATTR_TCPIP_NODELAY not supported (%s); trying the socket", name, err)
+    sock = getattr(getattr(inst.visalib, "sessions", {}).get(inst.session), "interface", None)
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class VisaLink(Link):
     """A pyvisa message-based resource (TCPIP SOCKET/INSTR, USB, GPIB, ASRL)."""
 
@@ -245,6 +259,10 @@ class VisaLink(Link):
         inst.write_termination = ""  # Link.write appends the termination itself
         if self.resource.upper().startswith("ASRL"):
             inst.baud_rate = self._baud_rate  # type: ignore[attr-defined]
+        if self.resource.upper().startswith("TCPIP") and self.resource.upper().endswith("SOCKET"):
+            # send each command at once (no Nagle): a setting followed by SYST:ERR? would otherwise wait for the
+            # instrument's delayed ACK, up to 40 ms per pair
+            _set_tcp_nodelay(inst, self.name)
         self._inst = inst
         self._apply_timeout()
 

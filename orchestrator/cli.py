@@ -21,6 +21,7 @@ from rich.table import Table
 from drivers.errors import InstrumentError
 from orchestrator.config import ConfigError, ExperimentConfig, load_experiment
 from orchestrator.config import data_dir as resolve_data_dir
+from orchestrator.experiment import BENCH_ROWS
 
 console = Console(stderr=True)
 out_console = Console()
@@ -191,15 +192,22 @@ def _print_summary(summary: dict) -> None:
 @set_opt
 @data_opt
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder (default runs/<experiment>-bench).")
-def bench(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | None, out: str | None) -> None:
+@click.option("--rows", default=",".join(f"{m}:{t}" if m != "digital" else m for m, t in BENCH_ROWS), show_default=True,
+              help="Which rows, as MODE:TWIN (and 'digital'), comma-separated.")
+def bench(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | None, out: str | None,
+          rows: str) -> None:
     """Compare PAT (each twin), in-silico training, the perfect twin and a digital baseline."""
     from orchestrator.experiment import bench as run_bench
 
     with _errors_to_exit_codes():
         cfg = _load(experiment, sets)
+        wanted = [tuple((r.strip() + ":-").split(":")[:2]) for r in rows.split(",") if r.strip()]
+        bad = [r for r in wanted if r not in BENCH_ROWS]
+        if bad:
+            raise click.BadParameter(f"unknown row(s) {bad}; choose from {BENCH_ROWS}", param_hint="--rows")
         out_dir = Path(out or Path("runs") / f"{cfg.experiment}-bench")
-        results = run_bench(cfg, out_dir, simulate=simulate, data_dir=resolve_data_dir(data_dir),
-                            on_row=lambda m, t: console.print(f"bench row: {m} / {t}"))
+        run_bench(cfg, out_dir, simulate=simulate, data_dir=resolve_data_dir(data_dir), rows=wanted,
+                  on_row=lambda m, t: console.print(f"bench row: {m} / {t}"))
         out_console.print((out_dir / "bench.md").read_text())
 
 

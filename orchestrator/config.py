@@ -56,10 +56,10 @@ class NeuralTwinConfig(_Strict):
     dilations: list[PositiveInt] = [1, 2, 4, 8, 16]
     hidden: list[PositiveInt] = [512, 512]
     residual: bool = True
-    epochs: PositiveInt = 60
+    epochs: PositiveInt = 30
     lr: PositiveFloat = 3e-3
-    batch_size: PositiveInt = 256
-    patience: PositiveInt = 15
+    batch_size: PositiveInt = 64
+    patience: PositiveInt = 10
 
 
 class PhysicsTwinConfig(_Strict):
@@ -90,6 +90,9 @@ class TrainingConfig(_Strict):
     epochs: PositiveInt = 20
     batch_size: PositiveInt = 64
     eval_batch_size: PositiveInt = 512
+    epoch_test_samples: PositiveInt | None = Field(
+        None, description="test samples evaluated on the device after each epoch (default all; the final evaluation "
+                          "always uses the whole test set)")
     max_retries: int = Field(2, ge=0, description="retries of a failed physical forward before the run stops")
 
 

@@ -61,7 +61,8 @@ def _settings(cfg: ExperimentConfig) -> TrainSettings:
     t = cfg.training
     return TrainSettings(mode=t.mode, optimizer=t.optimizer, lr=t.lr, momentum=t.momentum,
                          weight_decay=t.weight_decay, epochs=t.epochs, batch_size=t.batch_size,
-                         eval_batch_size=t.eval_batch_size, max_retries=t.max_retries, seed=cfg.seed)
+                         eval_batch_size=t.eval_batch_size, max_retries=t.max_retries, seed=cfg.seed,
+                         epoch_test_samples=t.epoch_test_samples)
 
 
 def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module, out: Path, *, resume: bool,
@@ -75,7 +76,8 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module,
                           cfg.network.theta_bounds, cfg.network.readout, cfg.network.shuffle_slots, seed=cfg.seed)
     trainer = Trainer(net, data, setup.forward, twin, _settings(cfg), out, recover=setup.recover,
                       on_batch=on_batch)
-    calls0, samples0, inst0 = setup.counters.forward_calls, setup.counters.samples, setup.counters.instrument_s
+    c = setup.counters
+    calls0, samples0, inst0 = c.forward_calls, c.samples, c.instrument_s
     physics0 = bench.circuit.busy_s if bench is not None else 0.0
     t0 = time.perf_counter()
     rows = trainer.fit(resume=resume, progress=on_epoch)
@@ -87,16 +89,17 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module,
     test_acc = float((test_pred == torch.as_tensor(data.y_test)).float().mean())
     wall = time.perf_counter() - t0
     eval_s = time.perf_counter() - t_eval
-    c = setup.counters
     inst_s = c.instrument_s - inst0
     summary = {
         "experiment": cfg.experiment, "setup": cfg.setup, "mode": cfg.training.mode, "twin": cfg.twin.kind,
         "network": "hybrid" if net.hybrid else "fully physical", "depth": cfg.network.depth,
         "width": setup.n_inputs, "trainable_parameters": net.n_trainable(), "dataset": cfg.task.dataset,
-        "test_accuracy": test_acc, "train_accuracy": train_acc, "epochs": len(rows), "wall_time_s": None,
+        "test_accuracy": test_acc, "train_accuracy": train_acc, "epochs": len(rows),
+        # training epochs (of all sessions, if resumed) + the final evaluation
+        "wall_time_s": trainer.wall_s + eval_s,
         "physical_forward_calls": c.forward_calls - calls0, "device_samples": c.samples - samples0,
         "samples_per_s": (c.samples - samples0) / inst_s if inst_s > 0 else None,
-        "instrument_time_s": inst_s, "uploads_per_forward_max": max(c.history) if c.history else 0,
+        "instrument_time_s": inst_s, "uploads_per_forward_max": max(c.history[calls0:], default=0),
         "simulated": bench is not None,
     }
     if bench is not None:
@@ -104,7 +107,6 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module,
         summary["physics_share_of_wall"] = summary["physics_time_s"] / wall if wall > 0 else None
     if cfg.training.mode == "in_silico":
         summary["twin_test_accuracy"] = rows[-1].get("twin_test_accuracy") if rows else None
-    summary["wall_time_s"] = trainer.wall_s + eval_s  # training epochs (all sessions, if resumed) + final evaluation
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     write_metrics(out / "metrics.csv", rows)
     plots.plot_learning_curves(rows, out / "learning_curves.png")

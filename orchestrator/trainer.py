@@ -43,6 +43,7 @@ class TrainSettings:
     max_retries: int = 2
     seed: int = 0
     train_eval_samples: int = 2000
+    epoch_test_samples: int | None = None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -191,9 +192,10 @@ class Trainer:
         for epoch in range(self.start_epoch, self.s.epochs):
             t0 = time.perf_counter()
             row = {"epoch": epoch + 1, **self.train_epoch(epoch)}
-            row["test_accuracy"] = self.accuracy(self.data.x_test, self.data.y_test)
+            k = self.s.epoch_test_samples or len(self.data.y_test)
+            row["test_accuracy"] = self.accuracy(self.data.x_test[:k], self.data.y_test[:k])
             if self.s.mode == "in_silico":
-                row["twin_test_accuracy"] = self.accuracy(self.data.x_test, self.data.y_test, self.twin)
+                row["twin_test_accuracy"] = self.accuracy(self.data.x_test[:k], self.data.y_test[:k], self.twin)
             row["lr"] = self.opt.param_groups[0]["lr"]
             row["seconds"] = time.perf_counter() - t0
             self.wall_s += row["seconds"]

@@ -47,7 +47,7 @@ class ElectronicPhysicsTwin(nn.Module):
 
     def constants(self) -> dict[str, float]:
         """Current fitted circuit constants in SI units."""
-        return {k: float(p.exp()) for k, p in self.log_values.items()}
+        return {k: float(p.detach().exp()) for k, p in self.log_values.items()}
 
     def forward(self, x: Tensor, theta: Tensor) -> Tensor:
         enc = self.encoding

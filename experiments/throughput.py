@@ -1,0 +1,56 @@
+"""Measure the simulated bench's throughput at an experiment's encoding.
+
+    python experiments/throughput.py experiments/electronic_digits.yaml [--batch 512] [--repeats 5] [--realtime]
+
+Prints device samples per second through the whole stack (drivers, pyvisa-py, simulated instruments, physics)
+for a few batch sizes, the uploads per forward call, and the share of wall time spent computing physics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from orchestrator.config import load_experiment
+from orchestrator.datasets import load_dataset
+from orchestrator.lab import device_width, open_setup, start_simulated_bench
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment")
+    parser.add_argument("--batch", type=int, nargs="+", default=[64, 512])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--realtime", action="store_true")
+    args = parser.parse_args()
+    cfg = load_experiment(args.experiment, overrides={"simulate.realtime": args.realtime})
+    data = load_dataset(cfg.task.dataset, downsample=cfg.task.downsample, n_train=64, n_test=64, seed=0) \
+        if cfg.task.dataset == "digits" else None
+    n = device_width(cfg, data.x_train.shape[1]) if data is not None else cfg.network.width
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    with start_simulated_bench(cfg) as bench, open_setup(cfg, n, bench=bench) as setup:
+        theta = 2 * torch.rand(n, generator=gen) - 1
+        for batch in args.batch:
+            x = 2 * torch.rand(batch, n, generator=gen) - 1
+            setup.forward(x, theta)  # warm-up
+            busy0, calls0, uploads0 = bench.circuit.busy_s, setup.counters.forward_calls, setup.counters.uploads
+            t0 = time.perf_counter()
+            for _ in range(args.repeats):
+                setup.forward(x, theta)
+            wall = time.perf_counter() - t0
+            physics = bench.circuit.busy_s - busy0
+            rows.append({"experiment": cfg.experiment, "width": n, "batch": batch, "realtime": args.realtime,
+                         "samples_per_s": round(batch * args.repeats / wall, 1),
+                         "uploads_per_forward": (setup.counters.uploads - uploads0)
+                         / (setup.counters.forward_calls - calls0),
+                         "physics_share": round(physics / wall, 3), "other_share": round(1 - physics / wall, 3),
+                         "device_time_per_sample_us": setup.enc.samples_per_item(n) / setup.enc.sample_rate_hz * 1e6})
+    print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
