@@ -101,7 +101,7 @@ def calibrate(cfg: ExperimentConfig, setup: ElectronicSetup, artifacts: Path, ki
               progress: Callable[[str, int, int], None] | None = None) -> dict:
     """The whole calibration: delay, twin data (reused if present for the same encoding), twin fits, report."""
     artifacts.mkdir(parents=True, exist_ok=True)
-    delay = setup.calibrate_delay()
+    delay = setup.delay_s or setup.calibrate_delay()  # open_setup has usually measured it already
     snapshot = setup.snapshot()
     atomic_write_bytes(artifacts / "calibration.json", json.dumps(
         {"delay_s": delay, "instruments": snapshot}, indent=2, default=str).encode())

@@ -8,6 +8,7 @@ from contextlib import ExitStack
 
 from drivers.errors import InstrumentError
 from drivers.scpi import SCPIInstrument
+from drivers.setups.electronic import emf_per_unit
 from drivers.transport import open_link
 from orchestrator.config import ExperimentConfig
 from orchestrator.lab import simulated_instruments, start_simulated_bench
@@ -35,8 +36,9 @@ def settings_problems(cfg: ExperimentConfig, n: int | None = None) -> list[tuple
         row("samples per item", f"{per_item} ({room // max(per_item, 1)} items per upload)",
             None if per_item <= room else "one item does not fit in the AWG memory / scope record")
     full_scale = 4 * scope.volts_per_div
-    row("scope range", f"+-{full_scale:g} V on CHAN{scope.channel}",
-        None if full_scale >= 0.5 * enc.output_volts_per_unit else "range too small for the expected output")
+    emf_peak = emf_per_unit(awg, enc)
+    row("scope range", f"+-{full_scale:g} V on CHAN{scope.channel} (drive EMF peak {emf_peak:g} V)",
+        None if full_scale >= 0.7 * emf_peak else "the circuit output may clip at the screen edge; raise volts_per_div")
     return rows
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,6 @@ class Trainer:
         else:
             self.opt = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
                                        weight_decay=settings.weight_decay)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, settings.epochs))
         if settings.mode == "pat":
             if twin is None:
                 raise ValueError("PAT needs a twin for the backward pass")
@@ -116,7 +116,7 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------------------------
     def save_checkpoint(self, epoch: int) -> None:
         state = {"epoch": epoch, "net": self.net.state_dict(), "opt": self.opt.state_dict(),
-                 "sched": self.sched.state_dict(), "rows": self.rows, "wall_s": self.wall_s,
+                 "rows": self.rows, "wall_s": self.wall_s,
                  "torch_rng": torch.get_rng_state()}
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -130,7 +130,6 @@ class Trainer:
             state = torch.load(path, map_location="cpu", weights_only=True)
             self.net.load_state_dict(state["net"])
             self.opt.load_state_dict(state["opt"])
-            self.sched.load_state_dict(state["sched"])
         except Exception as err:  # noqa: BLE001 - any corruption becomes one clear message
             raise RuntimeError(f"{path}: cannot resume from this checkpoint ({err})") from err
         self.rows = list(state["rows"])
@@ -148,8 +147,15 @@ class Trainer:
         order = torch.randperm(len(self.data.y_train), generator=gen)
         return list(torch.split(order, self.s.batch_size))
 
+    def learning_rate(self, epoch: int) -> float:
+        """Cosine decay from the configured rate over the configured epochs (computed, not stored, so a resumed
+        run that is given more epochs follows the schedule for its new length)."""
+        return 0.5 * self.s.lr * (1 + math.cos(math.pi * epoch / max(1, self.s.epochs)))
+
     def train_epoch(self, epoch: int) -> dict:
         self.net.train()
+        for group in self.opt.param_groups:
+            group["lr"] = self.learning_rate(epoch)
         x_all = torch.as_tensor(self.data.x_train)
         y_all = torch.as_tensor(self.data.y_train)
         total_loss, correct, seen = 0.0, 0, 0
@@ -166,7 +172,6 @@ class Trainer:
             seen += len(idx)
             if self.on_batch:
                 self.on_batch(i + 1, len(batches))
-        self.sched.step()
         return {"train_loss": total_loss / seen, "train_accuracy_running": correct / seen}
 
     @torch.no_grad()
@@ -196,7 +201,7 @@ class Trainer:
             row["test_accuracy"] = self.accuracy(self.data.x_test[:k], self.data.y_test[:k])
             if self.s.mode == "in_silico":
                 row["twin_test_accuracy"] = self.accuracy(self.data.x_test[:k], self.data.y_test[:k], self.twin)
-            row["lr"] = self.opt.param_groups[0]["lr"]
+            row["lr"] = self.learning_rate(epoch)
             row["seconds"] = time.perf_counter() - t0
             self.wall_s += row["seconds"]
             self.rows.append(row)

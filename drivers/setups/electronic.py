@@ -55,7 +55,7 @@ class ScopeConfig(_Strict):
     timeout_s: PositiveFloat = 10.0
     channel: int = Field(1, ge=1, le=4)
     reference_channel: int = Field(2, ge=1, le=4, description="channel that sees the AWG output (delay calibration)")
-    volts_per_div: PositiveFloat = 0.25
+    volts_per_div: PositiveFloat = 0.35
     reference_volts_per_div: PositiveFloat = 0.5
     trigger_source: str = "EXT"
     trigger_level_v: float = 1.0
@@ -191,23 +191,27 @@ class ElectronicSetup:
     def _play_and_record(self, units: Tensor) -> Tensor:
         enc, sc = self.enc, self.cfg.scope
         wave = self.waveform(units)
-        trace = self.play(wave, channel=sc.channel)
+        record = self.play(wave, channel=sc.channel)
+        # sample k of the circuit is its voltage at k / fs after the AWG starts, plus the delay: average the
+        # record over one sample period centred there (robust to how the scope's grid falls on the AWG's)
+        trace = sample_averages(record.t, record.volts, len(wave), enc.sample_rate_hz,
+                                self.delay_s - 0.5 / enc.sample_rate_hz)
         # cut the items out of the recorded trace and bin each one
         per_item = enc.samples_per_item(self.n_inputs)
         body = trace[enc.lead_samples: enc.lead_samples + units.shape[0] * per_item]
         items = torch.as_tensor(body).reshape(units.shape[0], per_item)[:, : units.shape[1]]
         return bin_outputs(items, self.n_outputs) / enc.output_volts_per_unit
 
-    def play(self, wave: np.ndarray, channel: int) -> np.ndarray:
+    def play(self, wave: np.ndarray, channel: int):
         """Upload ``wave`` (DAC values in [-1, 1] at the encoding's sample rate), play it once, and return the
-        scope channel's voltage (V) on the AWG's sample grid, aligned by the calibrated delay."""
+        scope's record of ``channel`` (a ``drivers.scope.Waveform``: t [N] s from the trigger, volts [N])."""
         awg, scope, enc = self.awg, self.scope, self.enc
         fs = enc.sample_rate_hz
         awg.output = False
         awg.upload_arb("PNNBATCH", wave)
         awg.sample_rate = fs
         duration = len(wave) / fs
-        points = min(self.cfg.scope.max_points, len(wave))
+        points = min(self.cfg.scope.max_points, 2 * len(wave))
         if self._timebase != (duration, points):
             # InfiniiVision's LEFT reference is 1 of 10 divisions from the left edge: delay it by one division
             # so the record starts at the trigger and holds the whole waveform
@@ -217,9 +221,7 @@ class ElectronicSetup:
         scope.arm_single(timeout_s=self.cfg.scope.timeout_s)
         awg.trigger()
         scope.wait_complete(timeout_s=self.cfg.scope.timeout_s + 2 * duration)
-        record = scope.read_waveform(channel, points=points, fmt=self.cfg.scope.waveform_format)
-        t_awg = np.arange(len(wave)) / fs + self.delay_s
-        return np.interp(t_awg, record.t, record.volts, left=0.0, right=0.0)
+        return scope.read_waveform(channel, points=points, fmt=self.cfg.scope.waveform_format)
 
     # -- calibration -------------------------------------------------------------------------------------------
     def calibrate_delay(self, n_samples: int = 4096, seed: int = 0) -> float:
@@ -227,18 +229,21 @@ class ElectronicSetup:
         reference channel records. Sets and returns ``delay_s``."""
         rng = np.random.default_rng(seed)
         fs = self.enc.sample_rate_hz
+        room = min(self.cfg.awg.memory_points, self.cfg.scope.max_points) - 2 * self.enc.lead_samples - 256
+        n_samples = max(64, min(n_samples, room))
         chips = np.sign(rng.standard_normal(n_samples // 8)).repeat(8) * 0.5
         wave = np.concatenate([np.zeros(self.enc.lead_samples), chips, np.zeros(self.enc.lead_samples + 256)])
-        self.delay_s = 0.0
-        recorded = self.play(wave, channel=self.cfg.scope.reference_channel)
+        record = self.play(wave, channel=self.cfg.scope.reference_channel)
+        recorded = np.interp(np.arange(len(wave)) / fs, record.t, record.volts, left=0.0, right=0.0)
         recorded = recorded - recorded.mean()
         ref = wave - wave.mean()
         corr = np.correlate(recorded, ref, mode="full")[len(ref) - 1:]  # lags 0 .. len-1
         k = int(np.argmax(corr[: len(ref) // 2]))
-        frac = 0.0
-        if 0 < k < len(corr) - 1:  # parabolic peak interpolation for the fractional sample
-            a, b, c = corr[k - 1], corr[k], corr[k + 1]
-            frac = 0.5 * (a - c) / (a - 2 * b + c) if (a - 2 * b + c) != 0 else 0.0
+        # fractional part: at sample instants, a record delayed by k + f samples reads (1 - f) x[n - k] + f x[n - k - 1]
+        # (linear between the AWG's samples); solve for f by least squares
+        mix = np.stack([np.roll(ref, k), np.roll(ref, k + 1)], axis=1)
+        (a, b), *_ = np.linalg.lstsq(mix, recorded, rcond=None)
+        frac = float(np.clip(b / (a + b), 0.0, 1.0)) if a + b != 0 else 0.0
         self.delay_s = (k + frac) / fs
         log.info("AWG-to-scope delay: %.3f us", self.delay_s * 1e6)
         return self.delay_s
@@ -254,13 +259,25 @@ class ElectronicSetup:
                 "encoding": self.enc.model_dump(), "delay_s": self.delay_s, "n": self.n_inputs}
 
 
+def sample_averages(t: np.ndarray, volts: np.ndarray, n: int, fs: float, delay_s: float) -> np.ndarray:
+    """The scope record (t [N] s, volts [N]) averaged over each of n AWG sample periods, the k-th starting at
+    k / fs + delay_s. A box average of the piecewise-linear record, exact whatever the scope's point spacing, so
+    the result does not depend on how the scope's grid falls against the AWG's (that is, on the batch size).
+    Periods outside the record count as 0 V."""
+    t = np.concatenate([[t[0] - 1e-12], t, [t[-1] + 1e-12]])
+    v = np.concatenate([[0.0], volts, [0.0]])
+    integral = np.concatenate([[0.0], np.cumsum(0.5 * (v[1:] + v[:-1]) * np.diff(t))])  # V s at each t
+    edges = np.arange(n + 1) / fs + delay_s
+    return np.diff(np.interp(edges, t, integral)) * fs
+
+
 def expected_duration_s(n_items: int, n: int, enc: ElectronicEncoding) -> float:
     """Physical duration (s) of the waveform for n_items batch items."""
     return (n_items * enc.samples_per_item(n) + 2 * enc.lead_samples) / enc.sample_rate_hz
 
 
 __all__ = ["AWGConfig", "ScopeConfig", "ElectronicInstruments", "ElectronicEncoding", "ElectronicSetup",
-           "drive_units", "bin_outputs", "expected_duration_s", "emf_per_unit"]
+           "drive_units", "bin_outputs", "sample_averages", "expected_duration_s", "emf_per_unit"]
 
 
 def emf_per_unit(awg: AWGConfig, enc: ElectronicEncoding, source_ohm: float = 50.0) -> float:
