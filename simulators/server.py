@@ -6,8 +6,9 @@ so a serial (pty) transport can reuse it unchanged.
 - ``MessageReader``   bytes -> program messages: ``\\n`` terminators (``\\r\\n`` tolerated), IEEE 488.2
   definite-length blocks whose payload may hold any byte (``\\n`` included), bounded buffers, resync after garbage.
 - ``CommandTree``     header patterns such as ``"[SOURce#:]VOLTage[:AMPLitude]"`` -> handler methods.
-- ``SCPIInstrument``  base class of a simulated front panel: commands declared with ``@scpi``, the IEEE 488.2
-  common commands (``*IDN?``, ``*RST``, ``*CLS``, ``*OPC``, ``*OPC?``, ``*WAI``, ``*ESR?``, ...) and ``SYST:ERR?``.
+- ``SCPIInstrument``  base class of a simulated front panel: commands declared with ``@scpi``, plain settings (a
+  command and its query) with ``setting()``, the IEEE 488.2 common commands (``*IDN?``, ``*RST``, ``*CLS``, ``*OPC``,
+  ``*OPC?``, ``*WAI``, ``*ESR?``, ...) and ``SYST:ERR?``.
 - ``Session``         one client's conversation with an instrument: error queue, status registers, the header path
   of ``;``-joined commands, replies.
 - ``SCPIServer``      TCP transport, one thread per client, with fault injection (``FaultPlan``) on the replies.
@@ -463,6 +464,65 @@ def scpi(pattern: str, nargs: int | tuple[int, int | None] | None = None) -> Cal
     return deco
 
 
+@dataclass(frozen=True)
+class Setting:
+    """A plain setting (see ``setting()``): the command ``header`` stores ``parse(call)`` in the attribute ``attr``,
+    the query ``header?`` returns ``reply(attribute)``."""
+
+    header: str
+    attr: str
+    parse: Callable[["Call"], object]
+    reply: Callable[[object], str]
+    per_channel: bool = False
+
+    def owner(self, instrument: "SCPIInstrument", call: "Call") -> object:
+        """The object holding the attribute: the instrument, or the channel the header's suffix names."""
+        return instrument._ch(call) if self.per_channel else instrument
+
+    def write(self, instrument: "SCPIInstrument", call: "Call") -> None:
+        value = self.parse(call)  # before the channel: a bad value is reported ahead of a bad suffix
+        setattr(self.owner(instrument, call), self.attr, value)
+
+    def read(self, instrument: "SCPIInstrument", call: "Call") -> str:
+        return self.reply(getattr(self.owner(instrument, call), self.attr))
+
+
+def setting(header: str, attr: str, kind: str = "choice", *, choices: Sequence[str] = (), lo: float = -math.inf,
+            hi: float = math.inf, default: float | None = None, unit: str = "",
+            fmt: Callable[[float], str] = nr3, per_channel: bool = False) -> Setting:
+    """Declare a plain setting of an ``SCPIInstrument``, as a class attribute: the command ``header`` parses its one
+    parameter into the attribute ``attr`` and the query ``header?`` returns it. For example::
+
+        _sweep = setting(":TRIGger:SWEep", "trigger_sweep", choices=("AUTO", "NORMal"))
+        _range = setting(":TIMebase:RANGe", "time_range_s", "number", lo=50e-9, hi=500.0, unit="S")
+
+    - ``"choice"`` (the default): one of ``choices``, in short or long form (``"NORMal"``: NORM or NORMAL); the
+      query returns the short form (``NORM``).
+    - ``"boolean"``: ON, OFF or a number (0 is OFF); the query returns ``1`` or ``0``.
+    - ``"number"``: a number in [lo, hi] with an optional ``unit`` suffix (MIN, MAX: lo, hi; DEF: ``default``); the
+      query returns ``fmt(value)``, by default ``nr3`` (``+1.000000000000000E+00``).
+    - ``"integer"``: as ``"number"``, rounded; the query returns ``nr1`` (``+8``).
+
+    A bad parameter queues the error ``Call`` raises (-109, -104, -222, -224); the setting is then unchanged.
+
+    ``per_channel``: the attribute belongs to the channel the header's suffix names, ``instrument._ch(call)``.
+    A command with side effects or checks beyond the parse of its parameter is written with ``@scpi`` instead.
+    """
+    if kind == "choice":
+        if not choices:
+            raise ValueError(f"setting {header!r}: a choice needs its choices")
+        return Setting(header, attr, lambda call: call.choice(0, choices), str, per_channel)
+    if kind == "boolean":
+        return Setting(header, attr, lambda call: call.boolean(0), lambda on: "1" if on else "0", per_channel)
+    if kind == "number":
+        return Setting(header, attr, lambda call: call.number(0, lo=lo, hi=hi, default=default, unit=unit), fmt,
+                       per_channel)
+    if kind == "integer":
+        return Setting(header, attr, lambda call: call.integer(0, lo=lo, hi=hi, default=default, unit=unit), nr1,
+                       per_channel)
+    raise ValueError(f"setting {header!r}: unknown kind {kind!r} (choice, boolean, number or integer)")
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Parameters
 # ----------------------------------------------------------------------------------------------------------------------
@@ -603,7 +663,8 @@ class Call:
 class SCPIInstrument:
     """Base class of a simulated front panel.
 
-    Subclasses set ``idn``, declare handlers with ``@scpi`` and override ``reset()``. Handlers run under
+    Subclasses set ``idn``, declare handlers with ``@scpi`` and plain settings with ``setting()``, override
+    ``reset()`` and, if settings are per channel, ``_ch()``. Handlers run under
     ``self.lock`` (shared by the instruments of one bench); a handler that changes state others wait on calls
     ``self.changed.notify_all()``.
     """
@@ -624,6 +685,9 @@ class SCPIInstrument:
                     continue
                 seen.add(name)
                 fn = getattr(cls, name, None)
+                if isinstance(fn, Setting):
+                    tree.add(fn.header, fn.write)
+                    tree.add(fn.header + "?", fn.read)
                 for pattern, nargs in getattr(fn, "_scpi", ()):
                     tree.add(pattern, fn, nargs)
         cls.commands = tree
@@ -634,6 +698,10 @@ class SCPIInstrument:
 
     def reset(self) -> None:
         """``*RST``: back to the power-on settings."""
+
+    def _ch(self, call: Call) -> object:
+        """The settings of the channel the header's suffix names (for ``setting(..., per_channel=True)``)."""
+        raise SCPIError(-114, f"channel {call.suffix}")
 
     def session(self) -> "Session":
         """A new client conversation (the ``handler_factory`` of ``SCPIServer``)."""

@@ -43,7 +43,7 @@ from typing import Protocol
 
 import numpy as np
 
-from simulators.server import Call, SCPIError, SCPIInstrument, nr1, nr3, scpi
+from simulators.server import Call, SCPIError, SCPIInstrument, nr1, nr3, scpi, setting
 
 log = logging.getLogger(__name__)
 
@@ -250,13 +250,8 @@ class SimKeysight33522B(SCPIInstrument):
     def _srate_q(self, call: Call) -> str:
         return nr3(self._ch(call).sample_rate_hz)
 
-    @scpi("[SOURce#:]FUNCtion:ARBitrary:FILTer")
-    def _filter(self, call: Call) -> None:
-        self._ch(call).arb_filter = call.choice(0, ("NORMal", "STEP", "OFF"))
-
-    @scpi("[SOURce#:]FUNCtion:ARBitrary:FILTer?")
-    def _filter_q(self, call: Call) -> str:
-        return self._ch(call).arb_filter
+    _filter = setting("[SOURce#:]FUNCtion:ARBitrary:FILTer", "arb_filter", choices=("NORMal", "STEP", "OFF"),
+                      per_channel=True)
 
     @scpi("[SOURce#:]FREQuency[:CW]")
     def _frequency(self, call: Call) -> None:
@@ -341,13 +336,7 @@ class SimKeysight33522B(SCPIInstrument):
     def _load_q(self, call: Call) -> str:
         return nr3(self._ch(call).load_ohm)
 
-    @scpi("FORMat:BORDer")
-    def _border(self, call: Call) -> None:
-        self.byte_order = call.choice(0, ("NORMal", "SWAPped"))
-
-    @scpi("FORMat:BORDer?")
-    def _border_q(self, call: Call) -> str:
-        return self.byte_order
+    _border = setting("FORMat:BORDer", "byte_order", choices=("NORMal", "SWAPped"))
 
     # -- arbitrary waveform memory -----------------------------------------------------------------------------------
 
@@ -435,13 +424,7 @@ class SimKeysight33522B(SCPIInstrument):
     def _burst_q(self, call: Call) -> str:
         return "1" if self._ch(call).burst else "0"
 
-    @scpi("[SOURce#:]BURSt:MODE")
-    def _burst_mode(self, call: Call) -> None:
-        self._ch(call).burst_mode = call.choice(0, ("TRIGgered", "GATed"))
-
-    @scpi("[SOURce#:]BURSt:MODE?")
-    def _burst_mode_q(self, call: Call) -> str:
-        return self._ch(call).burst_mode
+    _burst_mode = setting("[SOURce#:]BURSt:MODE", "burst_mode", choices=("TRIGgered", "GATed"), per_channel=True)
 
     @scpi("[SOURce#:]BURSt:NCYCles")
     def _ncycles(self, call: Call) -> None:

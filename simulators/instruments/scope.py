@@ -44,7 +44,7 @@ from typing import Protocol
 
 import numpy as np
 
-from simulators.server import Block, Call, SCPIError, SCPIInstrument, nr1, nr3, scpi
+from simulators.server import Block, Call, SCPIError, SCPIInstrument, nr1, nr3, scpi, setting
 
 log = logging.getLogger(__name__)
 
@@ -338,13 +338,7 @@ class SimInfiniiVision(SCPIInstrument):
     def _offset_q(self, call: Call) -> str:
         return _nr3(self._ch(call).offset_v)
 
-    @scpi(":CHANnel#:COUPling")
-    def _coupling(self, call: Call) -> None:
-        self._ch(call).coupling = call.choice(0, ("AC", "DC"))
-
-    @scpi(":CHANnel#:COUPling?")
-    def _coupling_q(self, call: Call) -> str:
-        return self._ch(call).coupling
+    _coupling = setting(":CHANnel#:COUPling", "coupling", choices=("AC", "DC"), per_channel=True)
 
     @scpi(":CHANnel#:PROBe")
     def _probe(self, call: Call) -> None:
@@ -357,23 +351,11 @@ class SimInfiniiVision(SCPIInstrument):
     def _probe_q(self, call: Call) -> str:
         return _nr3(self._ch(call).probe)
 
-    @scpi(":CHANnel#:DISPlay")
-    def _display(self, call: Call) -> None:
-        self._ch(call).display = call.boolean(0)
-
-    @scpi(":CHANnel#:DISPlay?")
-    def _display_q(self, call: Call) -> str:
-        return "1" if self._ch(call).display else "0"
+    _display = setting(":CHANnel#:DISPlay", "display", "boolean", per_channel=True)
 
     # -- timebase ----------------------------------------------------------------------------------------------------
 
-    @scpi(":TIMebase:RANGe")
-    def _time_range(self, call: Call) -> None:
-        self.time_range_s = call.number(0, lo=50e-9, hi=500.0, unit="S")
-
-    @scpi(":TIMebase:RANGe?")
-    def _time_range_q(self, call: Call) -> str:
-        return _nr3(self.time_range_s)
+    _time_range = setting(":TIMebase:RANGe", "time_range_s", "number", lo=50e-9, hi=500.0, unit="S", fmt=_nr3)
 
     @scpi(":TIMebase:SCALe")
     def _time_scale(self, call: Call) -> None:
@@ -383,39 +365,14 @@ class SimInfiniiVision(SCPIInstrument):
     def _time_scale_q(self, call: Call) -> str:
         return _nr3(self.time_range_s / TIME_DIVISIONS)
 
-    @scpi(":TIMebase:POSition")
-    def _time_position(self, call: Call) -> None:
-        self.time_position_s = call.number(0, lo=-500.0, hi=500.0, default=0.0, unit="S")
-
-    @scpi(":TIMebase:POSition?")
-    def _time_position_q(self, call: Call) -> str:
-        return _nr3(self.time_position_s)
-
-    @scpi(":TIMebase:REFerence")
-    def _time_reference(self, call: Call) -> None:
-        self.time_reference = call.choice(0, ("LEFT", "CENTer", "RIGHt"))
-
-    @scpi(":TIMebase:REFerence?")
-    def _time_reference_q(self, call: Call) -> str:
-        return self.time_reference
+    _time_position = setting(":TIMebase:POSition", "time_position_s", "number", lo=-500.0, hi=500.0, default=0.0,
+                             unit="S", fmt=_nr3)
+    _time_reference = setting(":TIMebase:REFerence", "time_reference", choices=("LEFT", "CENTer", "RIGHt"))
 
     # -- trigger -----------------------------------------------------------------------------------------------------
 
-    @scpi(":TRIGger:MODE")
-    def _trigger_mode(self, call: Call) -> None:
-        self.trigger_mode = call.choice(0, ("EDGE",))
-
-    @scpi(":TRIGger:MODE?")
-    def _trigger_mode_q(self, call: Call) -> str:
-        return self.trigger_mode
-
-    @scpi(":TRIGger:SWEep")
-    def _trigger_sweep(self, call: Call) -> None:
-        self.trigger_sweep = call.choice(0, ("AUTO", "NORMal"))
-
-    @scpi(":TRIGger:SWEep?")
-    def _trigger_sweep_q(self, call: Call) -> str:
-        return self.trigger_sweep
+    _trigger_mode = setting(":TRIGger:MODE", "trigger_mode", choices=("EDGE",))
+    _trigger_sweep = setting(":TRIGger:SWEep", "trigger_sweep", choices=("AUTO", "NORMal"))
 
     @scpi(":TRIGger[:EDGE]:SOURce")
     def _trigger_source_cmd(self, call: Call) -> None:
@@ -438,13 +395,8 @@ class SimInfiniiVision(SCPIInstrument):
     def _trigger_level_q(self, call: Call) -> str:
         return _nr3(self.trigger_level_v)
 
-    @scpi(":TRIGger[:EDGE]:SLOPe")
-    def _trigger_slope(self, call: Call) -> None:
-        self.trigger_slope = call.choice(0, ("POSitive", "NEGative", "EITHer", "ALTernate"))
-
-    @scpi(":TRIGger[:EDGE]:SLOPe?")
-    def _trigger_slope_q(self, call: Call) -> str:
-        return self.trigger_slope
+    _trigger_slope = setting(":TRIGger[:EDGE]:SLOPe", "trigger_slope",
+                             choices=("POSitive", "NEGative", "EITHer", "ALTernate"))
 
     # -- acquisition settings ----------------------------------------------------------------------------------------
 
@@ -457,13 +409,7 @@ class SimInfiniiVision(SCPIInstrument):
     def _acq_type_q(self, call: Call) -> str:
         return self.acq_type
 
-    @scpi(":ACQuire:COUNt")
-    def _acq_count(self, call: Call) -> None:
-        self.acq_count = call.integer(0, lo=2, hi=65536)
-
-    @scpi(":ACQuire:COUNt?")
-    def _acq_count_q(self, call: Call) -> str:
-        return nr1(self.acq_count)
+    _acq_count = setting(":ACQuire:COUNt", "acq_count", "integer", lo=2, hi=65536)
 
     @scpi(":ACQuire:SRATe?")
     def _acq_srate_q(self, call: Call) -> str:
@@ -479,29 +425,9 @@ class SimInfiniiVision(SCPIInstrument):
     def _wav_source_q(self, call: Call) -> str:
         return f"CHAN{self.wav_source}"
 
-    @scpi(":WAVeform:FORMat")
-    def _wav_format(self, call: Call) -> None:
-        self.wav_format = call.choice(0, ("ASCii", "BYTE", "WORD"))
-
-    @scpi(":WAVeform:FORMat?")
-    def _wav_format_q(self, call: Call) -> str:
-        return self.wav_format
-
-    @scpi(":WAVeform:BYTeorder")
-    def _wav_byte_order(self, call: Call) -> None:
-        self.wav_byte_order = call.choice(0, ("LSBFirst", "MSBFirst"))
-
-    @scpi(":WAVeform:BYTeorder?")
-    def _wav_byte_order_q(self, call: Call) -> str:
-        return self.wav_byte_order
-
-    @scpi(":WAVeform:UNSigned")
-    def _wav_unsigned(self, call: Call) -> None:
-        self.wav_unsigned = call.boolean(0)
-
-    @scpi(":WAVeform:UNSigned?")
-    def _wav_unsigned_q(self, call: Call) -> str:
-        return "1" if self.wav_unsigned else "0"
+    _wav_format = setting(":WAVeform:FORMat", "wav_format", choices=("ASCii", "BYTE", "WORD"))
+    _wav_byte_order = setting(":WAVeform:BYTeorder", "wav_byte_order", choices=("LSBFirst", "MSBFirst"))
+    _wav_unsigned = setting(":WAVeform:UNSigned", "wav_unsigned", "boolean")
 
     @scpi(":WAVeform:POINts")
     def _wav_points(self, call: Call) -> None:
@@ -511,13 +437,7 @@ class SimInfiniiVision(SCPIInstrument):
     def _wav_points_q(self, call: Call) -> str:
         return nr1(self._readout_grid()[1])
 
-    @scpi(":WAVeform:POINts:MODE")
-    def _wav_points_mode(self, call: Call) -> None:
-        self.wav_points_mode = call.choice(0, ("NORMal", "MAXimum", "RAW"))
-
-    @scpi(":WAVeform:POINts:MODE?")
-    def _wav_points_mode_q(self, call: Call) -> str:
-        return self.wav_points_mode
+    _wav_points_mode = setting(":WAVeform:POINts:MODE", "wav_points_mode", choices=("NORMal", "MAXimum", "RAW"))
 
     def _readout_grid(self) -> tuple[int, int]:
         """(stride, points) of the transfer: the record decimated to at most ``:WAV:POIN`` points."""
