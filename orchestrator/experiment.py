@@ -47,14 +47,18 @@ def get_twin(cfg: ExperimentConfig, kind: str, setup, bench, artifacts: Path,
     path = twin_path(artifacts, kind)
     if path.exists():
         model, meta = load_twin(path)
-        if meta.get("encoding") == json.dumps(cfg.encoding.model_dump()) and meta.get("n") == setup.n_inputs:
+        if meta.get("encoding") != json.dumps(cfg.encoding.model_dump()) or meta.get("n") != setup.n_inputs:
+            log.warning("%s was fitted for other settings; calibrating again", path)
+            model = None
+        else:
             log.info("using %s twin %s (held-out NMSE %.4f)", kind, path, meta.get("val_nmse", float("nan")))
-            return model
-        log.warning("%s was fitted for other settings; calibrating again", path)
     else:
         log.info("no %s twin at %s yet; calibrating first", kind, path)
-    calibrate(cfg, setup, artifacts, [kind], progress=progress)
-    return load_twin(path)[0]
+        model = None
+    if model is None:
+        calibrate(cfg, setup, artifacts, [kind], progress=progress)
+        model = load_twin(path)[0]
+    return model.requires_grad_(False)  # PAT differentiates the twin in its inputs only, never trains it
 
 
 def _settings(cfg: ExperimentConfig) -> TrainSettings:

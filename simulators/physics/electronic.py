@@ -126,6 +126,68 @@ def integrate(emf, sample_rate_hz: float, values: CircuitValues, delta_t_k: floa
     return xp.stack(vs, 1), xp.stack(is_, 1)
 
 
+def output_vjp(emf: np.ndarray, grad_v: np.ndarray, sample_rate_hz: float, values: CircuitValues,
+               delta_t_k: float = 0.0, max_step_s: float = 1e-6) -> np.ndarray:
+    """Vector-Jacobian product of ``integrate``'s output voltage with respect to the EMF, by the adjoint of the
+    discrete scheme (numpy, no autograd graph: about 20x faster than backpropagating through ``integrate``).
+
+    Args:
+        emf: [C, T] EMF (V); grad_v: [C, T] dL/dv for each output sample.
+    Returns:
+        dL/d emf [C, T].
+    """
+    n_sub = max(1, math.ceil(1.0 / (sample_rate_hz * max_step_s)))
+    dt = 1.0 / (sample_rate_hz * n_sub)
+    k_l, k_c = dt / values.l, dt / values.c
+    decay = 1.0 - k_l * (values.r_src + values.r + values.r_l)
+    w, g_max = values.width, 1.0 / values.r_d
+    vf_mid = 0.5 * (values.v_f_pos + values.v_f_neg) + values.tempco * delta_t_k
+    vf_half = 0.5 * (values.v_f_pos - values.v_f_neg)
+    c, t_len = emf.shape
+    i, v = np.zeros(c), np.zeros(c)
+    saved = np.empty((t_len * n_sub, 4, c))  # per step: D, g, dg/dv, i' - i_d
+    for k in range(t_len):
+        for j in range(n_sub):
+            i = decay * i + k_l * (emf[:, k] - v)
+            sign = np.sign(v)
+            z = (np.abs(v) - vf_mid - vf_half * sign) / w
+            sig = _Numpy.sigmoid(z)
+            i_d = (w * g_max) * sign * _Numpy.softplus(z)
+            g = g_max * sig
+            d = 1.0 + k_c * g
+            r = i - i_d
+            saved[k * n_sub + j] = (d, g, g_max * sig * (1.0 - sig) * sign / w, r)
+            v = v + k_c * r / d
+    grad_emf = np.zeros_like(emf)
+    adj_i, adj_v = np.zeros(c), np.zeros(c)
+    for k in reversed(range(t_len)):
+        adj_v = adj_v + grad_v[:, k]
+        for j in reversed(range(n_sub)):
+            d, g, dg, r = saved[k * n_sub + j]
+            adj_i_new = adj_i + adj_v * k_c / d          # through v' = v + k_c (i' - i_d) / D
+            grad_emf[:, k] += adj_i_new * k_l            # i' = decay i + k_l (e - v)
+            adj_v = adj_v * (1.0 - k_c * g / d - k_c * k_c * r * dg / (d * d)) - adj_i_new * k_l
+            adj_i = decay * adj_i_new
+    return grad_emf
+
+
+class _NoiselessOutput(torch.autograd.Function):
+    """The circuit's output voltage as a differentiable function of the EMF, with the adjoint backward."""
+
+    @staticmethod
+    def forward(ctx, emf: Tensor, circuit: "ElectronicCircuit", fs: float) -> Tensor:
+        ctx.circuit, ctx.fs = circuit, fs
+        ctx.save_for_backward(emf)
+        v, _ = integrate(emf.detach().numpy(), fs, circuit.values)
+        return torch.from_numpy(v).to(emf.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_v: Tensor):
+        (emf,) = ctx.saved_tensors
+        grad = output_vjp(emf.detach().numpy(), grad_v.detach().double().numpy(), ctx.fs, ctx.circuit.values)
+        return torch.from_numpy(grad).to(emf.dtype), None, None
+
+
 class ElectronicCircuit:
     """The bench's circuit as the simulated instruments see it.
 
@@ -154,8 +216,9 @@ class ElectronicCircuit:
         return 0.8 * math.sin(2 * math.pi * t / 600.0 + self._drift_phase) + 0.3 * math.sin(2 * math.pi * t / 97.0)
 
     def noiseless(self, emf: Tensor, sample_rate_hz: float) -> Tensor:
-        """Output voltage (V) for independent EMF rows [C, T] from rest, no noise, no delay, no drift."""
-        return integrate(emf, sample_rate_hz, self.values)[0]
+        """Output voltage (V) for independent EMF rows [C, T] from rest, no noise, no delay, no drift;
+        differentiable in ``emf`` (the gradient comes from ``output_vjp``)."""
+        return _NoiselessOutput.apply(emf.double(), self, sample_rate_hz).to(emf.dtype)
 
     def respond(self, emf_v: np.ndarray, sample_rate_hz: float) -> dict[int, np.ndarray]:
         start = time.perf_counter()
