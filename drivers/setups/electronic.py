@@ -211,7 +211,7 @@ class ElectronicSetup:
         awg.upload_arb("PNNBATCH", wave)
         awg.sample_rate = fs
         duration = len(wave) / fs
-        points = min(self.cfg.scope.max_points, len(wave))
+        points = min(self.cfg.scope.max_points, 2 * len(wave))  # 2 points per AWG sample for the box average
         if self._timebase != (duration, points):
             # InfiniiVision's LEFT reference is 1 of 10 divisions from the left edge: delay it by one division
             # so the record starts at the trigger and holds the whole waveform
