@@ -117,13 +117,17 @@ def calibrate(cfg: ExperimentConfig, setup: ElectronicSetup, artifacts: Path, ki
         data = collect_twin_data(setup, cfg.twin.samples, cfg.twin.repeats, seed=cfg.seed + 7,
                                  progress=(lambda i, n: progress("twin data", i, n)) if progress else None)
         save_twin_data(data_file, data)
+    report_file = artifacts / "report.json"
+    earlier = json.loads(report_file.read_text()).get("twins", []) if report_file.exists() else []
     report = {"delay_s": delay, "twin_data": str(data_file), "samples": int(len(data.y)),
-              "dataset_checksum": data.checksum(), "twins": []}
+              "dataset_checksum": data.checksum(),
+              "twins": [t for t in earlier if t.get("kind") not in kinds and t.get("dataset_checksum") == data.checksum()]}
     for kind in kinds:
         cb = (lambda e, tr, va, k=kind: progress(f"fit {k} twin", e, 0)) if progress else None
-        report["twins"].append(fit_and_save(kind, cfg, data, artifacts, snapshot, progress=cb))
+        entry = fit_and_save(kind, cfg, data, artifacts, snapshot, progress=cb)
+        report["twins"].append({**entry, "dataset_checksum": report["dataset_checksum"]})
         plot_twin_vs_device(kind, artifacts, data, cfg)
-    atomic_write_bytes(artifacts / "report.json", json.dumps(report, indent=2).encode())
+    atomic_write_bytes(report_file, json.dumps(report, indent=2).encode())
     return report
 
 
