@@ -135,8 +135,10 @@ class ElectronicSetup:
         awg.set_levels(amplitude_vpp=2.0 * enc.drive_volts_per_unit, offset_v=0.0)  # DAC +-1 -> +-drive_volts_per_unit
         awg.configure_burst(n_cycles=1, trigger_source="BUS")
         scope.set_channel(sc.channel, scale_v_per_div=sc.volts_per_div, offset_v=0.0, coupling="DC", display=True)
+        # the reference channel is switched on only for the delay calibration: one channel per acquisition
+        # halves what the scope digitizes and sends
         scope.set_channel(sc.reference_channel, scale_v_per_div=sc.reference_volts_per_div, offset_v=0.0,
-                          coupling="DC", display=True)
+                          coupling="DC", display=False)
         scope.set_edge_trigger(source=sc.trigger_source, level_v=sc.trigger_level_v, slope="POS")
         scope.set_acquisition(type="NORM")
         self._timebase = None
@@ -233,7 +235,12 @@ class ElectronicSetup:
         n_samples = max(64, min(n_samples, room))
         chips = np.sign(rng.standard_normal(n_samples // 8)).repeat(8) * 0.5
         wave = np.concatenate([np.zeros(self.enc.lead_samples), chips, np.zeros(self.enc.lead_samples + 256)])
-        record = self.play(wave, channel=self.cfg.scope.reference_channel)
+        ref_ch = self.cfg.scope.reference_channel
+        self.scope.set_channel(ref_ch, display=True)
+        try:
+            record = self.play(wave, channel=ref_ch)
+        finally:
+            self.scope.set_channel(ref_ch, display=False)
         recorded = np.interp(np.arange(len(wave)) / fs, record.t, record.volts, left=0.0, right=0.0)
         recorded = recorded - recorded.mean()
         ref = wave - wave.mean()
