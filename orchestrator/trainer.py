@@ -99,16 +99,10 @@ class Trainer:
         else:
             self.opt = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
                                        weight_decay=settings.weight_decay)
-        if settings.mode == "pat":
-            if twin is None:
-                raise ValueError("PAT needs a twin for the backward pass")
-            self.train_layer: Layer = physics_aware(self.device, twin)
-        elif settings.mode == "in_silico":
-            if twin is None:
-                raise ValueError("in-silico training needs a twin")
-            self.train_layer = twin
-        else:
-            self.train_layer = self.device  # digital/no-twin modes are handled elsewhere
+        if twin is None or settings.mode not in ("pat", "in_silico"):
+            raise ValueError(f"training mode {settings.mode!r} needs a twin; modes are 'pat' and 'in_silico'")
+        # PAT: the device forward, the twin's gradient; in silico: the twin for both
+        self.train_layer: Layer = physics_aware(self.device, twin) if settings.mode == "pat" else twin
         self.rows: list[dict] = []
         self.start_epoch = 0
         self.wall_s = 0.0
