@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
-import time
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -229,14 +230,14 @@ def serve(bench_name: str, host: str, port: int, seed: int, realtime: bool) -> N
 
     roles = ("awg", "scope")
     ports = {role: (port + i if port else 0) for i, role in enumerate(roles)}
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     with start_bench(bench_name, host=host, seed=seed, realtime=realtime, ports=ports) as b:
         for role, res in b.resources.items():
             click.echo(f"{role} {res}")
         sys.stdout.flush()
-        try:
-            while True:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
+        while not stop.wait(0.5):
             pass
 
 
