@@ -278,13 +278,8 @@ def sample_averages(t: np.ndarray, volts: np.ndarray, n: int, fs: float, delay_s
     return np.diff(np.interp(edges, t, integral)) * fs
 
 
-def expected_duration_s(n_items: int, n: int, enc: ElectronicEncoding) -> float:
-    """Physical duration (s) of the waveform for n_items batch items."""
-    return (n_items * enc.samples_per_item(n) + 2 * enc.lead_samples) / enc.sample_rate_hz
-
-
 __all__ = ["AWGConfig", "ScopeConfig", "ElectronicInstruments", "ElectronicEncoding", "ElectronicSetup",
-           "drive_units", "bin_outputs", "sample_averages", "expected_duration_s", "emf_per_unit"]
+           "drive_units", "bin_outputs", "sample_averages", "emf_per_unit"]
 
 
 def emf_per_unit(awg: AWGConfig, enc: ElectronicEncoding, source_ohm: float = 50.0) -> float:
