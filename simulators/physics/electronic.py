@@ -90,6 +90,18 @@ class _Numpy:
         return np.logaddexp(0.0, z)
 
 
+def _scheme(sample_rate_hz: float, values: CircuitValues, delta_t_k: float, max_step_s: float) -> tuple:
+    """Constants of the integration scheme: substeps per sample, dt/L, dt/C, the current's decay per step, the
+    diode width (V) and conductance scale (S), and the mean and half-difference of the forward voltages (V)."""
+    n_sub = max(1, math.ceil(1.0 / (sample_rate_hz * max_step_s)))
+    dt = 1.0 / (sample_rate_hz * n_sub)
+    k_l, k_c = dt / values.l, dt / values.c
+    decay = 1.0 - k_l * (values.r_src + values.r + values.r_l)
+    vf_mid = 0.5 * (values.v_f_pos + values.v_f_neg) + values.tempco * delta_t_k
+    vf_half = 0.5 * (values.v_f_pos - values.v_f_neg)
+    return n_sub, k_l, k_c, decay, values.width, 1.0 / values.r_d, vf_mid, vf_half
+
+
 def integrate(emf, sample_rate_hz: float, values: CircuitValues, delta_t_k: float = 0.0, max_step_s: float = 1e-6):
     """Integrate the circuit from rest for each row of ``emf``.
 
@@ -100,13 +112,7 @@ def integrate(emf, sample_rate_hz: float, values: CircuitValues, delta_t_k: floa
         (v, i): [C, T] capacitor (output) voltage in V and inductor current in A at each sample time.
     """
     xp = _Torch if isinstance(emf, torch.Tensor) else _Numpy
-    n_sub = max(1, math.ceil(1.0 / (sample_rate_hz * max_step_s)))
-    dt = 1.0 / (sample_rate_hz * n_sub)
-    k_l, k_c = dt / values.l, dt / values.c
-    decay = 1.0 - k_l * (values.r_src + values.r + values.r_l)
-    w, g_max = values.width, 1.0 / values.r_d
-    vf_mid = 0.5 * (values.v_f_pos + values.v_f_neg) + values.tempco * delta_t_k
-    vf_half = 0.5 * (values.v_f_pos - values.v_f_neg)
+    n_sub, k_l, k_c, decay, w, g_max, vf_mid, vf_half = _scheme(sample_rate_hz, values, delta_t_k, max_step_s)
     i = emf[:, 0] * 0.0
     v = emf[:, 0] * 0.0
     vs, is_ = [], []
@@ -134,13 +140,7 @@ def output_vjp(emf: np.ndarray, grad_v: np.ndarray, sample_rate_hz: float, value
     Returns:
         dL/d emf [C, T].
     """
-    n_sub = max(1, math.ceil(1.0 / (sample_rate_hz * max_step_s)))
-    dt = 1.0 / (sample_rate_hz * n_sub)
-    k_l, k_c = dt / values.l, dt / values.c
-    decay = 1.0 - k_l * (values.r_src + values.r + values.r_l)
-    w, g_max = values.width, 1.0 / values.r_d
-    vf_mid = 0.5 * (values.v_f_pos + values.v_f_neg) + values.tempco * delta_t_k
-    vf_half = 0.5 * (values.v_f_pos - values.v_f_neg)
+    n_sub, k_l, k_c, decay, w, g_max, vf_mid, vf_half = _scheme(sample_rate_hz, values, delta_t_k, max_step_s)
     c, t_len = emf.shape
     i, v = np.zeros(c), np.zeros(c)
     saved = np.empty((t_len * n_sub, 4, c))  # per step: D, g, dg/dv, i' - i_d
