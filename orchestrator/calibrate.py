@@ -37,6 +37,11 @@ def twin_path(artifacts: Path, kind: str) -> Path:
     return artifacts / TWIN_FILES[kind]
 
 
+def encoding_key(encoding) -> str:
+    """The encoding as stored in twin data and twin metadata: data and twins are reused only for the same one."""
+    return json.dumps(encoding.model_dump())
+
+
 def collect_twin_data(setup: ElectronicSetup, n_samples: int, repeats: int, seed: int,
                       batch: int = 1024, progress: Callable[[int, int], None] | None = None) -> TwinData:
     """Measure ``n_samples`` random (x, θ) pairs, uniform within the safe ranges, each ``repeats`` times averaged."""
@@ -53,7 +58,7 @@ def collect_twin_data(setup: ElectronicSetup, n_samples: int, repeats: int, seed
             progress(min(start + batch, n_samples), n_samples)
     y = torch.cat(ys)
     meta = {"setup": "electronic", "n": n, "repeats": repeats, "seed": seed,
-            "encoding": json.dumps(setup.enc.model_dump()), "instruments": json.dumps(setup.snapshot(), default=str),
+            "encoding": encoding_key(setup.enc), "instruments": json.dumps(setup.snapshot(), default=str),
             "date": dt.datetime.now(dt.timezone.utc).isoformat()}
     return TwinData(x=x.numpy().astype(np.float32), theta=theta.numpy().astype(np.float32),
                     y=y.numpy().astype(np.float32), metadata=meta)
@@ -87,7 +92,7 @@ def fit_and_save(kind: str, cfg: ExperimentConfig, data: TwinData, artifacts: Pa
         rep = fit_twin(model, train, val, epochs=pc.epochs, lr=pc.lr, batch_size=pc.batch_size,
                        patience=pc.patience, seed=cfg.seed, progress=progress)
     meta = {"setup": cfg.setup, "experiment": cfg.experiment, "twin": kind,
-            "encoding": json.dumps(cfg.encoding.model_dump()), "n": int(data.x.shape[1]),
+            "encoding": encoding_key(cfg.encoding), "n": int(data.x.shape[1]),
             "instruments": json.dumps(setup_snapshot, default=str), "dataset_checksum": data.checksum(),
             "val_nmse": float(rep.val_nmse), "train_nmse": float(rep.train_nmse),
             "date": dt.datetime.now(dt.timezone.utc).isoformat()}
@@ -109,7 +114,7 @@ def calibrate(cfg: ExperimentConfig, setup: ElectronicSetup, artifacts: Path, ki
     data = None
     if data_file.exists():
         data = load_twin_data(data_file)
-        if (data.metadata.get("encoding") != json.dumps(setup.enc.model_dump()) or data.x.shape[1] != setup.n_inputs
+        if (data.metadata.get("encoding") != encoding_key(setup.enc) or data.x.shape[1] != setup.n_inputs
                 or len(data.y) < cfg.twin.samples):
             log.info("%s was measured with other settings; measuring again", data_file)
             data = None

@@ -16,12 +16,12 @@ from torch import nn
 
 from drivers.setups.electronic import emf_per_unit
 from orchestrator import plots
-from orchestrator.calibrate import calibrate, twin_path
+from orchestrator.calibrate import calibrate, encoding_key, twin_path
 from orchestrator.config import ExperimentConfig, dump_config
 from orchestrator.datasets import Dataset, load_dataset
 from orchestrator.lab import device_width, open_setup, start_simulated_bench
 from orchestrator.network import PhysicalNetwork, digital_baseline
-from orchestrator.trainer import Trainer, TrainSettings, atomic_write_bytes, write_metrics
+from orchestrator.trainer import TRAIN_EVAL_SAMPLES, Trainer, atomic_write_bytes, write_metrics
 from twins.artifact import load_twin
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def get_twin(cfg: ExperimentConfig, kind: str, setup, bench, artifacts: Path,
     path = twin_path(artifacts, kind)
     if path.exists():
         model, meta = load_twin(path)
-        if meta.get("encoding") != json.dumps(cfg.encoding.model_dump()) or meta.get("n") != setup.n_inputs:
+        if meta.get("encoding") != encoding_key(cfg.encoding) or meta.get("n") != setup.n_inputs:
             log.warning("%s was fitted for other settings; calibrating again", path)
             model = None
         else:
@@ -61,12 +61,11 @@ def get_twin(cfg: ExperimentConfig, kind: str, setup, bench, artifacts: Path,
     return model.requires_grad_(False)  # PAT differentiates the twin in its inputs only, never trains it
 
 
-def _settings(cfg: ExperimentConfig) -> TrainSettings:
-    t = cfg.training
-    return TrainSettings(mode=t.mode, optimizer=t.optimizer, lr=t.lr, momentum=t.momentum,
-                         weight_decay=t.weight_decay, epochs=t.epochs, batch_size=t.batch_size,
-                         eval_batch_size=t.eval_batch_size, max_retries=t.max_retries, seed=cfg.seed,
-                         epoch_test_samples=t.epoch_test_samples)
+def build_network(cfg: ExperimentConfig, data: Dataset, width: int) -> PhysicalNetwork:
+    """The experiment's physical network (untrained), for a device of the given width."""
+    n = cfg.network
+    return PhysicalNetwork(data.x_train.shape[1], data.n_classes, width, n.depth, n.theta_bounds, n.readout,
+                           n.shuffle_slots, seed=cfg.seed)
 
 
 def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module, out: Path, *, resume: bool,
@@ -76,9 +75,8 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module,
     atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
     atomic_write_bytes(out / "instruments.json", json.dumps(setup.snapshot(), indent=2, default=str).encode())
     torch.manual_seed(cfg.seed)
-    net = PhysicalNetwork(data.x_train.shape[1], data.n_classes, setup.n_inputs, cfg.network.depth,
-                          cfg.network.theta_bounds, cfg.network.readout, cfg.network.shuffle_slots, seed=cfg.seed)
-    trainer = Trainer(net, data, setup.forward, twin, _settings(cfg), out, recover=setup.recover,
+    net = build_network(cfg, data, setup.n_inputs)
+    trainer = Trainer(net, data, setup.forward, twin, cfg.training, cfg.seed, out, recover=setup.recover,
                       on_batch=on_batch)
     c = setup.counters
     calls0, samples0, inst0 = c.forward_calls, c.samples, c.instrument_s
@@ -88,7 +86,7 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module,
     t_eval = time.perf_counter()  # final evaluation on the device
     record: list = []
     test_pred = trainer.predict(data.x_test, record=record)
-    n_tr = min(len(data.y_train), trainer.s.train_eval_samples)
+    n_tr = min(len(data.y_train), TRAIN_EVAL_SAMPLES)
     train_acc = trainer.accuracy(data.x_train[:n_tr], data.y_train[:n_tr])
     test_acc = float((test_pred == torch.as_tensor(data.y_test)).float().mean())
     wall = time.perf_counter() - t0
@@ -167,22 +165,19 @@ def bench(cfg: ExperimentConfig, out: Path, *, simulate: bool, data_dir: str | N
     with ExitStack() as stack:
         sim = stack.enter_context(start_simulated_bench(cfg)) if simulate else None
         setup = stack.enter_context(open_setup(cfg, n, bench=sim))
-        n_params = None
         for mode, kind in rows:
             if on_row:
                 on_row(mode, kind)
             if mode == "digital":
-                results.append(train_digital(cfg, data, n_params or 1000))
+                results.append(train_digital(cfg, data, build_network(cfg, data, n).n_trainable()))
             else:
                 if kind == "perfect" and sim is None:
                     continue
                 row_cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"mode": mode}),
                                                  "twin": cfg.twin.model_copy(update={"kind": kind})})
                 twin = get_twin(row_cfg, kind, setup, sim, cfg.artifacts_path(simulate))
-                summary = train_on_setup(row_cfg, data, setup, twin, out / f"{mode}_{kind}", resume=False,
-                                         bench=sim, **callbacks)
-                n_params = summary["trainable_parameters"]
-                results.append(summary)
+                results.append(train_on_setup(row_cfg, data, setup, twin, out / f"{mode}_{kind}", resume=False,
+                                              bench=sim, **callbacks))
             atomic_write_bytes(out / "bench.json", json.dumps(results, indent=2).encode())
     atomic_write_bytes(out / "bench.md", bench_table(cfg, results).encode())
     return results

@@ -12,7 +12,6 @@ import io
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from drivers.errors import InstrumentError
+from orchestrator.config import TrainingConfig
 from orchestrator.datasets import Dataset
 from orchestrator.network import Layer, PhysicalNetwork
 from orchestrator.pat import physics_aware
@@ -31,20 +31,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 
 
-@dataclass
-class TrainSettings:
-    mode: str = "pat"
-    optimizer: str = "adam"
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    epochs: int = 20
-    batch_size: int = 64
-    eval_batch_size: int = 512
-    max_retries: int = 2
-    seed: int = 0
-    train_eval_samples: int = 2000
-    epoch_test_samples: int | None = None
+TRAIN_EVAL_SAMPLES = 2000  # training samples evaluated on the device at the end of a run
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -84,12 +71,13 @@ def retrying(layer: Layer, max_retries: int, recover: Callable[[], None] | None)
 
 
 class Trainer:
-    """Trains ``net`` on ``data`` using ``device`` (a PhysicalSystem's forward) and ``twin``."""
+    """Trains ``net`` on ``data`` using ``device`` (a PhysicalSystem's forward) and ``twin``, as the experiment's
+    ``training`` section says."""
 
     def __init__(self, net: PhysicalNetwork, data: Dataset, device: Layer, twin: nn.Module | None,
-                 settings: TrainSettings, out_dir: Path, recover: Callable[[], None] | None = None,
+                 settings: TrainingConfig, seed: int, out_dir: Path, recover: Callable[[], None] | None = None,
                  on_batch: Callable[[int, int], None] | None = None):
-        self.net, self.data, self.twin, self.s = net, data, twin, settings
+        self.net, self.data, self.twin, self.s, self.seed = net, data, twin, settings, seed
         self.out_dir = Path(out_dir)
         self.device = retrying(device, settings.max_retries, recover)
         self.on_batch = on_batch
@@ -137,7 +125,7 @@ class Trainer:
     def batches(self, epoch: int) -> list[Tensor]:
         """The epoch's batches of training indices; depends only on (seed, epoch), so a resumed run sees the
         same order as an uninterrupted one."""
-        gen = torch.Generator().manual_seed(self.s.seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(self.data.y_train), generator=gen)
         return list(torch.split(order, self.s.batch_size))
 

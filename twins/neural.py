@@ -7,7 +7,6 @@ whatever the physical units; ``forward`` takes and returns physical units.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,8 +14,6 @@ import torch
 from torch import Tensor, nn
 
 from twins import broadcast_theta, register_twin
-
-logger = logging.getLogger(__name__)
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
