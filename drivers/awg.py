@@ -9,6 +9,7 @@ source impedance is 50 ohm):
     amplitude             1 mVpp .. 10 Vpp into 50 ohm (2 mVpp .. 20 Vpp into High-Z)
     |offset| + Vpp/2      <= 5 V into 50 ohm (10 V into High-Z)
     |offset| + Vpp/2      <= max_abs_volts (the user's safety limit, checked for every call)
+    |offset|              <= max_abs_offset_volts (optional; 0 refuses any DC offset, e.g. for a speaker)
 
 Exact command strings, shown for channel 1 (channel 2 uses SOUR2:, OUTP2, TRIG2):
 
@@ -79,6 +80,7 @@ class Keysight33500B(SCPIInstrument):
         channel: 1 or 2.
         load_ohm: load the output drives, ohm, or ``"INF"`` (High-Z); set on the instrument at construction.
         max_abs_volts: safety limit on |offset| + amplitude/2 at the load, V.
+        max_abs_offset_volts: safety limit on |offset|, V (None: only max_abs_volts; 0: no DC offset at all).
         memory_points: arbitrary waveform memory of the channel, samples (1 M standard, 16 M with option MEM).
 
     On construction the load is set and the current amplitude and offset are read; if they already exceed
@@ -99,7 +101,8 @@ class Keysight33500B(SCPIInstrument):
                           low=SAMPLE_RATE_MIN_SA_S, high=SAMPLE_RATE_MAX_SA_S)
 
     def __init__(self, link: Link, *, name: str = "awg", channel: int = 1, load_ohm: Load = 50.0,
-                 max_abs_volts: float, memory_points: int = 1_000_000, check_errors: bool = True):
+                 max_abs_volts: float, max_abs_offset_volts: float | None = None, memory_points: int = 1_000_000,
+                 check_errors: bool = True):
         super().__init__(link, name=name, check_errors=check_errors)
         if channel not in (1, 2):
             raise ValueError(f"{name}: channel must be 1 or 2, got {channel!r}")
@@ -109,6 +112,9 @@ class Keysight33500B(SCPIInstrument):
             raise ValueError(f"{name}: memory_points must be at least {ARB_MIN_POINTS}, got {memory_points}")
         self.channel = channel
         self.max_abs_volts = float(max_abs_volts)
+        if max_abs_offset_volts is not None and not (math.isfinite(max_abs_offset_volts) and max_abs_offset_volts >= 0):
+            raise ValueError(f"{name}: max_abs_offset_volts must be None or >= 0 V, got {max_abs_offset_volts!r}")
+        self.max_abs_offset_volts = max_abs_offset_volts
         self.memory_points = int(memory_points)
         self._src = f"SOUR{channel}:"
         self._outp = f"OUTP{channel}"
@@ -132,6 +138,10 @@ class Keysight33500B(SCPIInstrument):
         low, high = self.amplitude_limits_vpp()
         check_range(self.name, command, vpp, low, high, "Vpp")
         check_range(self.name, command, offset_v, None, None, "V")
+        if self.max_abs_offset_volts is not None and abs(offset_v) > self.max_abs_offset_volts:
+            limit = ("no DC offset is allowed" if self.max_abs_offset_volts == 0
+                     else f"the offset limit is {self.max_abs_offset_volts:g} V")
+            raise LimitViolation(self.name, command, f"offset {offset_v:g} V refused: {limit}")
         peak = abs(offset_v) + vpp / 2.0
         instrument_peak = PEAK_MAX_V_50OHM * load_factor(self._load)
         if peak > self.peak_limit_v():

@@ -37,12 +37,12 @@ def main() -> None:
         for batch in args.batch:
             x = 2 * torch.rand(batch, n, generator=gen) - 1
             setup.forward(x, theta)  # warm-up
-            busy0, calls0, uploads0 = bench.circuit.busy_s, setup.counters.forward_calls, setup.counters.uploads
+            busy0, calls0, uploads0 = bench.physics.busy_s, setup.counters.forward_calls, setup.counters.uploads
             t0 = time.perf_counter()
             for _ in range(args.repeats):
                 setup.forward(x, theta)
             wall = time.perf_counter() - t0
-            physics = bench.circuit.busy_s - busy0
+            physics = bench.physics.busy_s - busy0
             rows.append({"experiment": cfg.experiment, "width": n, "batch": batch, "realtime": args.realtime,
                          "samples_per_s": round(batch * args.repeats / wall, 1),
                          "uploads_per_forward": (setup.counters.uploads - uploads0)

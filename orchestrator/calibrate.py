@@ -1,10 +1,11 @@
 """Calibration workflow: instrument calibration, twin data collection, twin fits, and a report.
 
 Files in the artifacts folder (``ExperimentConfig.artifacts_path``):
-    calibration.json       delay and instrument identities
-    twin_data.h5           measured (x, θ, y) with metadata (HDF5)
-    twin_neural.pt         neural twin artifact        twin_physics.pt   physics twin artifact
-    report.json, *.png     held-out errors and plots of twin vs device
+    calibration.json         delays and instrument identities
+    frequency_response.csv   mechanical: the plate's measured response (and .png, with the fitted twins' responses)
+    twin_data.h5             measured (x, θ, y) with metadata (HDF5)
+    twin_neural.pt           neural twin artifact    twin_physics.pt  physics twin    twin_hybrid.pt  physics + neural
+    report.json, *.png       held-out errors and plots of twin vs device
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from drivers.setups.electronic import ElectronicSetup, emf_per_unit
+from drivers.setups.awg_scope import AwgScopeSetup
+from drivers.setups.electronic import emf_per_unit
 from orchestrator import plots
 from orchestrator.config import ExperimentConfig
 from orchestrator.trainer import atomic_write_bytes
@@ -26,11 +28,14 @@ from twins.artifact import load_twin, save_twin
 from twins.data import TwinData, load_twin_data, save_twin_data
 from twins.electronic import ElectronicPhysicsTwin
 from twins.fit import fit_twin, nmse
+from twins.hybrid import fit_hybrid
+from twins.mechanical import MechanicalPhysicsTwin
 from twins.neural import NeuralTwin, TemporalConvTwin
 
 log = logging.getLogger(__name__)
 
-TWIN_FILES = {"neural": "twin_neural.pt", "physics": "twin_physics.pt"}
+MODE_SEARCH_FROM_HZ = 100.0  # the mechanical twin's modes are searched in the measured response above this frequency
+TWIN_FILES = {"neural": "twin_neural.pt", "physics": "twin_physics.pt", "hybrid": "twin_hybrid.pt"}
 
 
 def twin_path(artifacts: Path, kind: str) -> Path:
@@ -42,7 +47,7 @@ def encoding_key(encoding) -> str:
     return json.dumps(encoding.model_dump())
 
 
-def collect_twin_data(setup: ElectronicSetup, n_samples: int, repeats: int, seed: int,
+def collect_twin_data(setup: AwgScopeSetup, n_samples: int, repeats: int, seed: int,
                       batch: int = 1024, progress: Callable[[int, int], None] | None = None) -> TwinData:
     """Measure ``n_samples`` random (x, θ) pairs, uniform within the safe ranges, each ``repeats`` times averaged."""
     gen = torch.Generator().manual_seed(seed)
@@ -57,43 +62,62 @@ def collect_twin_data(setup: ElectronicSetup, n_samples: int, repeats: int, seed
         if progress:
             progress(min(start + batch, n_samples), n_samples)
     y = torch.cat(ys)
-    meta = {"setup": "electronic", "n": n, "repeats": repeats, "seed": seed,
+    meta = {"setup": setup.name, "n": n, "repeats": repeats, "seed": seed,
             "encoding": encoding_key(setup.enc), "instruments": json.dumps(setup.snapshot(), default=str),
             "date": dt.datetime.now(dt.timezone.utc).isoformat()}
     return TwinData(x=x.numpy().astype(np.float32), theta=theta.numpy().astype(np.float32),
                     y=y.numpy().astype(np.float32), metadata=meta)
 
 
-def build_twin(kind: str, cfg: ExperimentConfig, n: int):
-    """A fresh, untrained twin of the given kind for this experiment."""
-    if kind == "neural":
+def build_twin(kind: str, cfg: ExperimentConfig, n: int, n_outputs: int, setup: AwgScopeSetup | None = None):
+    """A fresh, untrained twin of the given kind for this experiment (the hybrid twin's residual part)."""
+    if kind in ("neural", "hybrid"):
         nc = cfg.twin.neural
         if nc.architecture == "temporal_conv":
-            return TemporalConvTwin(n, n, n, channels=nc.channels, kernel=nc.kernel, dilations=tuple(nc.dilations))
-        return NeuralTwin(n, n, n, hidden=tuple(nc.hidden), residual=nc.residual)
-    if kind == "physics":
+            return TemporalConvTwin(n, n, n_outputs, channels=nc.channels, kernel=nc.kernel,
+                                    dilations=tuple(nc.dilations))
+        return NeuralTwin(n, n, n_outputs, hidden=tuple(nc.hidden), residual=nc.residual)
+    if kind == "physics" and cfg.setup == "electronic":
         return ElectronicPhysicsTwin(n, cfg.encoding.model_dump(), emf_per_unit(cfg.instruments.awg, cfg.encoding))
-    raise ValueError(f"no trainable twin of kind {kind!r}")
+    if kind == "physics" and cfg.setup == "mechanical":
+        pc = cfg.twin.physics
+        shape = dict(nonlinear_modes=pc.nonlinear_modes, n_outputs=n_outputs)
+        response = getattr(setup, "frequency_response", None)
+        if response is None:
+            return MechanicalPhysicsTwin(n, cfg.encoding.model_dump(), n_modes=pc.n_modes, **shape)
+        band = response.f_hz >= MODE_SEARCH_FROM_HZ  # below, mains hum and the high-passes, not the plate
+        f, h = response.f_hz[band], response.response[band] * np.exp(2j * np.pi * response.f_hz[band] * setup.response_delay_s)
+        return MechanicalPhysicsTwin.from_response(n, cfg.encoding.model_dump(), f, h, n_modes=pc.n_modes, **shape)
+    raise ValueError(f"no trainable twin of kind {kind!r} for the {cfg.setup} setup")
 
 
-def fit_and_save(kind: str, cfg: ExperimentConfig, data: TwinData, artifacts: Path, setup_snapshot: dict,
+def fit_and_save(kind: str, cfg: ExperimentConfig, data: TwinData, artifacts: Path, setup: AwgScopeSetup,
                  progress: Callable[[int, float, float], None] | None = None) -> dict:
-    """Fit a twin of ``kind`` to measured data, save the artifact, return its report entry."""
+    """Fit a twin of ``kind`` to measured data, save the artifact, return its report entry. The hybrid twin is the
+    saved physics twin (fitted first if missing) plus a neural residual fitted to what the physics twin misses."""
     train, val = data.split(cfg.twin.val_fraction, seed=cfg.seed)
-    model = build_twin(kind, cfg, data.x.shape[1])
+    n, n_out = data.x.shape[1], data.y.shape[1]
+    model = build_twin(kind, cfg, n, n_out, setup)
+    nc, pc = cfg.twin.neural, cfg.twin.physics
     if kind == "neural":
-        nc = cfg.twin.neural
         rep = fit_twin(model, train, val, epochs=nc.epochs, lr=nc.lr, batch_size=nc.batch_size,
                        patience=nc.patience, seed=cfg.seed, progress=progress)
-    else:
-        pc = cfg.twin.physics
+    elif kind == "physics":
         sub = min(pc.samples, len(train.y))
         train = TwinData(train.x[:sub], train.theta[:sub], train.y[:sub], train.metadata)
         rep = fit_twin(model, train, val, epochs=pc.epochs, lr=pc.lr, batch_size=pc.batch_size,
                        patience=pc.patience, seed=cfg.seed, progress=progress)
+    else:
+        physics_file = twin_path(artifacts, "physics")
+        if not (physics_file.exists() and load_twin(physics_file)[1].get("dataset_checksum") == data.checksum()):
+            nested = fit_and_save("physics", cfg, data, artifacts, setup)
+            log.info("hybrid twin: physics part fitted first (held-out NMSE %.4f)", nested["val_nmse"])
+        physics = load_twin(physics_file)[0].requires_grad_(False)
+        model, rep = fit_hybrid(physics, model, train, val, epochs=nc.epochs, lr=nc.lr, batch_size=nc.batch_size,
+                                patience=nc.patience, seed=cfg.seed, progress=progress)
     meta = {"setup": cfg.setup, "experiment": cfg.experiment, "twin": kind,
-            "encoding": encoding_key(cfg.encoding), "n": int(data.x.shape[1]),
-            "instruments": json.dumps(setup_snapshot, default=str), "dataset_checksum": data.checksum(),
+            "encoding": encoding_key(cfg.encoding), "n": int(n), "n_outputs": int(n_out),
+            "instruments": json.dumps(setup.snapshot(), default=str), "dataset_checksum": data.checksum(),
             "val_nmse": float(rep.val_nmse), "train_nmse": float(rep.train_nmse),
             "date": dt.datetime.now(dt.timezone.utc).isoformat()}
     save_twin(twin_path(artifacts, kind), model, meta)
@@ -102,14 +126,20 @@ def fit_and_save(kind: str, cfg: ExperimentConfig, data: TwinData, artifacts: Pa
             "epochs": rep.epochs_run, "seconds": rep.seconds}
 
 
-def calibrate(cfg: ExperimentConfig, setup: ElectronicSetup, artifacts: Path, kinds: list[str],
+def calibrate(cfg: ExperimentConfig, setup: AwgScopeSetup, artifacts: Path, kinds: list[str],
               progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """The whole calibration: delay, twin data (reused if present for the same encoding), twin fits, report."""
+    """The whole calibration: instruments (delays, the plate's response; done when the setup was opened), twin data
+    (reused if present for the same encoding), twin fits, report."""
     artifacts.mkdir(parents=True, exist_ok=True)
-    delay = setup.delay_s or setup.calibrate_delay()  # open_setup has usually measured it already
+    if not setup.delay_s:  # open_setup has usually calibrated the instruments already
+        setup.calibrate_instruments()
     snapshot = setup.snapshot()
     atomic_write_bytes(artifacts / "calibration.json", json.dumps(
-        {"delay_s": delay, "instruments": snapshot}, indent=2, default=str).encode())
+        {"delay_s": setup.delay_s, "response_delay_s": setup.response_delay_s, "instruments": snapshot},
+        indent=2, default=str).encode())
+    response = getattr(setup, "frequency_response", None)
+    if response is not None:
+        save_frequency_response(artifacts / "frequency_response.csv", response)
     data_file = artifacts / "twin_data.h5"
     data = None
     if data_file.exists():
@@ -124,16 +154,41 @@ def calibrate(cfg: ExperimentConfig, setup: ElectronicSetup, artifacts: Path, ki
         save_twin_data(data_file, data)
     report_file = artifacts / "report.json"
     earlier = json.loads(report_file.read_text()).get("twins", []) if report_file.exists() else []
-    report = {"delay_s": delay, "twin_data": str(data_file), "samples": int(len(data.y)),
-              "dataset_checksum": data.checksum(),
+    report = {"delay_s": setup.delay_s, "response_delay_s": setup.response_delay_s, "twin_data": str(data_file),
+              "samples": int(len(data.y)), "dataset_checksum": data.checksum(),
               "twins": [t for t in earlier if t.get("kind") not in kinds and t.get("dataset_checksum") == data.checksum()]}
     for kind in kinds:
         cb = (lambda e, tr, va, k=kind: progress(f"fit {k} twin", e, 0)) if progress else None
-        entry = fit_and_save(kind, cfg, data, artifacts, snapshot, progress=cb)
+        entry = fit_and_save(kind, cfg, data, artifacts, setup, progress=cb)
         report["twins"].append({**entry, "dataset_checksum": report["dataset_checksum"]})
         plot_twin_vs_device(kind, artifacts, data, cfg)
+    if response is not None:
+        plot_frequency_response(artifacts, response, setup.response_delay_s)
     atomic_write_bytes(report_file, json.dumps(report, indent=2).encode())
     return report
+
+
+def save_frequency_response(path: Path, response) -> None:
+    """The measured frequency response as CSV: f_hz, magnitude (V/V), phase (rad), coherence."""
+    rows = ["f_hz,magnitude,phase_rad,coherence"] + [
+        f"{f:.3f},{abs(h):.6g},{np.angle(h):.6f},{c:.4f}"
+        for f, h, c in zip(response.f_hz, response.response, response.coherence)]
+    atomic_write_bytes(path, ("\n".join(rows) + "\n").encode())
+
+
+def plot_frequency_response(artifacts: Path, response, response_delay_s: float) -> Path:
+    """The plate's measured response with the fitted twins' small-signal responses on top."""
+    curves = {}
+    for kind in ("physics", "hybrid"):
+        path = twin_path(artifacts, kind)
+        if path.exists():
+            model = load_twin(path)[0]
+            physics = getattr(model, "physics", model)
+            if hasattr(physics, "frequency_response"):
+                curves[f"{kind} twin"] = physics.frequency_response(response.f_hz)
+    as_cut = response.response * np.exp(2j * np.pi * response.f_hz * response_delay_s)  # as the twins see it
+    return plots.plot_frequency_response(response.f_hz, as_cut, curves, artifacts / "frequency_response.png",
+                                         f"plate response (items cut {response_delay_s * 1e3:.2f} ms after the trigger)")
 
 
 def plot_twin_vs_device(kind: str, artifacts: Path, data: TwinData, cfg: ExperimentConfig, n_show: int = 512) -> Path:

@@ -36,9 +36,21 @@ def settings_problems(cfg: ExperimentConfig, n: int | None = None) -> list[tuple
         row("samples per item", f"{per_item} ({room // max(per_item, 1)} items per upload)",
             None if per_item <= room else "one item does not fit in the AWG memory / scope record")
     full_scale = 4 * scope.volts_per_div
-    emf_peak = emf_per_unit(awg, enc)
-    row("scope range", f"+-{full_scale:g} V on CHAN{scope.channel} (drive EMF peak {emf_peak:g} V)",
-        None if full_scale >= 0.7 * emf_peak else "the circuit output may clip at the screen edge; raise volts_per_div")
+    if cfg.setup == "electronic":
+        emf_peak = emf_per_unit(awg, enc)
+        row("scope range", f"+-{full_scale:g} V on CHAN{scope.channel} (drive EMF peak {emf_peak:g} V)",
+            None if full_scale >= 0.7 * emf_peak else "the circuit output may clip at the screen edge; raise volts_per_div")
+    else:
+        row("scope range", f"+-{full_scale:g} V on CHAN{scope.channel} (microphone)",
+            None if full_scale >= 2 * enc.output_volts_per_unit else
+            "below 2 output units: loud outputs will clip at the screen edge; raise volts_per_div")
+        row("DC offset", "0 V (refused by the driver)", None)
+        row("switch-on ramp", f"{awg.ramp_steps} steps over {awg.ramp_s:g} s", None)
+        if n is not None:
+            n_out = enc.n_outputs(n)
+            row("output bins", f"{n_out} of {enc.drive_samples(n) // n_out} samples each",
+                None if enc.drive_samples(n) % n_out == 0 else "the drive samples do not divide into equal bins; "
+                "the remainder is dropped")
     return rows
 
 

@@ -22,7 +22,9 @@ from rich.table import Table
 from drivers.errors import InstrumentError
 from orchestrator.config import ConfigError, ExperimentConfig, load_experiment
 from orchestrator.config import data_dir as resolve_data_dir
-from orchestrator.experiment import BENCH_ROWS
+from orchestrator.experiment import BENCH_ROW_CHOICES, BENCH_ROWS
+
+SIMULATED_BENCHES = ["electronic", "mechanical"]  # simulators.benches.BENCHES (a test checks they agree)
 
 console = Console(stderr=True)
 out_console = Console()
@@ -111,16 +113,17 @@ def check(experiment: str, simulate: bool, sets: tuple[str, ...]) -> None:
 @click.option("--twins", default="neural,physics", show_default=True, help="Which twins to fit.")
 def calibrate(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | None, twins: str) -> None:
     """Calibrate instruments, measure twin data (HDF5), fit twins and write a report with plots."""
-    from orchestrator.calibrate import calibrate as run_calibration
+    from orchestrator.calibrate import TWIN_FILES, calibrate as run_calibration
     from orchestrator.experiment import load_task
     from orchestrator.lab import device_width, open_setup
 
     with _errors_to_exit_codes():
         cfg = _load(experiment, sets)
         kinds = [k.strip() for k in twins.split(",") if k.strip()]
-        bad = [k for k in kinds if k not in ("neural", "physics")]
+        bad = [k for k in kinds if k not in TWIN_FILES]
         if bad:
-            raise click.BadParameter(f"unknown twin kind(s) {bad}; choose from neural, physics", param_hint="--twins")
+            raise click.BadParameter(f"unknown twin kind(s) {bad}; choose from {', '.join(TWIN_FILES)}",
+                                     param_hint="--twins")
         data = load_task(cfg, resolve_data_dir(data_dir))
         n = device_width(cfg, data.x_train.shape[1])
         artifacts = cfg.artifacts_path(simulate)
@@ -152,7 +155,8 @@ def _bench_or_none(cfg: ExperimentConfig, simulate: bool):
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/<experiment>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out after its last finished epoch.")
 @click.option("--mode", type=click.Choice(["pat", "in_silico"]), default=None, help="Override training.mode.")
-@click.option("--twin", type=click.Choice(["neural", "physics", "perfect"]), default=None, help="Override twin.kind.")
+@click.option("--twin", type=click.Choice(["neural", "physics", "hybrid", "perfect"]), default=None,
+              help="Override twin.kind.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override training.epochs.")
 def run(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | None, out: str | None,
         resume: bool, mode: str | None, twin: str | None, epochs: int | None) -> None:
@@ -203,9 +207,10 @@ def bench(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str 
     with _errors_to_exit_codes():
         cfg = _load(experiment, sets)
         wanted = [tuple((r.strip() + ":-").split(":")[:2]) for r in rows.split(",") if r.strip()]
-        bad = [r for r in wanted if r not in BENCH_ROWS]
+        bad = [r for r in wanted if r not in BENCH_ROW_CHOICES]
         if bad:
-            raise click.BadParameter(f"unknown row(s) {bad}; choose from {BENCH_ROWS}", param_hint="--rows")
+            choices = ", ".join(f"{m}:{t}" if m != "digital" else m for m, t in BENCH_ROW_CHOICES)
+            raise click.BadParameter(f"unknown row(s) {bad}; choose from {choices}", param_hint="--rows")
         out_dir = Path(out or Path("runs") / f"{cfg.experiment}-bench")
         run_bench(cfg, out_dir, simulate=simulate, data_dir=resolve_data_dir(data_dir), rows=wanted,
                   on_row=lambda m, t: console.print(f"bench row: {m} / {t}"))
@@ -218,7 +223,7 @@ def sim() -> None:
 
 
 @sim.command()
-@click.argument("bench_name", metavar="BENCH", type=click.Choice(["electronic"]))
+@click.argument("bench_name", metavar="BENCH", type=click.Choice(SIMULATED_BENCHES))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="First port (0: free ports); instruments use consecutive ports.")

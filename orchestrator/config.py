@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, RootModel, model_validator
 
 from drivers.setups.electronic import ElectronicEncoding, ElectronicInstruments
+from drivers.setups.mechanical import MechanicalEncoding, MechanicalInstruments
 from orchestrator.yamlconfig import ConfigError, load_yaml_model
 
 
@@ -21,10 +22,12 @@ class _Strict(BaseModel):
 class TaskConfig(_Strict):
     """The data set and how much of it to use."""
 
-    dataset: Literal["digits", "mnist", "fashion_mnist", "vowels"]
+    dataset: Literal["digits", "mnist", "fashion_mnist", "vowels", "fsdd"]
     downsample: Literal[7, 14] | None = None
     n_train: PositiveInt | None = None
     n_test: PositiveInt | None = None
+    audio_duration_s: PositiveFloat | None = Field(None, description="fsdd: window of each clip, s (default 0.512)")
+    audio_rate_hz: PositiveInt | None = Field(None, description="fsdd: resample the 8 kHz clips to this rate, Sa/s")
 
 
 class NetworkConfig(_Strict):
@@ -37,6 +40,8 @@ class NetworkConfig(_Strict):
     width: PositiveInt | None = Field(None, description="device width n; default: the number of input features")
     readout: Literal["pool", "linear"] = "pool"
     theta_bounds: tuple[float, float] = (-1.0, 1.0)
+    theta_init: Literal["uniform", "middle"] = Field(
+        "uniform", description="θ starts uniform within theta_bounds, or at their middle (a silent parameter waveform)")
     shuffle_slots: bool = Field(True, description="fixed random order of the time slots of each layer after the first")
 
     @model_validator(mode="after")
@@ -63,7 +68,11 @@ class NeuralTwinConfig(_Strict):
 
 
 class PhysicsTwinConfig(_Strict):
+    """The physics twin: the setup's nominal physics with fitted constants (fitted on ``samples`` measurements)."""
+
     samples: PositiveInt = 1500
+    n_modes: PositiveInt = Field(24, description="mechanical: plate modes in the twin")
+    nonlinear_modes: int = Field(6, ge=0, description="mechanical: lowest modes with Duffing stiffening")
     epochs: PositiveInt = 40
     lr: PositiveFloat = 0.02
     batch_size: PositiveInt = 128
@@ -73,11 +82,11 @@ class PhysicsTwinConfig(_Strict):
 class TwinConfig(_Strict):
     """Which twin supplies the gradients, and how twins are calibrated."""
 
-    kind: Literal["neural", "physics", "perfect"] = "neural"
+    kind: Literal["neural", "physics", "hybrid", "perfect"] = "neural"
     samples: PositiveInt = Field(8000, description="random (x, θ) samples measured for the twin")
     repeats: PositiveInt = Field(1, description="measurements per sample, averaged")
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
-    neural: NeuralTwinConfig = NeuralTwinConfig()
+    neural: NeuralTwinConfig = Field(NeuralTwinConfig(), description="the neural twin, and the hybrid twin's residual")
     physics: PhysicsTwinConfig = PhysicsTwinConfig()
 
 
@@ -104,12 +113,14 @@ class SimulateConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
+    """What every experiment file holds; ``setup`` selects the instruments and encoding sections (subclasses)."""
+
     experiment: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    setup: Literal["electronic"]
+    setup: str
     seed: int = 0
-    instruments: ElectronicInstruments
-    encoding: ElectronicEncoding = ElectronicEncoding()
+    instruments: Any
+    encoding: Any
     task: TaskConfig
     network: NetworkConfig = NetworkConfig()
     twin: TwinConfig = TwinConfig()
@@ -122,9 +133,27 @@ class ExperimentConfig(_Strict):
         return base.with_name(base.name + "-sim") if simulated else base
 
 
+class ElectronicExperiment(ExperimentConfig):
+    setup: Literal["electronic"]
+    instruments: ElectronicInstruments
+    encoding: ElectronicEncoding = ElectronicEncoding()
+
+
+class MechanicalExperiment(ExperimentConfig):
+    setup: Literal["mechanical"]
+    instruments: MechanicalInstruments
+    encoding: MechanicalEncoding = MechanicalEncoding()
+
+
+class ExperimentFile(RootModel):
+    """An experiment file: one of the setups' experiment models, chosen by its ``setup`` field."""
+
+    root: Annotated[Union[ElectronicExperiment, MechanicalExperiment], Field(discriminator="setup")]
+
+
 def load_experiment(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
     """Read and validate an experiment file; raises ConfigError (``file:line: field: message``)."""
-    return load_yaml_model(path, ExperimentConfig, overrides=overrides)  # type: ignore[return-value]
+    return load_yaml_model(path, ExperimentFile, overrides=overrides).root  # type: ignore[attr-defined]
 
 
 def data_dir(cli_value: str | None = None) -> str | None:
@@ -137,4 +166,4 @@ def dump_config(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-__all__ = ["ExperimentConfig", "ConfigError", "load_experiment", "dump_config", "data_dir"]
+__all__ = ["ExperimentConfig", "ElectronicExperiment", "MechanicalExperiment", "ConfigError", "load_experiment", "dump_config", "data_dir"]

@@ -9,6 +9,10 @@ Names:
   (official 60k/10k split); ``downsample=14`` or ``7`` average-pools the 28x28 images to 196 or 49 features.
 - ``vowels``: Hillenbrand et al. (1995) formants, the task of Wright et al. (Nature 2022): 7 vowels, 12 formant
   features, talker-disjoint 70/30 split (see ``_load_vowels``).
+- ``fsdd``: the Free Spoken Digit Dataset in ``<data_dir>/fsdd/recordings`` (3000 WAV clips, 8 kHz): the raw audio
+  of a fixed window as features, to be played into a physical system (no spectrogram or MFCC); the usual split,
+  clip index 0-4 of every digit and speaker is the test set. ``audio_duration_s`` and ``audio_rate_hz`` set the
+  window and sample rate (see ``_load_fsdd``).
 
 The data directory is ``data_dir``, else ``$PNN_DATA_DIR``. Nothing is cached on disk.
 """
@@ -16,9 +20,12 @@ The data directory is ``data_dir``, else ``$PNN_DATA_DIR``. Nothing is cached on
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import math
 import os
 import re
+import wave
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +35,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "vowels")
+DATASETS = ("digits", "mnist", "fashion_mnist", "vowels", "fsdd")
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -39,6 +46,10 @@ VOWEL_COLUMNS = [3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15]
 VOWEL_FEATURES = [f"F{k}_{when}" for when in ("steady", "20%", "50%", "80%") for k in (1, 2, 3)]
 VOWEL_TEST_FRACTION = 0.3
 TALKER_GROUPS = {"m": "men", "w": "women", "b": "boys", "g": "girls"}
+
+FSDD_RATE_HZ = 8000            # every FSDD recording: 8 kHz, mono, 16-bit PCM
+FSDD_DURATION_S = 0.512        # default window: 4096 samples at 8 kHz
+FSDD_TEST_INDICES = range(5)   # the usual split: clip index 0-4 of every digit and speaker is the test set
 
 
 class DatasetError(ValueError):
@@ -70,15 +81,19 @@ class Dataset:
 
 
 def load_dataset(name: str, *, data_dir: str | Path | None = None, downsample: int | None = None,
-                 n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> Dataset:
+                 n_train: int | None = None, n_test: int | None = None, seed: int = 0,
+                 audio_duration_s: float | None = None, audio_rate_hz: int | None = None) -> Dataset:
     """Load a data set by name (see the module docstring).
 
     Args:
         name: one of ``DATASETS`` (``fashion-mnist`` is accepted for ``fashion_mnist``).
-        data_dir: folder holding ``mnist/``, ``fashion-mnist/``, ``hillenbrand-vowels/``; default $PNN_DATA_DIR.
+        data_dir: folder holding ``mnist/``, ``fashion-mnist/``, ``hillenbrand-vowels/``, ``fsdd/``;
+            default $PNN_DATA_DIR.
         downsample: image side after average pooling, 14 or 7 (MNIST-type sets only; 28 or None = full size).
         n_train, n_test: use a seeded, class-stratified subset of this many samples of each split.
         seed: seeds the split (digits, vowels) and the subsets.
+        audio_duration_s: audio window in seconds (fsdd only; None = 0.512 s).
+        audio_rate_hz: sample rate of the features in Hz, resampled from 8 kHz (fsdd only; None = 8000).
     Raises:
         DatasetError: unknown name, no data directory, missing or corrupt files, invalid options.
     """
@@ -91,11 +106,17 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, downsample: i
     for label, n in (("n_train", n_train), ("n_test", n_test)):
         if n is not None and n <= 0:
             raise DatasetError(f"{label} must be positive, got {n}")
+    for label, value in (("audio_duration_s", audio_duration_s), ("audio_rate_hz", audio_rate_hz)):
+        if value is not None and key != "fsdd":
+            raise DatasetError(f"{label}={value} is not possible for '{key}': audio options are for fsdd only")
     rng = np.random.default_rng(seed)
     if key == "digits":
         ds = _load_digits(seed, n_train, n_test, rng)
     elif key == "vowels":
         ds = _load_vowels(_data_root(data_dir) / "hillenbrand-vowels", seed, n_train, n_test, rng)
+    elif key == "fsdd":
+        ds = _load_fsdd(_data_root(data_dir) / "fsdd" / "recordings", audio_duration_s, audio_rate_hz,
+                        n_train, n_test, rng)
     else:
         folder = _data_root(data_dir) / ("mnist" if key == "mnist" else "fashion-mnist")
         ds = _load_idx_set(key, folder, downsample, n_train, n_test, rng)
@@ -298,4 +319,160 @@ def _load_vowels(folder: Path, seed: int, n_train: int | None, n_test: int | Non
                    list(VOWELS), list(VOWEL_FEATURES), info)
 
 
-__all__ = ["Dataset", "DatasetError", "DATASETS", "load_dataset", "read_idx", "pool_images"]
+# ---------------------------------------------------------------------------------------------------------------
+# Free Spoken Digit Dataset
+
+_FSDD_NAME = re.compile(r"^(\d)_([^_]+)_(\d+)\.wav$")
+
+
+def read_wav(path: str | Path, rate_hz: int | None = FSDD_RATE_HZ) -> tuple[np.ndarray, bytes]:
+    """Read a mono 16-bit PCM WAV file with the standard library's ``wave`` module.
+
+    Returns the samples (int16 [n]) and the file's bytes (for checksums). Raises DatasetError naming the file if
+    it is missing, unreadable, truncated, empty, not mono, not 16-bit or (unless ``rate_hz`` is None) not at
+    ``rate_hz``.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(f"missing file {path}") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc})") from None
+    try:
+        with wave.open(io.BytesIO(raw)) as w:
+            channels, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
+            frames = w.readframes(n)
+    except (wave.Error, EOFError) as exc:
+        raise DatasetError(f"{path}: corrupt or not a PCM WAV file ({exc or 'file ends early'})") from None
+    if channels != 1:
+        raise DatasetError(f"{path}: {channels} channels, expected mono")
+    if width != 2:
+        raise DatasetError(f"{path}: {8 * width}-bit samples, expected 16-bit")
+    if rate_hz is not None and rate != rate_hz:
+        raise DatasetError(f"{path}: sample rate {rate} Hz, expected {rate_hz} Hz")
+    if len(frames) != 2 * n:
+        raise DatasetError(f"{path}: truncated, header says {n} samples, file has {len(frames) // 2}")
+    if n == 0:
+        raise DatasetError(f"{path}: no audio samples")
+    return np.frombuffer(frames, "<i2"), raw
+
+
+def _load_fsdd(folder: Path, duration_s: float | None, rate_hz: int | None, n_train: int | None,
+               n_test: int | None, rng: np.random.Generator) -> Dataset:
+    """Free Spoken Digit Dataset: the raw audio as features, as it is played into the physical system.
+
+    Files ``{digit}_{speaker}_{index}.wav`` (8 kHz, mono, 16-bit). Split: index 0-4 of every digit and speaker is
+    the test set, the rest the training set (rows sorted by digit, speaker, index; names in
+    ``info["train_clips"]`` / ``info["test_clips"]``). Preprocessing, all of it what a sound card or a microphone
+    preamp does (no digital feature extraction):
+
+    1. window: the first ``duration_s`` seconds of each clip (the clips start at the speech; they are trimmed to
+       minimal leading silence); longer clips are cut, shorter ones padded with silence (zeros);
+    2. resampling (only if ``rate_hz`` is not 8000): ``scipy.signal.resample_poly`` from 8 kHz (polyphase
+       anti-aliasing FIR), computed on the window plus the filter's length so that the window's end is exact;
+    3. peak normalisation per clip, like an automatic gain control: one gain per clip so that the largest
+       |sample| in the window is 1 (a clip of pure silence stays at 0);
+    4. the audio a in [-1, 1] is mapped to features (a + 1) / 2 in [0, 1] (0.5 is silence; the network maps the
+       features back with 2f - 1).
+
+    Features: round(duration_s * rate_hz) samples; ``n_train`` / ``n_test`` pick seeded digit-stratified subsets.
+    """
+    try:
+        duration = FSDD_DURATION_S if duration_s is None else float(duration_s)
+    except (TypeError, ValueError):
+        duration = math.nan
+    if not (duration > 0 and math.isfinite(duration)):
+        raise DatasetError(f"audio_duration_s must be a positive number of seconds, got {duration_s!r}")
+    rate = FSDD_RATE_HZ if rate_hz is None else rate_hz
+    try:
+        whole = not isinstance(rate, bool) and float(rate).is_integer() and rate > 0
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
+        raise DatasetError(f"audio_rate_hz must be a positive whole number of Hz, got {rate_hz!r}")
+    rate = int(rate)
+    n_out = round(duration * rate)
+    if n_out < 1:
+        raise DatasetError(f"a window of {duration} s at {rate} Hz holds no sample")
+    if not folder.is_dir():
+        raise DatasetError(f"missing folder {folder} (the FSDD recordings/*.wav)")
+
+    clips = []
+    for path in folder.glob("*.wav"):
+        match = _FSDD_NAME.match(path.name)
+        if not match:
+            raise DatasetError(f"{path}: unexpected file name, expected {{digit}}_{{speaker}}_{{index}}.wav")
+        clips.append((int(match.group(1)), match.group(2), int(match.group(3)), path))
+    if not clips:
+        raise DatasetError(f"no .wav files in {folder}")
+    clips.sort(key=lambda c: c[:3])
+
+    y_all = np.array([c[0] for c in clips], np.int64)
+    is_test = np.array([c[2] in FSDD_TEST_INDICES for c in clips])
+    i_tr, i_te = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    for label, idx in (("training", i_tr), ("test", i_te)):
+        if not len(idx):
+            raise DatasetError(f"{folder}: no {label} clips (the test set is clip index "
+                               f"{FSDD_TEST_INDICES.start}-{FSDD_TEST_INDICES.stop - 1}, training the others)")
+    i_tr, i_te = i_tr[_subset(y_all[i_tr], n_train, rng)], i_te[_subset(y_all[i_te], n_test, rng)]
+
+    up = down = 1
+    n_src = n_out
+    if rate != FSDD_RATE_HZ:
+        g = math.gcd(rate, FSDD_RATE_HZ)
+        up, down = rate // g, FSDD_RATE_HZ // g
+        # source samples covering the window, plus the half-length of resample_poly's default FIR (10 taps per
+        # phase on each side) so that the window's last samples see the clip, not an artificial end
+        n_src = math.ceil(n_out * down / up) + math.ceil(10 * max(up, down) / up) + 1
+    # every file is read and checked (and enters the checksum); only the clips in use are processed
+    rows = np.full(len(clips), -1)
+    rows[np.concatenate([i_tr, i_te])] = np.arange(len(i_tr) + len(i_te))
+    audio = np.zeros((len(i_tr) + len(i_te), n_src), np.float32)
+    lengths = np.empty(len(clips), np.int64)
+    digest = hashlib.sha256()
+    for i, (_, _, _, path) in enumerate(clips):
+        samples, raw = read_wav(path)
+        lengths[i] = len(samples)
+        if rows[i] >= 0:
+            k = min(len(samples), n_src)
+            audio[rows[i], :k] = samples[:k]
+        digest.update(path.name.encode() + b"\0" + hashlib.sha256(raw).digest())
+    audio /= np.float32(32768.0)
+    if rate != FSDD_RATE_HZ:
+        from scipy.signal import resample_poly
+
+        audio = resample_poly(audio, up, down, axis=1)[:, :n_out].astype(np.float32, copy=False)
+    # in place on the float32 window; |a| <= peak makes |a / peak| <= 1 exactly (IEEE division is monotonic)
+    peak = np.abs(audio).max(axis=1, keepdims=True)
+    silent = int((peak == 0).sum())
+    peak[peak == 0] = 1.0
+    audio /= peak
+    audio += np.float32(1.0)
+    audio *= np.float32(0.5)
+    x_train, x_test = audio[: len(i_tr)], audio[len(i_tr):]
+
+    names = [c[3].stem for c in clips]
+    longer = lengths * rate > n_out * FSDD_RATE_HZ  # the clip lasts longer than the window: truncated
+    shorter = lengths * rate < n_out * FSDD_RATE_HZ  # padded with silence
+    split = (f"by clip index: {FSDD_TEST_INDICES.start}-{FSDD_TEST_INDICES.stop - 1} of every digit and speaker "
+             "test, the others train")
+    if n_train or n_test:
+        split += f", digit-stratified subsets (n_train={n_train}, n_test={n_test})"
+    info = {"source": str(folder), "sha256": {"recordings": digest.hexdigest()},
+            "sha256_rule": "sha256 over the files sorted by (digit, speaker, index): name, NUL, sha256 of the file",
+            "n_files": len(clips), "file_rate_hz": FSDD_RATE_HZ,
+            "sample_rate_hz": rate, "window_samples": n_out, "duration_s": n_out / rate,
+            "resampling": "none" if rate == FSDD_RATE_HZ else f"scipy.signal.resample_poly(up={up}, down={down})",
+            "speakers": sorted({c[1] for c in clips}), "split": split,
+            "truncated_clips": {"train": int(longer[i_tr].sum()), "test": int(longer[i_te].sum())},
+            "padded_clips": {"train": int(shorter[i_tr].sum()), "test": int(shorter[i_te].sum())},
+            "silent_clips": silent,
+            "clip_seconds_min_max": [float(lengths.min()) / FSDD_RATE_HZ, float(lengths.max()) / FSDD_RATE_HZ],
+            "scaling": "first window of each clip (zero-padded), per-clip peak normalisation (largest |sample| = 1, "
+                       "an automatic gain control), feature = (audio + 1) / 2 (0.5 = silence)",
+            "train_clips": [names[i] for i in i_tr], "test_clips": [names[i] for i in i_te]}
+    return Dataset("fsdd", x_train, y_all[i_tr], x_test, y_all[i_te], 10, [str(d) for d in range(10)], None, info)
+
+
+__all__ = ["Dataset", "DatasetError", "DATASETS", "load_dataset", "read_idx", "pool_images", "read_wav"]

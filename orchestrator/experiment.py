@@ -14,12 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from drivers.setups.electronic import emf_per_unit
 from orchestrator import plots
 from orchestrator.calibrate import calibrate, encoding_key, twin_path
 from orchestrator.config import ExperimentConfig, dump_config
 from orchestrator.datasets import Dataset, load_dataset
-from orchestrator.lab import device_width, open_setup, start_simulated_bench
+from orchestrator.lab import device_outputs, device_width, open_setup, start_simulated_bench
 from orchestrator.network import PhysicalNetwork, digital_baseline
 from orchestrator.trainer import TRAIN_EVAL_SAMPLES, Trainer, atomic_write_bytes, write_metrics
 from twins.artifact import load_twin
@@ -30,7 +29,8 @@ log = logging.getLogger(__name__)
 def load_task(cfg: ExperimentConfig, data_dir: str | None) -> Dataset:
     t = cfg.task
     return load_dataset(t.dataset, data_dir=data_dir, downsample=t.downsample, n_train=t.n_train,
-                        n_test=t.n_test, seed=cfg.seed)
+                        n_test=t.n_test, seed=cfg.seed, audio_duration_s=t.audio_duration_s,
+                        audio_rate_hz=t.audio_rate_hz)
 
 
 def get_twin(cfg: ExperimentConfig, kind: str, setup, bench, artifacts: Path,
@@ -40,10 +40,9 @@ def get_twin(cfg: ExperimentConfig, kind: str, setup, bench, artifacts: Path,
     if kind == "perfect":
         if bench is None:
             raise ValueError("the perfect twin exists only on a simulated bench (use --simulate)")
-        from orchestrator.perfect_twin import PerfectElectronicTwin
+        from orchestrator.perfect_twin import perfect_twin
 
-        return PerfectElectronicTwin(bench.circuit, cfg.encoding, setup.n_inputs,
-                                     emf_per_unit(cfg.instruments.awg, cfg.encoding))
+        return perfect_twin(cfg, bench, setup)
     path = twin_path(artifacts, kind)
     if path.exists():
         model, meta = load_twin(path)
@@ -65,7 +64,7 @@ def build_network(cfg: ExperimentConfig, data: Dataset, width: int) -> PhysicalN
     """The experiment's physical network (untrained), for a device of the given width."""
     n = cfg.network
     return PhysicalNetwork(data.x_train.shape[1], data.n_classes, width, n.depth, n.theta_bounds, n.readout,
-                           n.shuffle_slots, seed=cfg.seed)
+                           n.shuffle_slots, seed=cfg.seed, n_outputs=device_outputs(cfg, width), theta_init=n.theta_init)
 
 
 def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module, out: Path, *, resume: bool,
@@ -80,7 +79,7 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module,
                       on_batch=on_batch)
     c = setup.counters
     calls0, samples0, inst0 = c.forward_calls, c.samples, c.instrument_s
-    physics0 = bench.circuit.busy_s if bench is not None else 0.0
+    physics0 = bench.physics.busy_s if bench is not None else 0.0
     t0 = time.perf_counter()
     rows = trainer.fit(resume=resume, progress=on_epoch)
     t_eval = time.perf_counter()  # final evaluation on the device
@@ -105,7 +104,7 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module,
         "simulated": bench is not None,
     }
     if bench is not None:
-        summary["physics_time_s"] = bench.circuit.busy_s - physics0
+        summary["physics_time_s"] = bench.physics.busy_s - physics0
         summary["physics_share_of_wall"] = summary["physics_time_s"] / wall if wall > 0 else None
     if cfg.training.mode == "in_silico":
         summary["twin_test_accuracy"] = rows[-1].get("twin_test_accuracy") if rows else None
@@ -133,6 +132,8 @@ def run(cfg: ExperimentConfig, out: Path, *, simulate: bool, resume: bool, data_
 
 
 BENCH_ROWS = [("pat", "neural"), ("pat", "physics"), ("pat", "perfect"), ("in_silico", "neural"), ("digital", "-")]
+"""The default rows of ``pnn bench``; ``BENCH_ROW_CHOICES`` are all it can run."""
+BENCH_ROW_CHOICES = BENCH_ROWS + [("pat", "hybrid"), ("in_silico", "physics"), ("in_silico", "hybrid")]
 
 
 def train_digital(cfg: ExperimentConfig, data: Dataset, n_params: int) -> dict:

@@ -1,7 +1,9 @@
 """Opening a setup: the simulated bench (``--simulate``) or the real instruments named in the experiment file.
 
 ``open_setup`` is the one place that connects drivers to instruments; whatever happens inside the ``with`` block,
-the AWG output is switched off and every link closed on the way out.
+the AWG output is switched off and every link closed on the way out. When it opens a setup it runs the setup's
+instrument calibration (``calibrate_instruments``: the AWG-to-scope delay; for the plate also its frequency
+response and the acoustic delay).
 """
 
 from __future__ import annotations
@@ -12,16 +14,25 @@ from typing import Iterator
 
 from drivers.awg import Keysight33500B
 from drivers.scope import KeysightInfiniiVision
+from drivers.setups.awg_scope import AwgScopeSetup
 from drivers.setups.electronic import ElectronicSetup
+from drivers.setups.mechanical import MechanicalSetup
 from drivers.transport import open_link
 from orchestrator.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
+SETUPS: dict[str, type[AwgScopeSetup]] = {"electronic": ElectronicSetup, "mechanical": MechanicalSetup}
+
 
 def device_width(cfg: ExperimentConfig, n_features: int) -> int:
     """The device width n: configured, or the number of input features."""
     return cfg.network.width or n_features
+
+
+def device_outputs(cfg: ExperimentConfig, width: int) -> int:
+    """Outputs of one device layer: the encoding's output bins, else one per slot."""
+    return getattr(cfg.encoding, "output_bins", None) or width
 
 
 def start_simulated_bench(cfg: ExperimentConfig):
@@ -40,7 +51,7 @@ def simulated_instruments(cfg: ExperimentConfig, resources: dict[str, str]) -> E
 
 
 @contextmanager
-def open_setup(cfg: ExperimentConfig, n: int, *, bench=None, calibrate_delay: bool = True) -> Iterator[ElectronicSetup]:
+def open_setup(cfg: ExperimentConfig, n: int, *, bench=None, calibrate: bool = True) -> Iterator[AwgScopeSetup]:
     """Connect to the instruments (or the running simulated ``bench``) and yield a configured setup."""
     if bench is not None:
         cfg = simulated_instruments(cfg, bench.resources)
@@ -55,12 +66,13 @@ def open_setup(cfg: ExperimentConfig, n: int, *, bench=None, calibrate_delay: bo
                                timeout_s=inst.scope.timeout_s)
         links.append(scope_link)
         awg = Keysight33500B(awg_link, name="awg", channel=inst.awg.channel, load_ohm=inst.awg.load_ohm,
-                             max_abs_volts=inst.awg.max_abs_volts, memory_points=inst.awg.memory_points)
+                             max_abs_volts=inst.awg.max_abs_volts, max_abs_offset_volts=inst.awg.max_abs_offset_volts,
+                             memory_points=inst.awg.memory_points)
         scope = KeysightInfiniiVision(scope_link, name="scope", max_points=inst.scope.max_points)
-        setup = ElectronicSetup(awg, scope, inst, cfg.encoding, n=n, param_bounds=cfg.network.theta_bounds)
+        setup = SETUPS[cfg.setup](awg, scope, inst, cfg.encoding, n=n, param_bounds=cfg.network.theta_bounds)
         setup.configure()
-        if calibrate_delay:
-            setup.calibrate_delay()
+        if calibrate:
+            setup.calibrate_instruments()
         yield setup
     finally:
         if setup is not None:

@@ -5,6 +5,9 @@
     readout "pool":    class k = mean of output bins k, k + K, k + 2K, ... (then a per-class affine)   fully physical
     readout "linear":  a digital linear layer                                                           hybrid
 
+A device layer maps ``width`` slots to ``n_outputs`` bins (default ``width``); fewer bins than slots (the raw-audio
+task: thousands of sound samples in, tens of sound levels out) is allowed for the last layer only.
+
 ``layer`` is what computes a physical layer: the device (evaluation), the PAT function (training), or a twin
 (in-silico training). The network itself holds only the trainable numbers.
 """
@@ -23,15 +26,22 @@ Layer = Callable[[Tensor, Tensor], Tensor]
 class PhysicalNetwork(nn.Module):
     def __init__(self, n_features: int, n_classes: int, width: int, depth: int,
                  theta_bounds: tuple[float, float] = (-1.0, 1.0), readout: str = "pool",
-                 shuffle_slots: bool = True, seed: int = 0):
+                 shuffle_slots: bool = True, seed: int = 0, n_outputs: int | None = None,
+                 theta_init: str = "uniform"):
         super().__init__()
+        n_outputs = n_outputs or width
+        if depth > 1 and n_outputs != width:
+            raise ValueError(f"a device layer with {n_outputs} outputs for {width} slots can only be the last layer; "
+                             f"use depth 1 or as many outputs as slots")
         gen = torch.Generator().manual_seed(seed)
         low, high = theta_bounds
         self.n_features, self.n_classes, self.width, self.depth = n_features, n_classes, width, depth
+        self.n_outputs = n_outputs
         self.readout_kind = readout
         self.register_buffer("theta_low", torch.full((width,), float(low)))
         self.register_buffer("theta_high", torch.full((width,), float(high)))
-        self.theta = nn.Parameter(low + (high - low) * torch.rand(depth, width, generator=gen))
+        draw = torch.rand(depth, width, generator=gen)  # drawn either way: the same slot orders for both inits
+        self.theta = nn.Parameter(low + (high - low) * (draw if theta_init == "uniform" else torch.full_like(draw, 0.5)))
         self.scale = nn.Parameter(torch.ones(depth, width))
         self.shift = nn.Parameter(torch.zeros(depth, width))
         orders = [torch.arange(width)] + [torch.randperm(width, generator=gen) if shuffle_slots else torch.arange(width)
@@ -39,11 +49,11 @@ class PhysicalNetwork(nn.Module):
         self.register_buffer("slot_order", torch.stack(orders))
         self.register_buffer("tile_index", torch.arange(width) % n_features)
         if readout == "pool":
-            self.register_buffer("class_of_bin", torch.arange(width) % n_classes)
+            self.register_buffer("class_of_bin", torch.arange(n_outputs) % n_classes)
             self.out_scale = nn.Parameter(torch.full((n_classes,), 4.0))
             self.out_shift = nn.Parameter(torch.zeros(n_classes))
         else:
-            self.linear = nn.Linear(width, n_classes)
+            self.linear = nn.Linear(n_outputs, n_classes)
 
     @property
     def hybrid(self) -> bool:

@@ -6,22 +6,88 @@ the one place besides ``--simulate`` where the orchestrator reaches into ``simul
 
 from __future__ import annotations
 
+from typing import Callable
+
+import numpy as np
+import torch
 from torch import Tensor, nn
 
-from drivers.setups.electronic import ElectronicEncoding, bin_outputs, drive_units
+from drivers.setups import electronic, mechanical
+from drivers.setups.electronic import emf_per_unit
+from twins.mechanical import delayed
 
 
-class PerfectElectronicTwin(nn.Module):
-    """x [B, n], θ [n] or [B, n] -> y [B, n] from the bench's true circuit (no noise, no drift, from rest)."""
+class PerfectTwin(nn.Module):
+    """x [B, n], θ [n] or [B, n] -> y [B, n_outputs] from the bench's true physics (no noise, no drift, from rest).
+
+    ``drive(x, θ)`` gives the drive units of a setup, ``volts_per_unit`` turns them into the AWG's EMF (V),
+    ``physics.noiseless(emf [B, T], fs)`` is the bench's noiseless, differentiable response (V) and ``outputs`` bins it.
+    """
 
     kind = "perfect"
 
-    def __init__(self, circuit, encoding: ElectronicEncoding, n: int, emf_per_unit: float):
+    def __init__(self, physics, encoding, n: int, n_outputs: int, volts_per_unit: float,
+                 drive: Callable[[Tensor, Tensor], Tensor], outputs: Callable[[Tensor], Tensor], delay_samples: float = 0.0):
         super().__init__()
-        self.circuit, self.encoding, self.emf_per_unit = circuit, encoding, emf_per_unit
-        self.n_inputs = self.n_params = self.n_outputs = n
+        self.physics, self.encoding, self.volts_per_unit = physics, encoding, volts_per_unit
+        self.delay_samples = delay_samples  # the true delay the setup's cut leaves, AWG samples (>= 0)
+        self.n_inputs = self.n_params = n
+        self.n_outputs = n_outputs
+        self._drive, self._outputs = drive, outputs
 
     def forward(self, x: Tensor, theta: Tensor) -> Tensor:
-        emf = drive_units(x.double(), theta.double(), self.encoding) * self.emf_per_unit
-        v = self.circuit.noiseless(emf, self.encoding.sample_rate_hz)
-        return (bin_outputs(v, self.n_outputs) / self.encoding.output_volts_per_unit).to(x.dtype)
+        emf = self._drive(x.double(), theta.double()) * self.volts_per_unit
+        v = self.response(emf)
+        if self.delay_samples:
+            v = delayed(v, self.delay_samples)
+        return self._outputs(v).to(x.dtype)
+
+    def response(self, emf: Tensor) -> Tensor:
+        """The noiseless device output [B, T] for the AWG EMF [B, T] (V), at the AWG sample instants."""
+        return self.physics.noiseless(emf, self.encoding.sample_rate_hz)
+
+
+class PerfectMechanicalTwin(PerfectTwin):
+    """The plate's perfect twin: the AWG's EMF reaches the amplifier through its input divider, and the setup reads the
+    microphone as the average over each AWG sample period of the scope's linear interpolation of the bench's trace
+    (which the bench computes at ``oversampling`` points per AWG sample)."""
+
+    def response(self, emf: Tensor) -> Tensor:
+        plate, fs = self.physics, self.encoding.sample_rate_hz
+        m = plate.oversampling(fs)
+        fine = plate.noiseless(emf * plate.values.input_divider, fs, internal_rate=True)  # [B, T m]
+        w = torch.as_tensor(box_average_weights(m), dtype=fine.dtype)
+        reach = (len(w) - 1) // 2
+        return torch.nn.functional.conv1d(fine[:, None], w[None, None], padding=reach, stride=m)[:, 0, : emf.shape[1]]
+
+
+def box_average_weights(m: int) -> np.ndarray:
+    """Weights w_j, j = -r..r, such that sum_j w_j y[k m + j] is the mean over [k m - m/2, k m + m/2] of the linear
+    interpolation of samples y (m samples per averaging period): the integral of the triangle kernel, exactly."""
+    def cdf(u: np.ndarray) -> np.ndarray:  # integral of max(0, 1 - |t|) from -inf to u
+        u = np.clip(u, -1.0, 1.0)
+        return np.where(u < 0, (u + 1) ** 2 / 2, 1 - (1 - u) ** 2 / 2)
+
+    r = m // 2 + 1
+    j = np.arange(-r, r + 1)
+    return (cdf(m / 2 - j) - cdf(-m / 2 - j)) / m
+
+
+def perfect_twin(cfg, bench, setup) -> PerfectTwin:
+    """The perfect twin of ``setup`` on the running simulated ``bench``. For the plate it also knows the true
+    acoustic delay, and delays its output by what the setup's (early) cut leaves of it."""
+    enc, n, n_out = cfg.encoding, setup.n_inputs, setup.n_outputs
+    if cfg.setup == "electronic":
+        return PerfectElectronicTwin(bench.physics, enc, n, emf_per_unit(cfg.instruments.awg, enc))
+    plate = bench.physics
+    left = (plate.trigger_delay_s + plate.acoustic_delay_s - setup.delay_s - setup.response_delay_s)
+    return PerfectMechanicalTwin(plate, enc, n, n_out, emf_per_unit(cfg.instruments.awg, enc),
+                       lambda x, t: mechanical.drive_units(x, t, enc),
+                       lambda v: mechanical.bin_outputs(v, n_out, enc.bin_statistic) / enc.output_volts_per_unit,
+                       delay_samples=max(0.0, left * enc.sample_rate_hz))
+
+
+def PerfectElectronicTwin(circuit, encoding: electronic.ElectronicEncoding, n: int, volts_per_unit: float) -> PerfectTwin:  # noqa: N802
+    """The electronic bench's perfect twin from its circuit (for tests and scripts that hold a circuit)."""
+    return PerfectTwin(circuit, encoding, n, n, volts_per_unit, lambda x, t: electronic.drive_units(x, t, encoding),
+                       lambda v: electronic.bin_outputs(v, n) / encoding.output_volts_per_unit)

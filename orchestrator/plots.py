@@ -189,5 +189,28 @@ def plot_trace(t: np.ndarray, v: np.ndarray, path: str | Path, title: str = "Tra
     return _save(fig, path)
 
 
+def plot_frequency_response(f_hz: np.ndarray, measured: np.ndarray, models: dict[str, np.ndarray], path: str | Path,
+                            title: str = "Frequency response") -> Path:
+    """Magnitude (dB) and phase of a measured complex response [F] against frequency (log axis), with model
+    responses (name -> complex [F]) drawn dashed on top. The DC point is left out."""
+    f = np.asarray(f_hz, dtype=float)
+    keep = f > 0
+    fig = Figure(figsize=(8, 6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_mag, ax_ph = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2, sharex=None)
+    for name, h, style in [("device", measured, "-")] + [(k, v, "--") for k, v in models.items()]:
+        h = np.asarray(h)[keep]
+        ax_mag.semilogx(f[keep], 20 * np.log10(np.maximum(np.abs(h), 1e-12)), style, lw=1, label=name)
+        ax_ph.semilogx(f[keep], np.degrees(np.angle(h)), style, lw=0.8, label=name)
+    ax_mag.set_ylabel("magnitude (dB re 1 V/V)")
+    ax_ph.set_ylabel("phase (degrees)")
+    ax_ph.set_xlabel("frequency (Hz)")
+    for ax in (ax_mag, ax_ph):
+        ax.grid(alpha=0.3, which="both")
+    ax_mag.legend(fontsize=8)
+    ax_mag.set_title(title)
+    return _save(fig, path)
+
+
 __all__ = ["plot_learning_curves", "plot_confusion_matrix", "plot_physical_outputs", "plot_twin_vs_device",
-           "plot_trace"]
+           "plot_trace", "plot_frequency_response"]

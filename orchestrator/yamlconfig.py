@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, RootModel, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +243,10 @@ def _validation_problems(file: str, exc: ValidationError, data: dict, model: typ
         loc = tuple(err["loc"])
         path = _data_path(loc, data, err["type"])
         message = err["msg"]
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):  # e.g. an unknown ``setup``: name that field
+            path = path + (str(err.get("ctx", {}).get("discriminator", "")).strip("'\""),)
+            message = (f"must be one of {err['ctx']['expected_tags']}" if err["type"] == "union_tag_invalid"
+                       else "missing (it selects the rest of the file's layout)")
         if err["type"] == "extra_forbidden":
             message = _unknown_field_message(str(path[-1]), _allowed_names(model, loc[:-1]))
         if any(path[:len(o)] == o for o in overridden):
@@ -318,7 +322,9 @@ def _allowed_names(model: type[BaseModel], loc: FieldPath) -> list[str]:
 
 
 def _expand(tp: Any) -> list[Any]:
-    """Unwrap Annotated and Optional/Union into the list of concrete annotations."""
+    """Unwrap Annotated, Optional/Union and root models into the list of concrete annotations."""
+    if isinstance(tp, type) and issubclass(tp, RootModel):
+        return _expand(tp.model_fields["root"].annotation)
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
         return _expand(typing.get_args(tp)[0])

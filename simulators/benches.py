@@ -6,16 +6,24 @@ Electronic bench wiring::
                                 AWG CH1 terminal  --> scope CHAN2
     AWG sync (trigger out)  --> scope EXT TRIG     AWG CH2: not connected
 
+Mechanical bench wiring (``simulators.physics.mechanical``)::
+
+    AWG CH1 output (50 ohm) --> amplifier input (10 kohm) --> speaker + plate ~~ air ~~> microphone --> scope CHAN1
+                                AWG CH1 terminal          --> scope CHAN2
+    AWG sync (trigger out)  --> scope EXT TRIG     AWG CH2: not connected
+
 ``start_bench("electronic")`` returns a ``RunningBench`` whose ``resources`` point pyvisa at the instruments::
 
     with start_bench("electronic", seed=0) as bench:
         rm = pyvisa.ResourceManager("@py")
         awg = rm.open_resource(bench.resources["awg"], read_termination="\\n", write_termination="\\n")
 
-A triggered burst is played to the circuit padded with the AWG's idle level (its first point) so the response
-covers the scope's whole window, pre-trigger part included. A continuous waveform is repeated until the circuit is
-in steady state (at least one period before the trigger) and the scope triggers at the start of a period. With
-``realtime=True`` an acquisition completes only after the played waveform's physical duration.
+A triggered burst is played to the physics padded with the AWG's idle level (its first point) so the response
+covers the scope's whole window, pre-trigger part included, and at least the bench's ``settle_s`` before the trigger
+(the mechanical bench's AC coupling and plate need 0.1 s to forget their start from rest). A continuous waveform is
+repeated until the physics is in steady state (at least one period and ``settle_s`` before the trigger) and the scope
+triggers at the start of a period. With ``realtime=True`` an acquisition completes only after the played waveform's
+physical duration.
 """
 
 from __future__ import annotations
@@ -23,31 +31,50 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
 from simulators.instruments import SimInfiniiVision, SimKeysight33522B
 from simulators.physics.electronic import ElectronicCircuit
+from simulators.physics.mechanical import SpeakerPlate
 from simulators.server import FaultPlan, SCPIInstrument, SCPIServer
 
 log = logging.getLogger(__name__)
 
 
-class ElectronicBench:
-    """AWG, circuit and scope of the electronic setup; every state change and all physics run under ``lock``."""
+class Physics(Protocol):
+    """What a bench's physics offers the bench and its users (the orchestrator reads ``busy_s``)."""
+
+    busy_s: float  # wall time spent computing physics, s
+    bench_time_s: float
+
+
+class AwgScopeBench:
+    """An AWG and a scope wired to a physics model; every state change and all physics run under ``lock``.
+
+    Subclasses provide ``physics`` and ``respond(emf_v, fs) -> (traces {scope channel: volts}, trace rate)``: the
+    traces the scope sees for an AWG EMF (V) held at ``fs`` that starts at the trigger, sample k at k / trace rate.
+    """
 
     drive_channel = 1
     max_padding = 1 << 16  # idle samples simulated around a burst at most; beyond, the scope holds the edge value
     max_periodic = 1 << 22  # samples simulated for a continuous waveform at most
+    settle_s = 0.0  # how long the physics needs to forget its start from rest, s
 
-    def __init__(self, seed: int = 0, realtime: bool = False):
+    def __init__(self, realtime: bool = False):
         self.lock = threading.RLock()
         self.realtime = realtime
-        self.circuit = ElectronicCircuit(seed=seed)
         self.awg = SimKeysight33522B(lock=self.lock, listener=self)
         self.scope = SimInfiniiVision(lock=self.lock, listener=self)
         self._continuous: tuple[np.ndarray, float] | None = None  # EMF period (V) and sample rate (Sa/s)
+
+    @property
+    def physics(self) -> Physics:
+        raise NotImplementedError
+
+    def respond(self, emf_v: np.ndarray, sample_rate_hz: float) -> tuple[dict[int, np.ndarray], float]:
+        raise NotImplementedError
 
     @property
     def instruments(self) -> dict[str, SCPIInstrument]:
@@ -75,32 +102,66 @@ class ElectronicBench:
     # -- physics -----------------------------------------------------------------------------------------------------
 
     def _acquire(self, emf_v: np.ndarray, fs: float, continuous: bool) -> None:
-        """Run the circuit on what the AWG plays and hand the traces to the scope, if it is armed."""
+        """Run the physics on what the AWG plays and hand the traces to the scope, if it is armed."""
         if not self.scope.wants_trigger():
             return
         t_start, t_end = self.scope.window_s()
         n = emf_v.shape[0]
         if continuous:
             period_s = n / fs
-            before = max(1, min(math.ceil(-t_start / period_s), self.max_periodic // (2 * n)))
+            lead_s = max(-t_start, self.settle_s)
+            before = max(1, min(math.ceil(lead_s / period_s), self.max_periodic // (2 * n)))
             after = max(1, min(math.ceil(t_end / period_s), self.max_periodic // n - before))
             drive = np.tile(emf_v, before + after)
             pre = before * n
             duration_s = max(t_end, 0.0)
         else:
-            pre = min(self.max_padding, max(0, math.ceil(-t_start * fs)))
+            pre = min(self.max_padding, max(0, math.ceil(-t_start * fs), math.ceil(self.settle_s * fs)))
             post = min(self.max_padding, max(1, math.ceil(t_end * fs) - n + 1))
             idle = emf_v[0]
             drive = np.concatenate((np.full(pre, idle), emf_v, np.full(post, idle)))
             duration_s = n / fs
-        traces = self.circuit.respond(drive, fs)
-        self.scope.capture(traces, fs, start_s=-pre / fs, ready_in_s=duration_s if self.realtime else 0.0)
+        traces, rate = self.respond(drive, fs)
+        self.scope.capture(traces, rate, start_s=-pre / fs, ready_in_s=duration_s if self.realtime else 0.0)
+
+
+class ElectronicBench(AwgScopeBench):
+    """AWG, circuit and scope of the electronic setup."""
+
+    def __init__(self, seed: int = 0, realtime: bool = False):
+        self.circuit = ElectronicCircuit(seed=seed)
+        super().__init__(realtime)
+
+    @property
+    def physics(self) -> ElectronicCircuit:
+        return self.circuit
+
+    def respond(self, emf_v: np.ndarray, sample_rate_hz: float) -> tuple[dict[int, np.ndarray], float]:
+        return self.circuit.respond(emf_v, sample_rate_hz), sample_rate_hz
+
+
+class MechanicalBench(AwgScopeBench):
+    """AWG, amplifier + speaker + plate + microphone, and scope of the mechanical setup. The traces reach the scope
+    at the physics' internal rate (a multiple of the AWG rate, at least 20 kHz)."""
+
+    settle_s = SpeakerPlate.settle_s
+
+    def __init__(self, seed: int = 0, realtime: bool = False):
+        self.plate = SpeakerPlate(seed=seed)
+        super().__init__(realtime)
+
+    @property
+    def physics(self) -> SpeakerPlate:
+        return self.plate
+
+    def respond(self, emf_v: np.ndarray, sample_rate_hz: float) -> tuple[dict[int, np.ndarray], float]:
+        return self.plate.respond(emf_v, sample_rate_hz)
 
 
 class RunningBench:
     """A bench whose instruments are being served. ``resources``: role -> VISA resource string."""
 
-    def __init__(self, name: str, bench: ElectronicBench, servers: dict[str, SCPIServer]):
+    def __init__(self, name: str, bench: AwgScopeBench, servers: dict[str, SCPIServer]):
         self.name = name
         self.bench = bench
         self.servers = servers
@@ -115,8 +176,14 @@ class RunningBench:
         return self.bench.instruments
 
     @property
-    def circuit(self) -> ElectronicCircuit:
-        return self.bench.circuit
+    def physics(self) -> Physics:
+        """The bench's physics model ("reality"): ``busy_s``, ``bench_time_s``, ``noiseless`` ..."""
+        return self.bench.physics
+
+    @property
+    def circuit(self) -> Physics:
+        """Older name of ``physics`` (the electronic bench's circuit)."""
+        return self.bench.physics
 
     def close(self) -> None:
         for server in self.servers.values():
@@ -130,7 +197,8 @@ class RunningBench:
         self.close()
 
 
-BENCHES: dict[str, Callable[[int, bool], ElectronicBench]] = {"electronic": ElectronicBench}
+BENCHES: dict[str, Callable[[int, bool], AwgScopeBench]] = {"electronic": ElectronicBench,
+                                                            "mechanical": MechanicalBench}
 
 
 def start_bench(name: str = "electronic", *, host: str = "127.0.0.1", seed: int = 0, realtime: bool = False,

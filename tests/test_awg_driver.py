@@ -161,6 +161,20 @@ def test_unsafe_levels_found_at_start_switch_the_output_off(awg_rig) -> None:
     assert sent_by(server, awg, lambda: setattr(awg, "output", True)) == b"OUTP1 ON\nSYST:ERR?\n"
 
 
+def test_a_speaker_awg_refuses_any_dc_offset(awg_rig) -> None:
+    server, awg = awg_rig(max_abs_volts=1.0, max_abs_offset_volts=0.0)
+    err = refused(server, awg, lambda: setattr(awg, "offset", 0.01))
+    assert "offset 0.01 V refused: no DC offset is allowed" in str(err) and err.command == "SOUR1:VOLT:OFFS 0.01"
+    refused(server, awg, lambda: awg.set_levels(0.2, -0.001))
+    assert sent_by(server, awg, lambda: awg.set_levels(0.2, 0.0)) == b"SOUR1:VOLT:OFFS 0.0\nSYST:ERR?\nSOUR1:VOLT 0.2\nSYST:ERR?\n"
+
+
+def test_an_offset_found_at_start_on_a_speaker_awg_switches_the_output_off(awg_rig) -> None:
+    server, awg = awg_rig({"SOUR1:VOLT:OFFS?": "+5.0E-02"}, max_abs_volts=1.0, max_abs_offset_volts=0.0)
+    assert server.since(0) == SETUP + b"OUTP1 OFF\nSYST:ERR?\n"
+    refused(server, awg, lambda: setattr(awg, "output", True))
+
+
 @pytest.mark.parametrize("rate", [300e6, 0.0, -1.0, float("inf")])
 def test_sample_rate_out_of_range_is_refused(awg_rig, rate: float) -> None:
     server, awg = awg_rig()

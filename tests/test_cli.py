@@ -212,8 +212,9 @@ def _pnn_executable() -> list[str]:
     return [script] if script else [sys.executable, "-m", "orchestrator.cli"]
 
 
-def test_sim_serve_prints_resources_answers_visa_and_stops_on_sigint(tmp_path: Path) -> None:
-    proc = subprocess.Popen(_pnn_executable() + ["sim", "serve", "electronic", "--seed", "2"], cwd=tmp_path,
+@pytest.mark.parametrize("bench", ["electronic", "mechanical"])
+def test_sim_serve_prints_resources_answers_visa_and_stops_on_sigint(tmp_path: Path, bench: str) -> None:
+    proc = subprocess.Popen(_pnn_executable() + ["sim", "serve", bench, "--seed", "2"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines: queue.Queue[str] = queue.Queue()

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
+import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from orchestrator.datasets import DatasetError, load_dataset, read_idx
+from orchestrator.datasets import DatasetError, load_dataset, read_idx, read_wav
 
 # CI sets PNN_DATA_DIR; in a checkout the shared data sits next to the repository (../shared/data).
 _DATA = os.environ.get("PNN_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
 needs_data = pytest.mark.skipif(not Path(_DATA, "mnist").is_dir(),
                                 reason=f"no data directory at {_DATA}: set PNN_DATA_DIR to the shared data")
+needs_fsdd = pytest.mark.skipif(not Path(_DATA, "fsdd", "recordings").is_dir(),
+                                reason=f"no FSDD recordings at {_DATA}/fsdd: set PNN_DATA_DIR to the shared data")
 
 
 def test_digits_shapes_range_and_determinism():
@@ -113,3 +117,164 @@ def test_vowels_task():
         assert any(t[0] == group for t in train) and any(t[0] == group for t in test)
     assert len(ds.y_train) + len(ds.y_test) == 973 - ds.info["dropped_tokens"]
     assert set(np.unique(ds.y_test)) == set(range(7))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Free Spoken Digit Dataset
+
+_CLIP = re.compile(r"^(\d)_([^_]+)_(\d+)$")
+
+
+def _write_wav(path: Path, samples, rate: int = 8000, channels: int = 1, width: int = 2) -> Path:
+    data = np.asarray(samples)
+    raw = (data.astype("<i2") if width == 2 else (data // 256 + 128).astype(np.uint8)).tobytes()
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(raw)
+    return path
+
+
+def _expected_features(path: Path, n: int) -> np.ndarray:
+    """The documented preprocessing at 8 kHz, computed independently: first n samples, zero-padded, peak to 1."""
+    with wave.open(str(path)) as w:
+        a = np.frombuffer(w.readframes(w.getnframes()), "<i2")[:n].astype(np.float64)
+    a = np.pad(a, (0, n - len(a)))
+    return (a / np.abs(a).max() + 1) / 2
+
+
+def _tiny_fsdd(root: Path) -> Path:
+    """A data dir with 2 digits x 2 speakers x 7 clips (index 0-4 test, 5-6 train) of 1000 samples at 8 kHz;
+    clip 1_b_6 is 5000 samples (longer than the default window of 4096)."""
+    folder = root / "fsdd" / "recordings"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for digit in (0, 1):
+        for speaker in ("a", "b"):
+            for index in range(7):
+                n = 5000 if (digit, speaker, index) == (1, "b", 6) else 1000
+                _write_wav(folder / f"{digit}_{speaker}_{index}.wav", rng.integers(-20000, 20000, n))
+    return folder
+
+
+@needs_fsdd
+def test_fsdd_full_set_split_and_features():
+    ds = load_dataset("fsdd", data_dir=_DATA)
+    assert ds.x_train.shape == (2700, 4096) and ds.x_test.shape == (300, 4096)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int64
+    assert ds.class_names == [str(d) for d in range(10)] and ds.n_classes == 10
+    assert np.bincount(ds.y_train).tolist() == [270] * 10 and np.bincount(ds.y_test).tolist() == [30] * 10
+    info = ds.info
+    assert info["sample_rate_hz"] == 8000 and info["window_samples"] == 4096 and info["duration_s"] == 0.512
+    speakers = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
+    assert info["speakers"] == speakers and info["n_files"] == 3000
+    # the split rule: test = clip index 0-4 of every digit and speaker, exactly; rows follow the clip names
+    test = [_CLIP.match(c).groups() for c in info["test_clips"]]
+    train = [_CLIP.match(c).groups() for c in info["train_clips"]]
+    assert sorted((int(d), s, int(i)) for d, s, i in test) == sorted(
+        (d, s, i) for d in range(10) for s in speakers for i in range(5))
+    assert all(5 <= int(i) <= 49 for _, _, i in train) and len(set(train)) == 2700
+    assert [int(d) for d, _, _ in test] == ds.y_test.tolist() and [int(d) for d, _, _ in train] == ds.y_train.tolist()
+    # values: [0, 1], every clip's peak reaches 0 or 1 (per-clip gain), padding is silence at exactly 0.5
+    x = np.concatenate([ds.x_train, ds.x_test])
+    assert x.min() == 0.0 and x.max() == 1.0
+    assert ((x.max(axis=1) == 1.0) | (x.min(axis=1) == 0.0)).all()
+    folder = Path(_DATA, "fsdd", "recordings")
+    frames = {c: wave.open(str(folder / f"{c}.wav")).getnframes() for c in info["train_clips"] + info["test_clips"]}
+    longer = sum(n > 4096 for n in frames.values())
+    assert info["truncated_clips"]["train"] + info["truncated_clips"]["test"] == longer
+    for row, clip in enumerate(info["test_clips"][:40]):
+        n = frames[clip]
+        if n < 4096:
+            assert (ds.x_test[row, n:] == 0.5).all()
+        np.testing.assert_allclose(ds.x_test[row], _expected_features(folder / f"{clip}.wav", 4096), atol=1e-6)
+
+
+@needs_fsdd
+def test_fsdd_resampling_window_and_subsets():
+    base = load_dataset("fsdd", data_dir=_DATA, n_train=100, n_test=50, seed=2)
+    assert base.x_train.shape == (100, 4096) and base.x_test.shape == (50, 4096)
+    assert np.bincount(base.y_train).tolist() == [10] * 10 and np.bincount(base.y_test).tolist() == [5] * 10
+    assert all(int(_CLIP.match(c).group(3)) < 5 for c in base.info["test_clips"])
+    again = load_dataset("fsdd", data_dir=_DATA, n_train=100, n_test=50, seed=2)
+    assert again.info["train_clips"] == base.info["train_clips"] and np.array_equal(again.x_train, base.x_train)
+    for kwargs, n_features in (({"audio_rate_hz": 16000}, 8192), ({"audio_rate_hz": 4000}, 2048),
+                               ({"audio_duration_s": 0.25}, 2000), ({"audio_rate_hz": 11025, "audio_duration_s": 1.0},
+                                                                    11025)):
+        ds = load_dataset("fsdd", data_dir=_DATA, n_train=100, n_test=50, seed=2, **kwargs)
+        assert ds.x_train.shape == (100, n_features) and ds.x_test.shape == (50, n_features)
+        assert ds.info["train_clips"] == base.info["train_clips"]  # the same clips, whatever the window
+        x = ds.x_train
+        assert 0.0 <= x.min() and x.max() <= 1.0 and ((x.max(axis=1) == 1.0) | (x.min(axis=1) == 0.0)).all()
+    up = load_dataset("fsdd", data_dir=_DATA, n_train=100, n_test=50, seed=2, audio_rate_hz=16000)
+    for a, b in zip(up.x_train[:20, ::2], base.x_train[:20]):  # every other sample at 16 kHz is the 8 kHz sample
+        assert np.corrcoef(a, b)[0, 1] > 0.99
+
+
+def test_fsdd_preprocessing_on_written_clips(tmp_path):
+    folder = _tiny_fsdd(tmp_path)
+    ds = load_dataset("fsdd", data_dir=tmp_path)
+    assert ds.x_train.shape == (8, 4096) and ds.x_test.shape == (20, 4096)
+    assert ds.info["truncated_clips"] == {"train": 1, "test": 0}
+    assert ds.info["padded_clips"] == {"train": 7, "test": 20} and ds.info["speakers"] == ["a", "b"]
+    assert ds.info["train_clips"][:2] == ["0_a_5", "0_a_6"] and ds.info["test_clips"][-1] == "1_b_4"
+    for row, clip in enumerate(ds.info["train_clips"]):
+        np.testing.assert_allclose(ds.x_train[row], _expected_features(folder / f"{clip}.wav", 4096), atol=1e-6)
+        if clip != "1_b_6":
+            assert (ds.x_train[row, 1000:] == 0.5).all()
+    # a 440 Hz tone resampled to 16 kHz: the same tone, to the window's last sample (no fade at the cut)
+    for path in folder.iterdir():
+        path.unlink()
+    t8 = np.arange(8000) / 8000
+    for name in ("0_a_0", "0_a_5"):
+        _write_wav(folder / f"{name}.wav", np.round(30000 * np.sin(2 * np.pi * 440 * t8)))
+    tone = load_dataset("fsdd", data_dir=tmp_path, audio_rate_hz=16000, audio_duration_s=0.5)
+    assert tone.x_train.shape == (1, 8000) and tone.info["truncated_clips"] == {"train": 1, "test": 1}
+    expected = np.sin(2 * np.pi * 440 * np.arange(8000) / 16000)
+    np.testing.assert_allclose(2 * tone.x_train[0, 100:] - 1, expected[100:], atol=0.01)
+
+
+def test_fsdd_bad_files_and_folders_are_named(tmp_path):
+    with pytest.raises(DatasetError, match=r"missing folder .*fsdd/recordings"):
+        load_dataset("fsdd", data_dir=tmp_path)
+    folder = _tiny_fsdd(tmp_path)
+    good = folder / "0_a_3.wav"
+    tone = np.arange(800) * 10
+    bad = {b"RIFF\x10\x00\x00\x00WAVEjunk": "corrupt or not a PCM WAV file",
+           b"": "corrupt or not a PCM WAV file",
+           "stereo": "2 channels, expected mono", "8bit": "8-bit samples, expected 16-bit",
+           "16k": "sample rate 16000 Hz, expected 8000 Hz", "cut": "truncated, header says 800 samples"}
+    for content, message in bad.items():
+        if content == "stereo":
+            _write_wav(good, np.repeat(tone, 2), channels=2)
+        elif content == "8bit":
+            _write_wav(good, tone, width=1)
+        elif content == "16k":
+            _write_wav(good, tone, rate=16000)
+        elif content == "cut":
+            good.write_bytes(_write_wav(good, tone).read_bytes()[:-100])
+        else:
+            good.write_bytes(content)
+        with pytest.raises(DatasetError, match=f"0_a_3.wav: {message}"):
+            load_dataset("fsdd", data_dir=tmp_path)
+        with pytest.raises(DatasetError, match=f"0_a_3.wav: {message}"):
+            read_wav(good)
+    _write_wav(good, tone)
+    assert load_dataset("fsdd", data_dir=tmp_path).x_test.shape == (20, 4096)
+    (folder / "notes.wav").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"notes.wav: unexpected file name"):
+        load_dataset("fsdd", data_dir=tmp_path)
+
+
+def test_fsdd_options(tmp_path):
+    _tiny_fsdd(tmp_path)
+    with pytest.raises(DatasetError, match="audio_duration_s=0.5 is not possible for 'digits'"):
+        load_dataset("digits", audio_duration_s=0.5)
+    for kwargs, message in (({"audio_duration_s": 0}, "audio_duration_s must be a positive"),
+                            ({"audio_rate_hz": 8000.5}, "audio_rate_hz must be a positive whole number"),
+                            ({"audio_rate_hz": -8000}, "audio_rate_hz must be a positive whole number"),
+                            ({"downsample": 14}, "downsample=14 is not possible for 'fsdd'")):
+        with pytest.raises(DatasetError, match=message):
+            load_dataset("fsdd", data_dir=tmp_path, **kwargs)
+    assert load_dataset("fsdd", data_dir=tmp_path, audio_duration_s=0.1, audio_rate_hz=2000).n_features == 200

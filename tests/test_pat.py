@@ -1,5 +1,6 @@
 """The PAT core: forward from the device, backward from the twin evaluated at the device's inputs."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -83,3 +84,27 @@ def test_pool_readout_is_round_robin_mean():
         net.out_scale.fill_(1.0)
     expected = torch.stack([h[:, [0, 2, 4]].mean(1), h[:, [1, 3, 5]].mean(1)], dim=1)
     torch.testing.assert_close(net.readout(h), expected)
+
+
+def test_a_last_layer_with_fewer_bins_than_slots():
+    """The raw-audio layout: many slots in, few output bins out, pooled (fully physical) or read linearly (hybrid)."""
+    def bins(h, theta):  # a stand-in device: 12 slots -> 4 bins of 3 slots
+        return (h + theta).reshape(h.shape[0], 4, 3).mean(2)
+
+    pooled = PhysicalNetwork(6, 2, width=12, depth=1, n_outputs=4, shuffle_slots=False)
+    x = torch.rand(5, 6)
+    out = bins((2 * x - 1)[:, pooled.tile_index] * pooled.scale[0] + pooled.shift[0], pooled.theta[0])
+    expected = pooled.out_scale * torch.stack([out[:, [0, 2]].mean(1), out[:, [1, 3]].mean(1)], 1) + pooled.out_shift
+    torch.testing.assert_close(pooled(x, bins), expected)
+    linear = PhysicalNetwork(6, 2, width=12, depth=1, n_outputs=4, readout="linear")
+    assert linear(x, bins).shape == (5, 2) and linear.hybrid and linear.linear.in_features == 4
+    with pytest.raises(ValueError, match="only be the last layer"):
+        PhysicalNetwork(6, 2, width=12, depth=2, n_outputs=4)
+
+
+def test_theta_can_start_at_the_middle_of_its_bounds():
+    net = PhysicalNetwork(4, 2, width=8, depth=2, theta_bounds=(-0.5, 1.5), theta_init="middle")
+    assert torch.equal(net.theta.detach(), torch.full((2, 8), 0.5))
+    spread = PhysicalNetwork(4, 2, width=8, depth=2, theta_bounds=(-0.5, 1.5))
+    assert spread.theta.min() >= -0.5 and spread.theta.max() <= 1.5 and spread.theta.std() > 0.2
+    assert torch.equal(net.slot_order, spread.slot_order)  # the init does not change the network's wiring

@@ -174,6 +174,8 @@ class TemporalConvTwin(_OutputNormalisation, nn.Module):
 
     Slot i carries (x_i, θ_i) and produces y_i; the network assumes only what holds for any time-invariant,
     causal device driven slot after slot (the electronic and mechanical setups), not the device's physics.
+    With fewer outputs than slots (``n_outputs`` dividing ``n_inputs``, e.g. 4096 audio samples in 64 output bins),
+    the per-slot outputs are averaged over groups of ``n_inputs // n_outputs`` consecutive slots.
     With kernel k and dilations 1, 2, 4, ... it sees ``receptive_field`` slots into the past. It needs far fewer
     measured samples than an MLP on [x, θ], because every slot is a training example for the same filters.
     Inputs and outputs are standardised with buffers set from the training data, as in ``NeuralTwin``.
@@ -184,10 +186,11 @@ class TemporalConvTwin(_OutputNormalisation, nn.Module):
     def __init__(self, n_inputs: int, n_params: int, n_outputs: int, channels: int = 32, kernel: int = 3,
                  dilations: Sequence[int] = (1, 2, 4, 8, 16), activation: str = "silu"):
         super().__init__()
-        if not n_inputs == n_params == n_outputs:
-            raise ValueError(f"a temporal twin needs n_inputs == n_params == n_outputs; got {n_inputs}, {n_params}, "
-                             f"{n_outputs}")
-        self.n_inputs = self.n_params = self.n_outputs = int(n_inputs)
+        if n_inputs != n_params or n_outputs < 1 or n_inputs % n_outputs:
+            raise ValueError(f"a temporal twin needs n_inputs == n_params and n_outputs dividing n_inputs; got "
+                             f"{n_inputs}, {n_params}, {n_outputs}")
+        self.n_inputs = self.n_params = int(n_inputs)
+        self.n_outputs = int(n_outputs)
         self.channels, self.kernel, self.dilations = int(channels), int(kernel), tuple(int(d) for d in dilations)
         self.activation = activation
         act = ACTIVATIONS[activation]
@@ -218,9 +221,11 @@ class TemporalConvTwin(_OutputNormalisation, nn.Module):
 
 
     def forward(self, x: Tensor, theta: Tensor) -> Tensor:
-        """y [B, n] in physical units from x [B, n] and θ [B, n] or [n]."""
+        """y [B, n_outputs] in physical units from x [B, n] and θ [B, n] or [n]."""
         theta = broadcast_theta(x, theta, self.n_inputs, self.n_params)
         z = torch.stack([x, theta], dim=1).to(self.in_mean.dtype)  # [B, 2, n]
         z = (z - self.in_mean[None, :, None]) / self.in_std[None, :, None]
         out = self.head(self.blocks(self.inp(z)))[:, 0, :]
+        if self.n_outputs != self.n_inputs:  # mean over groups of consecutive slots
+            out = out.reshape(out.shape[0], self.n_outputs, -1).mean(dim=2)
         return (out * self.y_std + self.y_mean).to(x.dtype)

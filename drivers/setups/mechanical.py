@@ -1,0 +1,237 @@
+"""The mechanical setup: an AWG drives an audio amplifier and a speaker carrying a metal plate; a microphone listens to
+the plate and an oscilloscope records the microphone.
+
+Wiring::
+
+    AWG CH1 (High-Z) --> amplifier input --> speaker + plate ~~ air ~~> microphone --> scope CHAN1
+    AWG CH1          --> scope CHAN2 (reference, delay calibration)      AWG sync --> scope EXT TRIG
+
+Encoding of one sample (all in "units"; ``drive_volts_per_unit`` turns units into volts at the amplifier input,
+``output_volts_per_unit`` turns microphone volts back into units)::
+
+    combine: interleave   values x_1 θ_1 x_2 θ_2 ... x_n θ_n, each held ``samples_per_value`` AWG samples
+    combine: add          values (x_1 + θ_1)/2 ... (x_n + θ_n)/2: the input and the parameter waveform played
+                          together (the raw-audio task: x is the sound, θ a waveform of the same length)
+    then ``guard_samples`` of 0 V (the plate rings down)
+    output   the microphone trace over the value slots, in ``output_bins`` equal bins (default n), each reduced to
+             its mean (``bin_statistic: mean``) or its root mean square (``rms``, a sound level)
+
+A batch becomes ONE arbitrary waveform played by one bus-triggered burst and recorded by one single-shot scope
+acquisition, split only when the AWG memory or the scope record cannot hold it.
+
+Speaker safety: the drive never exceeds ``max_abs_volts``; the AWG offset is pinned at 0 V (the driver refuses any
+other value: a DC voltage heats the voice coil and pushes the cone off centre); switching the output on ramps the
+amplitude up in ``ramp_steps`` steps over ``ramp_s``; the output stays on between batches, idling at 0 V.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, PositiveFloat, PositiveInt
+from scipy import signal
+from torch import Tensor
+
+from drivers.errors import LimitViolation
+from drivers.setups.awg_scope import AWGConfig, AwgScopeSetup, ScopeConfig, _Strict, sample_averages
+
+log = logging.getLogger(__name__)
+
+ONSET_FRACTION = 0.1  # the acoustic delay is where the measured impulse response first reaches 10 % of its peak
+EARLY_CUT_SAMPLES = 2  # items are cut this many samples before that onset (twins fit the remaining delay)
+
+
+class SpeakerAWGConfig(AWGConfig):
+    """The AWG driving the amplifier: High-Z load (the amplifier input is 10 kohm), amplitude ramp on switch-on."""
+
+    load_ohm: float | Literal["INF"] = "INF"
+    max_abs_offset_volts: Literal[0.0] = Field(0.0, description="fixed: the driver refuses any DC offset")
+    ramp_steps: PositiveInt = Field(8, description="amplitude steps when the output is switched on")
+    ramp_s: float = Field(0.2, ge=0, description="duration of the switch-on ramp, s")
+    keep_output_on: bool = Field(True, description="leave the output on between batches (it idles at the waveform's "
+                                 "first point, 0 V); false: off while uploading, ramped on before every batch")
+
+
+class MicScopeConfig(ScopeConfig):
+    volts_per_div: PositiveFloat = 0.1
+    reference_volts_per_div: PositiveFloat = 0.2
+
+
+class MechanicalInstruments(_Strict):
+    awg: SpeakerAWGConfig
+    scope: MicScopeConfig
+
+
+class MechanicalEncoding(_Strict):
+    """Time-domain encoding of inputs, parameters and outputs (see module docstring)."""
+
+    sample_rate_hz: float = Field(20e3, gt=0, le=1e6)
+    samples_per_value: PositiveInt = 1
+    combine: Literal["interleave", "add"] = "interleave"
+    guard_samples: int = Field(600, ge=0)
+    lead_samples: int = Field(64, ge=8, description="0 V samples before the first item of a batch")
+    drive_volts_per_unit: PositiveFloat = 0.5
+    output_volts_per_unit: PositiveFloat = 0.1
+    output_bins: PositiveInt | None = Field(None, description="outputs per item; default: n (one per slot)")
+    bin_statistic: Literal["mean", "rms"] = "mean"
+
+    def drive_samples(self, n_inputs: int) -> int:
+        """AWG samples of one item's values (guard excluded)."""
+        return (2 if self.combine == "interleave" else 1) * n_inputs * self.samples_per_value
+
+    def samples_per_item(self, n_inputs: int) -> int:
+        """AWG samples one batch item occupies, guard included."""
+        return self.drive_samples(n_inputs) + self.guard_samples
+
+    def n_outputs(self, n_inputs: int) -> int:
+        return self.output_bins or n_inputs
+
+
+def drive_units(x: Tensor, theta: Tensor, enc: MechanicalEncoding) -> Tensor:
+    """x [B, n] and θ [n] or [B, n] (units, each in [-1, 1]) -> drive [B, enc.drive_samples(n)] (units in [-1, 1])."""
+    theta = theta.expand(x.shape[0], -1) if theta.dim() == 1 else theta
+    if enc.combine == "interleave":
+        values = torch.stack([x, theta], dim=2).reshape(x.shape[0], -1)
+    else:
+        values = 0.5 * (x + theta)
+    return values.repeat_interleave(enc.samples_per_value, dim=1)
+
+
+def bin_outputs(trace: Tensor, n_outputs: int, statistic: str = "mean") -> Tensor:
+    """trace [B, T] -> [B, n_outputs]: mean (or root mean square) over n_outputs equal consecutive bins; samples
+    beyond the last whole bin are dropped."""
+    per_bin = trace.shape[1] // n_outputs
+    bins = trace[:, : per_bin * n_outputs].reshape(trace.shape[0], n_outputs, per_bin)
+    if statistic == "rms":
+        return (bins.square().mean(dim=2) + 1e-12).sqrt()
+    return bins.mean(dim=2)
+
+
+
+@dataclass
+class FrequencyResponse:
+    """The plate's small-signal response measured through the instruments.
+
+    f_hz [F]; response [F] complex, microphone volts per volt at the amplifier input (the trigger delay removed,
+    the acoustic delay still in the phase); coherence [F] in [0, 1] (1: the output is all response, no noise);
+    acoustic_delay_s: where the measured impulse response starts.
+    """
+
+    f_hz: np.ndarray
+    response: np.ndarray
+    coherence: np.ndarray
+    acoustic_delay_s: float
+
+
+class MechanicalSetup(AwgScopeSetup):
+    """PhysicalSystem for the speaker-driven plate: x [B, n] in [-1, 1], θ [n] in param_bounds -> y [B, n_outputs]."""
+
+    name = "mechanical"
+
+    def __init__(self, awg, scope, instruments: MechanicalInstruments, encoding: MechanicalEncoding, n: int,
+                 param_bounds: tuple[float, float] = (-1.0, 1.0), delay_s: float = 0.0):
+        n_out = encoding.n_outputs(n)
+        if n_out > encoding.drive_samples(n):
+            raise ValueError(f"output_bins {n_out} exceeds the {encoding.drive_samples(n)} drive samples of an item")
+        super().__init__(awg, scope, instruments, encoding, n, n_out, param_bounds, delay_s)
+        if encoding.drive_volts_per_unit > instruments.awg.max_abs_volts:
+            raise LimitViolation(awg.name, None, f"drive_volts_per_unit {encoding.drive_volts_per_unit} V exceeds "
+                                 f"the speaker's safety limit max_abs_volts {instruments.awg.max_abs_volts} V")
+        if getattr(awg, "max_abs_offset_volts", None) != 0:
+            raise LimitViolation(awg.name, None, "the AWG driving the speaker must refuse any DC offset "
+                                 "(construct it with max_abs_offset_volts=0)")
+        self._output_on = False
+
+    # -- the AWG: no offset, ramped switch-on ----------------------------------------------------------------------
+    def configure_awg(self) -> None:
+        awg, enc, ac = self.awg, self.enc, self.cfg.awg
+        awg.output = False
+        self._output_on = False
+        awg.load = ac.load_ohm
+        awg.configure_burst(n_cycles=1, trigger_source="BUS")
+        # idle at 0 V: a silent waveform is loaded before the output is ever switched on
+        awg.set_levels(amplitude_vpp=self._ramp_levels()[0], offset_v=0.0)
+        awg.upload_arb("PNNBATCH", np.zeros(max(8, 2 * enc.lead_samples)))
+        awg.sample_rate = enc.sample_rate_hz
+        if ac.keep_output_on:
+            self.enable_output()
+
+    def _ramp_levels(self) -> np.ndarray:
+        """Amplitudes (Vpp) of the switch-on ramp, ending at the working amplitude (DAC +-1 -> +-drive volts)."""
+        target = 2.0 * self.enc.drive_volts_per_unit
+        low = max(self.awg.amplitude_limits_vpp()[0], target / 100)
+        return np.geomspace(low, target, self.cfg.awg.ramp_steps + 1)
+
+    def enable_output(self) -> None:
+        """Switch the output on at a low amplitude and ramp up to the working amplitude over ``ramp_s``."""
+        levels = self._ramp_levels()
+        self.awg.set_levels(amplitude_vpp=levels[0], offset_v=0.0)
+        self.awg.output = True
+        self._output_on = True
+        for vpp in levels[1:]:
+            time.sleep(self.cfg.awg.ramp_s / max(1, len(levels) - 1))
+            self.awg.amplitude = vpp
+        log.info("%s: output on, amplitude ramped to %.3g Vpp", self.awg.name, levels[-1])
+
+    def before_upload(self) -> None:
+        if not self.cfg.awg.keep_output_on:
+            self.awg.output = False
+            self._output_on = False
+
+    def before_trigger(self) -> None:
+        if not self._output_on:
+            self.enable_output()
+
+    def output_off(self) -> None:
+        self._output_on = False
+        super().output_off()
+
+    # -- encoding ------------------------------------------------------------------------------------------------
+    def drive(self, x: Tensor, theta: Tensor) -> Tensor:
+        return drive_units(x, theta, self.enc)
+
+    def outputs(self, items: Tensor) -> Tensor:
+        return bin_outputs(items, self.n_outputs, self.enc.bin_statistic) / self.enc.output_volts_per_unit
+
+    # -- calibration ---------------------------------------------------------------------------------------------
+    def measure_frequency_response(self, duration_s: float = 2.0, level: float = 0.3, seed: int = 0,
+                                   segment: int = 4096) -> FrequencyResponse:
+        """Play white noise (``level`` units rms, clipped to +-1) for ``duration_s`` and estimate the transfer
+        function from the amplifier input to the microphone by Welch's method (scipy.signal.csd / welch) on
+        segments of ``segment`` samples; the impulse response (its inverse FFT) gives the acoustic delay.
+        Needs ``calibrate_delay`` first (the trigger delay is removed from the record)."""
+        fs, enc = self.enc.sample_rate_hz, self.enc
+        rng = np.random.default_rng(seed)
+        room = min(self.cfg.awg.memory_points, self.cfg.scope.max_points) // self.points_per_sample
+        n = int(min(duration_s * fs, room - 2 * enc.lead_samples - enc.guard_samples))
+        segment = min(segment, n // 4)
+        noise = np.clip(level * rng.standard_normal(n), -1.0, 1.0)
+        noise[:64] *= np.linspace(0, 1, 64)  # no click at the start
+        wave = np.concatenate([np.zeros(enc.lead_samples), noise, np.zeros(enc.lead_samples + enc.guard_samples)])
+        record = self.play(wave, channel=self.cfg.scope.channel)
+        mic = sample_averages(record.t, record.volts, len(wave), fs, self.delay_s - 0.5 / fs)
+        drive_v = wave * enc.drive_volts_per_unit
+        f, s_xy = signal.csd(drive_v, mic, fs=fs, nperseg=segment)
+        _, s_xx = signal.welch(drive_v, fs=fs, nperseg=segment)
+        _, coherence = signal.coherence(drive_v, mic, fs=fs, nperseg=segment)
+        response = s_xy / np.maximum(s_xx, 1e-30)  # scipy's csd is conj(X) Y, so H = S_xy / S_xx
+        impulse = np.abs(np.fft.irfft(response, n=segment)[: segment // 2])
+        onset = int(np.argmax(impulse > ONSET_FRACTION * impulse.max()))
+        log.info("plate response measured: %d frequencies, impulse response onset %.3f ms", len(f), onset / fs * 1e3)
+        return FrequencyResponse(f, response, coherence, onset / fs)
+
+    def calibrate_instruments(self) -> dict:
+        """Trigger delay (reference channel), then the plate's frequency response; the acoustic delay it shows is
+        added to the delay at which items are cut from the microphone record."""
+        self.response_delay_s = 0.0
+        self.calibrate_delay()
+        self.frequency_response = self.measure_frequency_response()
+        # cut early rather than late: a causal twin can model a delay, not an advance
+        onset = self.frequency_response.acoustic_delay_s * self.enc.sample_rate_hz
+        self.response_delay_s = max(0.0, onset - EARLY_CUT_SAMPLES) / self.enc.sample_rate_hz
+        return {"delay_s": self.delay_s, "acoustic_delay_s": self.response_delay_s}
