@@ -324,3 +324,25 @@ def test_in_silico_run_calibrates_a_twin_and_evaluates_on_the_device(tmp_path: P
     assert (artifacts / "twin_neural.pt").exists() and (artifacts / "twin_data.h5").exists()
     report = json.loads((artifacts / "report.json").read_text())
     assert report["samples"] == 300 and [t["kind"] for t in report["twins"]] == ["neural"]
+
+
+def test_calibrate_the_plate_writes_its_response_and_three_twins(tmp_path: Path, monkeypatch) -> None:
+    """The mechanical calibration: delays, the plate's frequency response (CSV + plot), twin data (HDF5) and the
+    neural, physics and hybrid twins, each with its held-out error."""
+    monkeypatch.chdir(tmp_path)
+    mech = EXPERIMENT.with_name("mechanical_digits.yaml")
+    result = pnn("calibrate", mech, "--simulate", "--twins", "neural,physics,hybrid",
+                 "--set", "network.width=24", "--set", "twin.samples=200", "--set", "twin.neural.epochs=2",
+                 "--set", "twin.physics.epochs=2", "--set", "twin.physics.samples=100",
+                 "--set", "instruments.awg.ramp_s=0", "--set", "artifacts_dir=cal")
+    assert result.exit_code == 0, result.output
+    art = tmp_path / "cal-sim"
+    report = json.loads((art / "report.json").read_text())
+    assert {t["kind"] for t in report["twins"]} == {"neural", "physics", "hybrid"}
+    assert all(0 < t["val_nmse"] < 1 for t in report["twins"])  # each twin explains most of the outputs
+    assert 0 < report["response_delay_s"] < 1e-3 and report["delay_s"] > 0
+    rows = list(csv.DictReader((art / "frequency_response.csv").open()))
+    assert len(rows) > 100 and {"f_hz", "magnitude", "phase_rad", "coherence"} <= set(rows[0])
+    for name in ("frequency_response.png", "twin_data.h5", "twin_neural.pt", "twin_physics.pt", "twin_hybrid.pt",
+                 "twin_hybrid_vs_device.png"):
+        assert (art / name).stat().st_size > 0, name

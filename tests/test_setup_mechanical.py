@@ -169,3 +169,16 @@ def test_sound_and_parameter_waveform_played_together_give_rms_bins(bench) -> No
     assert y.shape == (3, 4) and (y >= 0).all()  # sound levels
     loud, quiet, silent = y.mean(1)
     assert loud > 2 * quiet > 2 * silent  # louder sound, louder microphone; silence is only noise and hum
+
+
+def test_with_keep_output_on_false_every_batch_is_ramped_up_and_measures_the_same(bench) -> None:
+    x, theta = batch(8, seed=6)
+    awg = bench.instruments["awg"].state[1]
+    with open_setup(config(), N, bench=bench) as setup:
+        y_on, y_on_again = setup.forward(x, theta), setup.forward(x, theta)
+    with open_setup(config(**{"instruments.awg.keep_output_on": False}), N, bench=bench) as setup:
+        y_toggled = setup.forward(x, theta)
+        assert awg.output and awg.amplitude_vpp == pytest.approx(1.0)  # ramped up to the working amplitude
+        setup.before_upload()
+        assert not awg.output  # off while the next waveform is uploaded
+    assert rms(y_toggled - y_on) < 2 * rms(y_on - y_on_again) + 1e-6

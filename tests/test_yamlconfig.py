@@ -195,3 +195,28 @@ def test_set_by_path_and_parse_override():
     assert parse_override("twin.hidden=[64, 64]") == ("twin.hidden", [64, 64])
     with pytest.raises(ValueError):
         parse_override("training.lr")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_experiment_file_is_valid(path: Path) -> None:
+    from orchestrator.config import load_experiment
+
+    cfg = load_experiment(path)
+    assert cfg.experiment == path.stem and cfg.setup in ("electronic", "mechanical")
+
+
+def test_an_unknown_setup_names_the_field_and_the_choices(tmp_path: Path) -> None:
+    from orchestrator.config import ConfigError, load_experiment
+
+    source = (Path(__file__).resolve().parents[1] / "experiments" / "mechanical_digits.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(source.replace("setup: mechanical", "setup: acoustic"))
+    with pytest.raises(ConfigError) as err:
+        load_experiment(bad)
+    line = source.splitlines().index("setup: mechanical") + 1
+    assert str(err.value) == f"{bad}:{line}: setup: must be one of 'electronic', 'mechanical'"
+    # the sections follow the setup: a mechanical-only field in an electronic file is an unknown field
+    bad.write_text(source.replace("setup: mechanical", "setup: electronic"))
+    with pytest.raises(ConfigError, match=r"instruments\.awg\.ramp_steps: unknown field"):
+        load_experiment(bad)
