@@ -47,6 +47,17 @@ def encoding_key(encoding) -> str:
     return json.dumps(encoding.model_dump())
 
 
+def adopt_cut(setup: AwgScopeSetup, instruments_json: str | None, source: str) -> None:
+    """Cut items where ``source`` (a twin or its data) was measured. The cut (``response_delay_s``) is a software
+    setting, re-derived from a noisy onset whenever the setup is opened; a twin's fitted delay is right only for the
+    cut it was fitted with."""
+    stored = json.loads(instruments_json).get("response_delay_s") if instruments_json else None
+    if stored is not None and stored != setup.response_delay_s:
+        log.info("cutting items %.1f us after the trigger delay, as for %s (the new calibration said %.1f us)",
+                 stored * 1e6, source, setup.response_delay_s * 1e6)
+        setup.response_delay_s = stored
+
+
 def collect_twin_data(setup: AwgScopeSetup, n_samples: int, repeats: int, seed: int,
                       batch: int = 1024, progress: Callable[[int, int], None] | None = None) -> TwinData:
     """Measure ``n_samples`` random (x, θ) pairs, uniform within the safe ranges, each ``repeats`` times averaged."""
@@ -82,19 +93,22 @@ def build_twin(kind: str, cfg: ExperimentConfig, n: int, n_outputs: int, setup: 
     if kind == "physics" and cfg.setup == "mechanical":
         pc = cfg.twin.physics
         shape = dict(nonlinear_modes=pc.nonlinear_modes, n_outputs=n_outputs)
-        response = getattr(setup, "frequency_response", None)
+        response = setup.frequency_response
         if response is None:
             return MechanicalPhysicsTwin(n, cfg.encoding.model_dump(), n_modes=pc.n_modes, **shape)
         band = response.f_hz >= MODE_SEARCH_FROM_HZ  # below, mains hum and the high-passes, not the plate
-        f, h = response.f_hz[band], response.response[band] * np.exp(2j * np.pi * response.f_hz[band] * setup.response_delay_s)
-        return MechanicalPhysicsTwin.from_response(n, cfg.encoding.model_dump(), f, h, n_modes=pc.n_modes, **shape)
+        return MechanicalPhysicsTwin.from_response(n, cfg.encoding.model_dump(), response.f_hz[band],
+                                                   response.as_cut(setup.response_delay_s)[band], n_modes=pc.n_modes,
+                                                   **shape)
     raise ValueError(f"no trainable twin of kind {kind!r} for the {cfg.setup} setup")
 
 
 def fit_and_save(kind: str, cfg: ExperimentConfig, data: TwinData, artifacts: Path, setup: AwgScopeSetup,
-                 progress: Callable[[int, float, float], None] | None = None) -> dict:
+                 progress: Callable[[int, float, float], None] | None = None,
+                 report_entries: list[dict] | None = None) -> dict:
     """Fit a twin of ``kind`` to measured data, save the artifact, return its report entry. The hybrid twin is the
-    saved physics twin (fitted first if missing) plus a neural residual fitted to what the physics twin misses."""
+    saved physics twin (fitted first if missing or fitted to other data; its entry then goes to ``report_entries``)
+    plus a neural residual fitted to what the physics twin misses."""
     train, val = data.split(cfg.twin.val_fraction, seed=cfg.seed)
     n, n_out = data.x.shape[1], data.y.shape[1]
     model = build_twin(kind, cfg, n, n_out, setup)
@@ -108,11 +122,7 @@ def fit_and_save(kind: str, cfg: ExperimentConfig, data: TwinData, artifacts: Pa
         rep = fit_twin(model, train, val, epochs=pc.epochs, lr=pc.lr, batch_size=pc.batch_size,
                        patience=pc.patience, seed=cfg.seed, progress=progress)
     else:
-        physics_file = twin_path(artifacts, "physics")
-        if not (physics_file.exists() and load_twin(physics_file)[1].get("dataset_checksum") == data.checksum()):
-            nested = fit_and_save("physics", cfg, data, artifacts, setup)
-            log.info("hybrid twin: physics part fitted first (held-out NMSE %.4f)", nested["val_nmse"])
-        physics = load_twin(physics_file)[0].requires_grad_(False)
+        physics = fitted_physics_twin(cfg, data, artifacts, setup, report_entries)
         model, rep = fit_hybrid(physics, model, train, val, epochs=nc.epochs, lr=nc.lr, batch_size=nc.batch_size,
                                 patience=nc.patience, seed=cfg.seed, progress=progress)
     meta = {"setup": cfg.setup, "experiment": cfg.experiment, "twin": kind,
@@ -126,6 +136,20 @@ def fit_and_save(kind: str, cfg: ExperimentConfig, data: TwinData, artifacts: Pa
             "epochs": rep.epochs_run, "seconds": rep.seconds}
 
 
+def fitted_physics_twin(cfg: ExperimentConfig, data: TwinData, artifacts: Path, setup: AwgScopeSetup,
+                        report_entries: list[dict] | None) -> torch.nn.Module:
+    """The saved physics twin if it was fitted to ``data``, else a new fit (saved; its entry appended)."""
+    path = twin_path(artifacts, "physics")
+    if path.exists():
+        model, meta = load_twin(path)
+        if meta.get("dataset_checksum") == data.checksum():
+            return model.requires_grad_(False)
+    entry = fit_and_save("physics", cfg, data, artifacts, setup)
+    if report_entries is not None:
+        report_entries.append({**entry, "dataset_checksum": data.checksum()})
+    return load_twin(path)[0].requires_grad_(False)
+
+
 def calibrate(cfg: ExperimentConfig, setup: AwgScopeSetup, artifacts: Path, kinds: list[str],
               progress: Callable[[str, int, int], None] | None = None) -> dict:
     """The whole calibration: instruments (delays, the plate's response; done when the setup was opened), twin data
@@ -137,7 +161,7 @@ def calibrate(cfg: ExperimentConfig, setup: AwgScopeSetup, artifacts: Path, kind
     atomic_write_bytes(artifacts / "calibration.json", json.dumps(
         {"delay_s": setup.delay_s, "response_delay_s": setup.response_delay_s, "instruments": snapshot},
         indent=2, default=str).encode())
-    response = getattr(setup, "frequency_response", None)
+    response = setup.frequency_response
     if response is not None:
         save_frequency_response(artifacts / "frequency_response.csv", response)
     data_file = artifacts / "twin_data.h5"
@@ -148,6 +172,8 @@ def calibrate(cfg: ExperimentConfig, setup: AwgScopeSetup, artifacts: Path, kind
                 or len(data.y) < cfg.twin.samples):
             log.info("%s was measured with other settings; measuring again", data_file)
             data = None
+        else:
+            adopt_cut(setup, data.metadata.get("instruments"), str(data_file))
     if data is None:
         data = collect_twin_data(setup, cfg.twin.samples, cfg.twin.repeats, seed=cfg.seed + 7,
                                  progress=(lambda i, n: progress("twin data", i, n)) if progress else None)
@@ -159,7 +185,8 @@ def calibrate(cfg: ExperimentConfig, setup: AwgScopeSetup, artifacts: Path, kind
               "twins": [t for t in earlier if t.get("kind") not in kinds and t.get("dataset_checksum") == data.checksum()]}
     for kind in kinds:
         cb = (lambda e, tr, va, k=kind: progress(f"fit {k} twin", e, 0)) if progress else None
-        entry = fit_and_save(kind, cfg, data, artifacts, setup, progress=cb)
+        entry = fit_and_save(kind, cfg, data, artifacts, setup, progress=cb, report_entries=report["twins"])
+        report["twins"] = [t for t in report["twins"] if t["kind"] != kind]  # a refit replaces the earlier entry
         report["twins"].append({**entry, "dataset_checksum": report["dataset_checksum"]})
         plot_twin_vs_device(kind, artifacts, data, cfg)
     if response is not None:
@@ -186,8 +213,7 @@ def plot_frequency_response(artifacts: Path, response, response_delay_s: float) 
             physics = getattr(model, "physics", model)
             if hasattr(physics, "frequency_response"):
                 curves[f"{kind} twin"] = physics.frequency_response(response.f_hz)
-    as_cut = response.response * np.exp(2j * np.pi * response.f_hz * response_delay_s)  # as the twins see it
-    return plots.plot_frequency_response(response.f_hz, as_cut, curves, artifacts / "frequency_response.png",
+    return plots.plot_frequency_response(response.f_hz, response.as_cut(response_delay_s), curves, artifacts / "frequency_response.png",
                                          f"plate response (items cut {response_delay_s * 1e3:.2f} ms after the trigger)")
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from orchestrator import plots
-from orchestrator.calibrate import calibrate, encoding_key, twin_path
+from orchestrator.calibrate import adopt_cut, calibrate, encoding_key, twin_path
 from orchestrator.config import ExperimentConfig, dump_config
 from orchestrator.datasets import Dataset, load_dataset
 from orchestrator.lab import device_outputs, device_width, open_setup, start_simulated_bench
@@ -51,6 +51,7 @@ def get_twin(cfg: ExperimentConfig, kind: str, setup, bench, artifacts: Path,
             model = None
         else:
             log.info("using %s twin %s (held-out NMSE %.4f)", kind, path, meta.get("val_nmse", float("nan")))
+            adopt_cut(setup, meta.get("instruments"), str(path))
     else:
         log.info("no %s twin at %s yet; calibrating first", kind, path)
         model = None

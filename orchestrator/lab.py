@@ -31,8 +31,8 @@ def device_width(cfg: ExperimentConfig, n_features: int) -> int:
 
 
 def device_outputs(cfg: ExperimentConfig, width: int) -> int:
-    """Outputs of one device layer: the encoding's output bins, else one per slot."""
-    return getattr(cfg.encoding, "output_bins", None) or width
+    """Outputs of one device layer of the given width (the encoding decides)."""
+    return cfg.encoding.n_outputs(width)
 
 
 def start_simulated_bench(cfg: ExperimentConfig):
@@ -57,7 +57,7 @@ def open_setup(cfg: ExperimentConfig, n: int, *, bench=None, calibrate: bool = T
         cfg = simulated_instruments(cfg, bench.resources)
     inst = cfg.instruments
     links = []
-    setup = None
+    awg = None
     try:
         awg_link = open_link(inst.awg.resource, name="awg", visa_library=inst.awg.visa_library,
                              timeout_s=inst.awg.timeout_s)
@@ -75,8 +75,8 @@ def open_setup(cfg: ExperimentConfig, n: int, *, bench=None, calibrate: bool = T
             setup.calibrate_instruments()
         yield setup
     finally:
-        if setup is not None:
-            setup.output_off()
+        if awg is not None:  # also when the setup refused its settings after the AWG was reached
+            awg.output_off()
         for link in reversed(links):
             try:
                 link.close()

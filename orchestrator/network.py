@@ -30,6 +30,9 @@ class PhysicalNetwork(nn.Module):
                  theta_init: str = "uniform"):
         super().__init__()
         n_outputs = n_outputs or width
+        if readout == "pool" and n_outputs < n_classes:
+            raise ValueError(f"a pool readout needs at least one output bin per class: {n_outputs} bins, "
+                             f"{n_classes} classes")
         if depth > 1 and n_outputs != width:
             raise ValueError(f"a device layer with {n_outputs} outputs for {width} slots can only be the last layer; "
                              f"use depth 1 or as many outputs as slots")

@@ -6,15 +6,18 @@ the one place besides ``--simulate`` where the orchestrator reaches into ``simul
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from drivers.setups import electronic, mechanical
+from drivers.setups import electronic
 from drivers.setups.electronic import emf_per_unit
 from twins.mechanical import delayed
+
+log = logging.getLogger(__name__)
 
 
 class PerfectTwin(nn.Module):
@@ -74,17 +77,20 @@ def box_average_weights(m: int) -> np.ndarray:
 
 
 def perfect_twin(cfg, bench, setup) -> PerfectTwin:
-    """The perfect twin of ``setup`` on the running simulated ``bench``. For the plate it also knows the true
-    acoustic delay, and delays its output by what the setup's (early) cut leaves of it."""
-    enc, n, n_out = cfg.encoding, setup.n_inputs, setup.n_outputs
+    """The perfect twin of ``setup`` on the running simulated ``bench``, with the setup's own encoding (``drive``,
+    ``outputs``). For the plate it also knows the true acoustic delay, and delays its output by what the setup's
+    (early) cut leaves of it."""
+    volts = emf_per_unit(cfg.instruments.awg, cfg.encoding)
     if cfg.setup == "electronic":
-        return PerfectElectronicTwin(bench.physics, enc, n, emf_per_unit(cfg.instruments.awg, enc))
-    plate = bench.physics
-    left = (plate.trigger_delay_s + plate.acoustic_delay_s - setup.delay_s - setup.response_delay_s)
-    return PerfectMechanicalTwin(plate, enc, n, n_out, emf_per_unit(cfg.instruments.awg, enc),
-                       lambda x, t: mechanical.drive_units(x, t, enc),
-                       lambda v: mechanical.bin_outputs(v, n_out, enc.bin_statistic) / enc.output_volts_per_unit,
-                       delay_samples=max(0.0, left * enc.sample_rate_hz))
+        return PerfectTwin(bench.physics, cfg.encoding, setup.n_inputs, setup.n_outputs, volts, setup.drive,
+                           setup.outputs)
+    plate, fs = bench.physics, cfg.encoding.sample_rate_hz
+    left = (plate.trigger_delay_s + plate.acoustic_delay_s - setup.delay_s - setup.response_delay_s) * fs
+    if left < -0.1:
+        log.warning("the setup cuts items %.2f samples after the sound arrives; the perfect twin cannot look ahead",
+                    -left)
+    return PerfectMechanicalTwin(plate, cfg.encoding, setup.n_inputs, setup.n_outputs, volts, setup.drive,
+                                 setup.outputs, delay_samples=max(0.0, left))
 
 
 def PerfectElectronicTwin(circuit, encoding: electronic.ElectronicEncoding, n: int, volts_per_unit: float) -> PerfectTwin:  # noqa: N802

@@ -108,3 +108,9 @@ def test_theta_can_start_at_the_middle_of_its_bounds():
     spread = PhysicalNetwork(4, 2, width=8, depth=2, theta_bounds=(-0.5, 1.5))
     assert spread.theta.min() >= -0.5 and spread.theta.max() <= 1.5 and spread.theta.std() > 0.2
     assert torch.equal(net.slot_order, spread.slot_order)  # the init does not change the network's wiring
+
+
+def test_a_pool_readout_needs_a_bin_per_class():
+    with pytest.raises(ValueError, match="at least one output bin per class"):
+        PhysicalNetwork(6, 10, width=12, depth=1, n_outputs=4)
+    assert PhysicalNetwork(6, 10, width=12, depth=1, n_outputs=4, readout="linear").linear.in_features == 4

@@ -84,11 +84,25 @@ def test_the_config_pins_the_offset_limit_at_zero() -> None:
         config(**{"instruments.awg.max_abs_offset_volts": 0.5})
 
 
-def test_drive_above_the_speaker_limit_is_refused_before_anything_is_sent(bench) -> None:
+def test_drive_above_the_speaker_limit_is_refused_and_the_output_switched_off(bench) -> None:
+    awg = bench.instruments["awg"].state[1]
+    awg.output = True  # left on by someone else
     with pytest.raises(LimitViolation, match="speaker's safety limit"):
         with open_setup(config(**{"encoding.drive_volts_per_unit": 1.5}), N, bench=bench):
             pass
-    assert not bench.instruments["awg"].state[1].output
+    assert not awg.output
+
+
+def test_uploads_happen_at_the_quietest_amplitude(wire_server, wire_link) -> None:
+    server, setup = speaker_setup(wire_server, wire_link, max_abs_offset_volts=0.0)
+    setup.enable_output()
+    mark = server.mark()
+    setup.before_upload()
+    setup.awg.upload_arb("PNNBATCH", np.zeros(16))
+    setup.before_trigger()
+    sent = [m for m in server.since(mark).split(b"\n") if m and m != b"SYST:ERR?"]
+    assert sent[0] == b"SOUR1:VOLT 0.01" and sent[-1] == b"SOUR1:VOLT 1.0"
+    assert any(m.startswith(b"SOUR1:DATA:ARB:DAC PNNBATCH,#") for m in sent[1:-1])
 
 
 # -- on the simulated bench ----------------------------------------------------------------------------------------
@@ -182,3 +196,19 @@ def test_with_keep_output_on_false_every_batch_is_ramped_up_and_measures_the_sam
         setup.before_upload()
         assert not awg.output  # off while the next waveform is uploaded
     assert rms(y_toggled - y_on) < 2 * rms(y_on - y_on_again) + 1e-6
+
+
+def test_a_reused_twin_brings_its_own_cut() -> None:
+    """The cut is re-derived from a noisy onset at every opening; a reused twin (or twin data) sets it back to the
+    cut it was fitted with, which its fitted delay assumes."""
+    import json
+    from types import SimpleNamespace
+
+    from orchestrator.calibrate import adopt_cut
+
+    setup = SimpleNamespace(response_delay_s=250e-6)
+    adopt_cut(setup, json.dumps({"response_delay_s": 300e-6, "delay_s": 6e-6}), "twin.pt")
+    assert setup.response_delay_s == 300e-6
+    adopt_cut(setup, json.dumps({"delay_s": 6e-6}), "an electronic twin")  # nothing stored: left alone
+    adopt_cut(setup, None, "data without metadata")
+    assert setup.response_delay_s == 300e-6

@@ -81,6 +81,7 @@ class AwgScopeSetup:
     """
 
     name = "awg_scope"  # the setup's name in data and artifact metadata
+    frequency_response = None  # the device's measured response, for setups that measure one
     points_per_sample = 2  # scope points per AWG sample: enough for the box average to be exact (sample_averages)
 
     def __init__(self, awg, scope, instruments, encoding, n_inputs: int, n_outputs: int,

@@ -15,16 +15,12 @@ AWG output is switched off while a new waveform is uploaded and on again before 
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from pydantic import Field, PositiveFloat, PositiveInt
 from torch import Tensor
 
 from drivers.errors import LimitViolation
 from drivers.setups.awg_scope import AWGConfig, AwgScopeSetup, ScopeConfig, _Strict, sample_averages
-
-log = logging.getLogger(__name__)
 
 
 class ElectronicInstruments(_Strict):
@@ -45,6 +41,10 @@ class ElectronicEncoding(_Strict):
     def samples_per_item(self, n_inputs: int) -> int:
         """AWG samples one batch item occupies, guard included."""
         return 2 * n_inputs * self.samples_per_value + self.guard_samples
+
+    def n_outputs(self, n_inputs: int) -> int:
+        """Outputs per item: one bin per slot."""
+        return n_inputs
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -70,7 +70,7 @@ class ElectronicSetup(AwgScopeSetup):
 
     def __init__(self, awg, scope, instruments: ElectronicInstruments, encoding: ElectronicEncoding,
                  n: int, param_bounds: tuple[float, float] = (-1.0, 1.0), delay_s: float = 0.0):
-        super().__init__(awg, scope, instruments, encoding, n, n, param_bounds, delay_s)
+        super().__init__(awg, scope, instruments, encoding, n, encoding.n_outputs(n), param_bounds, delay_s)
         if encoding.drive_volts_per_unit > instruments.awg.max_abs_volts:
             raise LimitViolation(awg.name, None, f"drive_volts_per_unit {encoding.drive_volts_per_unit} V exceeds "
                                  f"the safety limit max_abs_volts {instruments.awg.max_abs_volts} V")

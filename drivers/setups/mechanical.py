@@ -21,7 +21,9 @@ acquisition, split only when the AWG memory or the scope record cannot hold it.
 
 Speaker safety: the drive never exceeds ``max_abs_volts``; the AWG offset is pinned at 0 V (the driver refuses any
 other value: a DC voltage heats the voice coil and pushes the cone off centre); switching the output on ramps the
-amplitude up in ``ramp_steps`` steps over ``ramp_s``; the output stays on between batches, idling at 0 V.
+amplitude up in ``ramp_steps`` steps over ``ramp_s``; the output stays on between batches, idling at 0 V, and the
+amplitude drops to the ramp's lowest level while a new waveform is uploaded (the 33500B may play its default waveform
+while its memory is reloaded).
 """
 
 from __future__ import annotations
@@ -127,6 +129,10 @@ class FrequencyResponse:
     coherence: np.ndarray
     acoustic_delay_s: float
 
+    def as_cut(self, delay_s: float) -> np.ndarray:
+        """The response with ``delay_s`` of its delay removed (as seen by twins of items cut that late)."""
+        return self.response * np.exp(2j * np.pi * self.f_hz * delay_s)
+
 
 class MechanicalSetup(AwgScopeSetup):
     """PhysicalSystem for the speaker-driven plate: x [B, n] in [-1, 1], θ [n] in param_bounds -> y [B, n_outputs]."""
@@ -146,6 +152,7 @@ class MechanicalSetup(AwgScopeSetup):
             raise LimitViolation(awg.name, None, "the AWG driving the speaker must refuse any DC offset "
                                  "(construct it with max_abs_offset_volts=0)")
         self._output_on = False
+        self.frequency_response: FrequencyResponse | None = None  # measured by calibrate_instruments
 
     # -- the AWG: no offset, ramped switch-on ----------------------------------------------------------------------
     def configure_awg(self) -> None:
@@ -182,10 +189,15 @@ class MechanicalSetup(AwgScopeSetup):
         if not self.cfg.awg.keep_output_on:
             self.awg.output = False
             self._output_on = False
+        elif self._output_on:
+            # while the waveform memory is cleared and reloaded the AWG may play its default waveform: quietly
+            self.awg.amplitude = self._ramp_levels()[0]
 
     def before_trigger(self) -> None:
         if not self._output_on:
             self.enable_output()
+        else:
+            self.awg.amplitude = self._ramp_levels()[-1]
 
     def output_off(self) -> None:
         self._output_on = False
@@ -234,4 +246,5 @@ class MechanicalSetup(AwgScopeSetup):
         # cut early rather than late: a causal twin can model a delay, not an advance
         onset = self.frequency_response.acoustic_delay_s * self.enc.sample_rate_hz
         self.response_delay_s = max(0.0, onset - EARLY_CUT_SAMPLES) / self.enc.sample_rate_hz
-        return {"delay_s": self.delay_s, "acoustic_delay_s": self.response_delay_s}
+        return {"delay_s": self.delay_s, "acoustic_onset_s": self.frequency_response.acoustic_delay_s,
+                "response_delay_s": self.response_delay_s}
