@@ -79,7 +79,7 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module,
     trainer = Trainer(net, data, setup.forward, twin, cfg.training, cfg.seed, out, recover=setup.recover,
                       on_batch=on_batch)
     c = setup.counters
-    calls0, samples0, inst0 = c.forward_calls, c.samples, c.instrument_s
+    calls0, samples0, inst0, clipped0 = c.forward_calls, c.samples, c.instrument_s, c.clipped_records
     physics0 = bench.physics.busy_s if bench is not None else 0.0
     t0 = time.perf_counter()
     rows = trainer.fit(resume=resume, progress=on_epoch)
@@ -102,6 +102,7 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module,
         "physical_forward_calls": c.forward_calls - calls0, "device_samples": c.samples - samples0,
         "samples_per_s": (c.samples - samples0) / inst_s if inst_s > 0 else None,
         "instrument_time_s": inst_s, "uploads_per_forward_max": max(c.history[calls0:], default=0),
+        "scope_clipped_records": c.clipped_records - clipped0,
         "simulated": bench is not None,
     }
     if bench is not None:

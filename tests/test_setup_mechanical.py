@@ -212,3 +212,16 @@ def test_a_reused_twin_brings_its_own_cut() -> None:
     adopt_cut(setup, json.dumps({"delay_s": 6e-6}), "an electronic twin")  # nothing stored: left alone
     adopt_cut(setup, None, "data without metadata")
     assert setup.response_delay_s == 300e-6
+
+
+def test_a_record_at_the_screen_edge_is_counted_and_reported(bench, caplog) -> None:
+    x, theta = batch(8, seed=7)
+    with open_setup(config(**{"instruments.scope.volts_per_div": 0.02}), N, bench=bench) as setup:  # +-80 mV
+        with caplog.at_level("WARNING"):
+            setup.forward(x, theta)
+            setup.forward(x, theta)
+        assert setup.counters.clipped_records == 2
+    assert sum("at the screen edge" in r.getMessage() for r in caplog.records) == 1  # warned once
+    with open_setup(config(), N, bench=bench) as setup:
+        setup.forward(x, theta)
+        assert setup.counters.clipped_records == 0

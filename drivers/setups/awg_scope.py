@@ -27,6 +27,9 @@ from drivers.errors import LimitViolation
 
 log = logging.getLogger(__name__)
 
+SCREEN_DIVISIONS = 8  # vertical divisions of the InfiniiVision screen (its ADC range)
+CLIP_FRACTION = 0.999  # a point this close to the screen edge counts as clipped
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -71,6 +74,7 @@ class Counters:
     uploads: int = 0
     instrument_s: float = 0.0
     history: list[int] = field(default_factory=list)  # uploads per forward call
+    clipped_records: int = 0  # scope records with points at the screen edge (the device output was cut off)
 
 
 class AwgScopeSetup:
@@ -177,6 +181,7 @@ class AwgScopeSetup:
         enc, sc = self.enc, self.cfg.scope
         wave = self.waveform(units)
         record = self.play(wave, channel=sc.channel)
+        self._check_screen(record.volts)
         # sample k of the device is its output at k / fs after the AWG starts, plus the delay: average the
         # record over one sample period centred there (robust to how the scope's grid falls on the AWG's)
         trace = sample_averages(record.t, record.volts, len(wave), enc.sample_rate_hz,
@@ -186,6 +191,17 @@ class AwgScopeSetup:
         body = trace[enc.lead_samples: enc.lead_samples + units.shape[0] * per_item]
         items = torch.as_tensor(body).reshape(units.shape[0], per_item)[:, : units.shape[1]]
         return self.outputs(items)
+
+    def _check_screen(self, volts: np.ndarray) -> None:
+        """Count (and warn once about) records that reach the edge of the scope's screen: the ADC cut them off."""
+        edge = SCREEN_DIVISIONS / 2 * self.cfg.scope.volts_per_div
+        share = float(np.mean(np.abs(volts) >= CLIP_FRACTION * edge))
+        if share > 0:
+            self.counters.clipped_records += 1
+            if self.counters.clipped_records == 1:
+                log.warning("%s: %.2f %% of the record on CHAN%d is at the screen edge (+-%.3g V): outputs are clipped; "
+                            "raise instruments.scope.volts_per_div", self.scope.name, 100 * share,
+                            self.cfg.scope.channel, edge)
 
     def before_upload(self) -> None:
         """Called before a waveform is replaced (the electronic setup switches the output off)."""
