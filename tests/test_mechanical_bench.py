@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 import pytest
-import pyvisa
 import torch
 
 from drivers.awg import DAC_FULL_SCALE, Keysight33500B
