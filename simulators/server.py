@@ -12,6 +12,9 @@ so a serial (pty) transport can reuse it unchanged.
 - ``Session``         one client's conversation with an instrument: error queue, status registers, the header path
   of ``;``-joined commands, replies.
 - ``SCPIServer``      TCP transport, one thread per client, with fault injection (``FaultPlan``) on the replies.
+  pyserial reaches it as ``socket://127.0.0.1:<port>`` too.
+- ``PtyServer``       serial transport: the instrument on a pseudo-terminal whose ``/dev/pts/N`` path pyserial opens
+  like a USB-serial adapter.
 
 Pattern syntax: a mnemonic is written in its long form with the short form in capitals (``VOLTage``); ``[...]`` is an
 optional node; ``#`` after a mnemonic is an optional numeric suffix (default 1: ``CHANnel#`` matches ``CHAN``,
@@ -23,11 +26,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import re
 import select
 import socket
 import threading
+import time
+import tty
 from collections import deque
 from dataclasses import dataclass, fields
 from typing import Callable, Iterator, Protocol, Sequence
@@ -978,7 +984,7 @@ class FaultInjector:
 
 
 class ByteStream(Protocol):
-    """A bidirectional byte link (TCP socket now; a pty or serial port later)."""
+    """A bidirectional byte link: a TCP socket (``SocketStream``) or a pseudo-terminal (``PtyStream``)."""
 
     def read(self, timeout_s: float) -> bytes | None:
         """Up to 64 KiB; None if nothing arrived within ``timeout_s``; b"" once the peer has closed."""
@@ -1149,6 +1155,89 @@ class SCPIServer:
         log.info("%s: closed", self.name)
 
     def __enter__(self) -> "SCPIServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PtyStream:
+    """``ByteStream`` over the master side of a pseudo-terminal: the instrument's end of a serial cable. A serial line
+    has no connection state, so it is always ``alive``; with no client on the other end, reads just time out."""
+
+    def __init__(self, master_fd: int):
+        self.fd = master_fd
+
+    def read(self, timeout_s: float) -> bytes | None:
+        ready, _, _ = select.select([self.fd], [], [], timeout_s)
+        if not ready:
+            return None
+        try:
+            return os.read(self.fd, 65536) or None
+        except OSError:  # EIO: nobody holds the other end open right now
+            time.sleep(timeout_s)
+            return None
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def alive(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """The server owns the pty; a finished conversation leaves it open."""
+
+
+class PtyServer:
+    """An instrument on a pseudo-terminal: ``port`` is a ``/dev/pts/N`` path that pyserial (or a VISA ASRL resource)
+    opens exactly like a USB-serial adapter. One conversation at a time, as on a real serial port.
+
+    Args:
+        handler_factory: makes the instrument's ``Session``.
+        name: for logs and the thread name.
+        faults: fault injection on the replies (default: none).
+    """
+
+    def __init__(self, handler_factory: Callable[[], Session], name: str = "serial", faults: FaultPlan | None = None):
+        self.handler_factory = handler_factory
+        self.name = name
+        self.injector = FaultInjector(faults)
+        self._stop = threading.Event()
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # no echo, no line editing, no CR/LF translation: bytes pass as they are
+        self.port = os.ttyname(self._slave)  # the server keeps this end open, so the path outlives each client
+        self._thread = threading.Thread(target=self._serve, name=f"{name}-pty", daemon=True)
+        self._thread.start()
+        log.info("%s: serving SCPI on %s", name, self.port)
+
+    @property
+    def resource(self) -> str:
+        return self.port
+
+    def _serve(self) -> None:
+        stream = PtyStream(self._master)
+        while not self._stop.is_set():
+            try:
+                serve_stream(stream, self.handler_factory(), self.injector, self._stop, self.name)
+            except Exception:  # noqa: BLE001 - never let a client's bytes take the instrument down
+                log.exception("%s: conversation failed", self.name)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop serving, join the thread and release the pty."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("%s: pty thread did not stop", self.name)
+        for fd in (self._master, self._slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        log.info("%s: closed", self.name)
+
+    def __enter__(self) -> "PtyServer":
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -429,3 +429,36 @@ def test_fault_plan_validates_probabilities() -> None:
     with pytest.raises(ValueError):
         FaultPlan(latency=1.5)
     assert FaultPlan() == FaultPlan(seed=0)
+
+
+# -- serial transports: a pseudo-terminal and pyserial's socket:// URL -------------------------------------------------
+
+def test_an_instrument_on_a_pty_is_opened_by_pyserial_like_a_usb_serial_adapter(toy: Toy) -> None:
+    import serial
+
+    from drivers.transport import open_link
+    from simulators.server import PtyServer
+
+    with PtyServer(toy.session, name="toy-serial") as pty:
+        assert pty.port.startswith("/dev/pts/")
+        with serial.Serial(pty.port, baudrate=115200, timeout=2) as port:
+            port.write(b"*IDN?\n")
+            assert port.readline() == toy.idn.encode() + b"\n"  # no echo, no CR/LF translation
+            port.write(b"syst:err?\n")
+            assert port.readline() == b'+0,"No error"\n'
+        # the port outlives a client, as a real one does: the project's own serial link opens it next
+        for resource in (pty.port, f"ASRL{pty.port}::INSTR"):  # pyserial directly, and pyvisa-py's ASRL resource
+            link = open_link(resource, name="toy", timeout_s=2.0)
+            try:
+                assert link.query("*IDN?") == toy.idn
+            finally:
+                link.close()
+    assert not [t for t in threading.enumerate() if t.name == "toy-serial-pty"]  # joined on close
+
+
+def test_pyserial_reaches_a_tcp_instrument_through_a_socket_url(server: SCPIServer, toy: Toy) -> None:
+    import serial
+
+    with serial.serial_for_url(f"socket://127.0.0.1:{server.port}", timeout=2) as port:
+        port.write(b"*IDN?\n")
+        assert port.readline() == toy.idn.encode() + b"\n"
