@@ -1163,10 +1163,14 @@ class SCPIServer:
 
 class PtyStream:
     """``ByteStream`` over the master side of a pseudo-terminal: the instrument's end of a serial cable. A serial line
-    has no connection state, so it is always ``alive``; with no client on the other end, reads just time out."""
+    has no connection state, so it is always ``alive``; with no client on the other end, reads just time out. With
+    ``baud_rate`` (realtime benches) replies leave no faster than the line carries them: 10 bits per byte (8N1)."""
 
-    def __init__(self, master_fd: int):
+    BITS_PER_BYTE = 10  # start bit, 8 data bits, stop bit
+
+    def __init__(self, master_fd: int, baud_rate: float | None = None):
         self.fd = master_fd
+        self.baud_rate = baud_rate
 
     def read(self, timeout_s: float) -> bytes | None:
         ready, _, _ = select.select([self.fd], [], [], timeout_s)
@@ -1180,8 +1184,13 @@ class PtyStream:
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
+        # paced: each slice of about 10 ms of line time is released only once the line could have carried it
+        step = max(1, int(self.baud_rate / self.BITS_PER_BYTE * 0.01)) if self.baud_rate else len(view)
         while view:
-            view = view[os.write(self.fd, view):]
+            if self.baud_rate:
+                time.sleep(min(step, len(view)) * self.BITS_PER_BYTE / self.baud_rate)
+            sent = os.write(self.fd, view[:step])
+            view = view[sent:]
 
     def alive(self) -> bool:
         return True
@@ -1198,10 +1207,13 @@ class PtyServer:
         handler_factory: makes the instrument's ``Session``.
         name: for logs and the thread name.
         faults: fault injection on the replies (default: none).
+        baud_rate: pace the replies at this line speed, bit/s (realtime benches); None: as fast as the pty goes.
     """
 
-    def __init__(self, handler_factory: Callable[[], Session], name: str = "serial", faults: FaultPlan | None = None):
+    def __init__(self, handler_factory: Callable[[], Session], name: str = "serial", faults: FaultPlan | None = None,
+                 baud_rate: float | None = None):
         self.handler_factory = handler_factory
+        self.baud_rate = baud_rate
         self.name = name
         self.injector = FaultInjector(faults)
         self._stop = threading.Event()
@@ -1217,7 +1229,7 @@ class PtyServer:
         return self.port
 
     def _serve(self) -> None:
-        stream = PtyStream(self._master)
+        stream = PtyStream(self._master, self.baud_rate)
         while not self._stop.is_set():
             try:
                 serve_stream(stream, self.handler_factory(), self.injector, self._stop, self.name)

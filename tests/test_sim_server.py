@@ -462,3 +462,39 @@ def test_pyserial_reaches_a_tcp_instrument_through_a_socket_url(server: SCPIServ
     with serial.serial_for_url(f"socket://127.0.0.1:{server.port}", timeout=2) as port:
         port.write(b"*IDN?\n")
         assert port.readline() == toy.idn.encode() + b"\n"
+
+
+def test_a_frame_cut_short_on_a_serial_line_is_reported_not_padded(toy: Toy) -> None:
+    """A block whose header announces more bytes than arrive (a cable pulled mid-frame): the serial link waits its
+    timeout, then names the instrument, the command and how much arrived."""
+    from drivers.errors import InstrumentTimeout
+    from drivers.transport import open_link
+    from simulators.server import PtyServer
+
+    toy.blocks["FRAME"] = bytes(range(256)) * 8
+    with PtyServer(toy.session, name="toy-serial", faults=FaultPlan(short_block=1.0, seed=3)) as pty:
+        link = open_link(pty.port, name="camera", timeout_s=0.5)
+        try:
+            with pytest.raises(InstrumentTimeout) as err:
+                link.query_block("DATA:BLOC? FRAME")
+        finally:
+            link.close()
+    message = str(err.value)
+    assert "camera" in message and "DATA:BLOC? FRAME" in message
+    assert "expected 2048 bytes, only" in message
+
+
+def test_a_paced_pty_sends_no_faster_than_its_baud_rate(toy: Toy) -> None:
+    from drivers.transport import open_link
+    from simulators.server import PtyServer
+
+    toy.blocks["FRAME"] = bytes(1000)
+    with PtyServer(toy.session, name="toy-serial", baud_rate=38400) as pty:
+        link = open_link(pty.port, name="camera", timeout_s=5.0)
+        try:
+            start = time.perf_counter()
+            assert link.query_block("DATA:BLOC? FRAME") == bytes(1000)
+            elapsed = time.perf_counter() - start
+        finally:
+            link.close()
+    assert elapsed >= 1011 * 10 / 38400 * 0.95  # header, payload and terminator at 10 bits per byte: >= 0.25 s
