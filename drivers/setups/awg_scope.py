@@ -85,6 +85,7 @@ class AwgScopeSetup:
     """
 
     name = "awg_scope"  # the setup's name in data and artifact metadata
+    device = "device"  # what the AWG drives, for messages
     frequency_response = None  # the device's measured response, for setups that measure one
     points_per_sample = 2  # scope points per AWG sample: enough for the box average to be exact (sample_averages)
 
@@ -96,6 +97,9 @@ class AwgScopeSetup:
         self.n_outputs = n_outputs
         self.param_bounds = (torch.full((n_inputs,), float(param_bounds[0])),
                              torch.full((n_inputs,), float(param_bounds[1])))
+        if encoding.drive_volts_per_unit > instruments.awg.max_abs_volts:
+            raise LimitViolation(awg.name, None, f"drive_volts_per_unit {encoding.drive_volts_per_unit} V exceeds "
+                                 f"the {self.device}'s safety limit max_abs_volts {instruments.awg.max_abs_volts} V")
         self.delay_s = delay_s  # AWG trigger to scope record (calibrate_delay)
         self.response_delay_s = 0.0  # the device's own delay on top (e.g. sound through air), measured by a subclass
         self.counters = Counters()
@@ -281,6 +285,23 @@ class AwgScopeSetup:
                 "encoding": self.enc.model_dump(), "delay_s": self.delay_s, "response_delay_s": self.response_delay_s,
                 "n": self.n_inputs,
                 "n_outputs": self.n_outputs}
+
+
+def interleave(x: Tensor, theta: Tensor, samples_per_value: int) -> Tensor:
+    """x [B, n] and θ [n] or [B, n] -> [B, 2 n spv]: x_1 θ_1 x_2 θ_2 ..., each value held ``samples_per_value``."""
+    theta = theta.expand(x.shape[0], -1) if theta.dim() == 1 else theta
+    values = torch.stack([x, theta], dim=2).reshape(x.shape[0], -1)
+    return values.repeat_interleave(samples_per_value, dim=1)
+
+
+def bin_outputs(trace: Tensor, n_outputs: int, statistic: str = "mean") -> Tensor:
+    """trace [B, T] -> [B, n_outputs]: mean (or root mean square) over n_outputs equal consecutive bins; samples
+    beyond the last whole bin are dropped."""
+    per_bin = trace.shape[1] // n_outputs
+    bins = trace[:, : per_bin * n_outputs].reshape(trace.shape[0], n_outputs, per_bin)
+    if statistic == "rms":
+        return (bins.square().mean(dim=2) + 1e-12).sqrt()
+    return bins.mean(dim=2)
 
 
 def sample_averages(t: np.ndarray, volts: np.ndarray, n: int, fs: float, delay_s: float) -> np.ndarray:

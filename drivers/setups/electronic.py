@@ -15,12 +15,10 @@ AWG output is switched off while a new waveform is uploaded and on again before 
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field, PositiveFloat, PositiveInt
 from torch import Tensor
 
-from drivers.errors import LimitViolation
-from drivers.setups.awg_scope import AWGConfig, AwgScopeSetup, ScopeConfig, _Strict, sample_averages
+from drivers.setups.awg_scope import AWGConfig, AwgScopeSetup, ScopeConfig, _Strict, bin_outputs, interleave, sample_averages
 
 
 class ElectronicInstruments(_Strict):
@@ -53,27 +51,18 @@ class ElectronicEncoding(_Strict):
 
 def drive_units(x: Tensor, theta: Tensor, enc: ElectronicEncoding) -> Tensor:
     """x [B, n] and theta [n] or [B, n] (units) -> drive waveform [B, 2 n spv] (units), x and θ interleaved."""
-    theta = theta.expand(x.shape[0], -1) if theta.dim() == 1 else theta
-    values = torch.stack([x, theta], dim=2).reshape(x.shape[0], -1)
-    return values.repeat_interleave(enc.samples_per_value, dim=1)
-
-
-def bin_outputs(trace: Tensor, n_outputs: int) -> Tensor:
-    """trace [B, T] -> [B, n_outputs]: mean over n_outputs equal consecutive bins (T divisible by n_outputs)."""
-    return trace.reshape(trace.shape[0], n_outputs, -1).mean(dim=2)
+    return interleave(x, theta, enc.samples_per_value)
 
 
 class ElectronicSetup(AwgScopeSetup):
     """PhysicalSystem for the nonlinear circuit: x [B, n] in [-1, 1], θ [n] in param_bounds -> y [B, n]."""
 
     name = "electronic"
+    device = "circuit"
 
     def __init__(self, awg, scope, instruments: ElectronicInstruments, encoding: ElectronicEncoding,
                  n: int, param_bounds: tuple[float, float] = (-1.0, 1.0), delay_s: float = 0.0):
         super().__init__(awg, scope, instruments, encoding, n, encoding.n_outputs(n), param_bounds, delay_s)
-        if encoding.drive_volts_per_unit > instruments.awg.max_abs_volts:
-            raise LimitViolation(awg.name, None, f"drive_volts_per_unit {encoding.drive_volts_per_unit} V exceeds "
-                                 f"the safety limit max_abs_volts {instruments.awg.max_abs_volts} V")
 
     def configure_awg(self) -> None:
         awg, enc = self.awg, self.enc

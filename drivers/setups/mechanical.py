@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
 from pydantic import Field, PositiveFloat, PositiveInt
 from scipy import signal
 from torch import Tensor
 
 from drivers.errors import LimitViolation
-from drivers.setups.awg_scope import AWGConfig, AwgScopeSetup, ScopeConfig, _Strict, sample_averages
+from drivers.setups.awg_scope import (AWGConfig, AwgScopeSetup, ScopeConfig, _Strict, bin_outputs, interleave,
+                                      sample_averages)
 
 log = logging.getLogger(__name__)
 
@@ -96,22 +96,9 @@ class MechanicalEncoding(_Strict):
 
 def drive_units(x: Tensor, theta: Tensor, enc: MechanicalEncoding) -> Tensor:
     """x [B, n] and θ [n] or [B, n] (units, each in [-1, 1]) -> drive [B, enc.drive_samples(n)] (units in [-1, 1])."""
-    theta = theta.expand(x.shape[0], -1) if theta.dim() == 1 else theta
     if enc.combine == "interleave":
-        values = torch.stack([x, theta], dim=2).reshape(x.shape[0], -1)
-    else:
-        values = 0.5 * (x + theta)
-    return values.repeat_interleave(enc.samples_per_value, dim=1)
-
-
-def bin_outputs(trace: Tensor, n_outputs: int, statistic: str = "mean") -> Tensor:
-    """trace [B, T] -> [B, n_outputs]: mean (or root mean square) over n_outputs equal consecutive bins; samples
-    beyond the last whole bin are dropped."""
-    per_bin = trace.shape[1] // n_outputs
-    bins = trace[:, : per_bin * n_outputs].reshape(trace.shape[0], n_outputs, per_bin)
-    if statistic == "rms":
-        return (bins.square().mean(dim=2) + 1e-12).sqrt()
-    return bins.mean(dim=2)
+        return interleave(x, theta, enc.samples_per_value)
+    return (0.5 * (x + theta)).repeat_interleave(enc.samples_per_value, dim=1)  # θ [n] broadcasts over the batch
 
 
 
@@ -138,6 +125,7 @@ class MechanicalSetup(AwgScopeSetup):
     """PhysicalSystem for the speaker-driven plate: x [B, n] in [-1, 1], θ [n] in param_bounds -> y [B, n_outputs]."""
 
     name = "mechanical"
+    device = "speaker"
 
     def __init__(self, awg, scope, instruments: MechanicalInstruments, encoding: MechanicalEncoding, n: int,
                  param_bounds: tuple[float, float] = (-1.0, 1.0), delay_s: float = 0.0):
@@ -145,9 +133,6 @@ class MechanicalSetup(AwgScopeSetup):
         if n_out > encoding.drive_samples(n):
             raise ValueError(f"output_bins {n_out} exceeds the {encoding.drive_samples(n)} drive samples of an item")
         super().__init__(awg, scope, instruments, encoding, n, n_out, param_bounds, delay_s)
-        if encoding.drive_volts_per_unit > instruments.awg.max_abs_volts:
-            raise LimitViolation(awg.name, None, f"drive_volts_per_unit {encoding.drive_volts_per_unit} V exceeds "
-                                 f"the speaker's safety limit max_abs_volts {instruments.awg.max_abs_volts} V")
         if getattr(awg, "max_abs_offset_volts", None) != 0:
             raise LimitViolation(awg.name, None, "the AWG driving the speaker must refuse any DC offset "
                                  "(construct it with max_abs_offset_volts=0)")
