@@ -8,6 +8,10 @@
 * pyserial (``serial.serial_for_url``): ``/dev/ttyUSB0``, ``/dev/pts/5``, ``COM3``, ``socket://127.0.0.1:1234``,
   ``loop://``, ``rfc2217://...``.
 
+Serial lines (ports, ``ASRL`` resources) take ``baud_rate`` and ``flow_control``: ``"none"``, ``"rtscts"``
+(hardware handshake) or ``"xonxoff"`` (software handshake: the operating system's serial driver consumes the bytes
+0x11/0x13 it receives as XON/XOFF, and an 0x13 pauses sending, so it suits text-only protocols, not binary blocks).
+
 Both give the same ``Link`` API. Failures are translated into ``drivers.errors`` naming the instrument and the
 command: a timeout becomes InstrumentTimeout, a closed or reset connection ConnectionLost, a malformed binary
 block ProtocolError. After a timeout the next command first discards any late reply still in the input buffer,
@@ -25,6 +29,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import Literal
 
 import pyvisa
 import pyvisa.constants
@@ -38,6 +43,14 @@ log = logging.getLogger(__name__)
 _VISA_CHUNK_BYTES = 4096  # block payloads are read in chunks of this size
 _SERIAL_URL = re.compile(r"^[a-z][a-z0-9+]*://", re.IGNORECASE)
 _SERIAL_PORT = re.compile(r"^(/dev/\S+|COM\d+)$", re.IGNORECASE)
+
+FlowControl = Literal["none", "rtscts", "xonxoff"]
+#: serial handshake -> pyvisa ASRL attribute value (VI_ATTR_ASRL_FLOW_CNTRL)
+_VISA_FLOW: dict[str, pyvisa.constants.ControlFlow] = {
+    "none": pyvisa.constants.ControlFlow.none,
+    "rtscts": pyvisa.constants.ControlFlow.rts_cts,
+    "xonxoff": pyvisa.constants.ControlFlow.xon_xoff,
+}
 
 
 class _ByteCounter:
@@ -242,10 +255,12 @@ def _set_tcp_nodelay(inst: pyvisa.resources.MessageBasedResource, name: str) -> 
 class VisaLink(Link):
     """A pyvisa message-based resource (TCPIP SOCKET/INSTR, USB, GPIB, ASRL)."""
 
-    def __init__(self, resource: str, name: str, *, visa_library: str, baud_rate: int, **kw: object):
+    def __init__(self, resource: str, name: str, *, visa_library: str, baud_rate: int,
+                 flow_control: FlowControl = "none", **kw: object):
         super().__init__(resource, name, **kw)  # type: ignore[arg-type]
         self._visa_library = visa_library
         self._baud_rate = baud_rate
+        self._flow_control = flow_control
         self._inst: pyvisa.resources.MessageBasedResource | None = None
         self._received = 0
 
@@ -259,6 +274,7 @@ class VisaLink(Link):
         inst.write_termination = ""  # Link.write appends the termination itself
         if self.resource.upper().startswith("ASRL"):
             inst.baud_rate = self._baud_rate  # type: ignore[attr-defined]
+            inst.flow_control = _VISA_FLOW[self._flow_control]  # type: ignore[attr-defined]
         if self.resource.upper().startswith("TCPIP") and self.resource.upper().endswith("SOCKET"):
             # send each command at once (no Nagle): a setting followed by SYST:ERR? would otherwise wait for the
             # instrument's delayed ACK, up to 40 ms per pair
@@ -327,14 +343,17 @@ class VisaLink(Link):
 class SerialLink(Link):
     """A pyserial port or URL (``/dev/ttyUSB0``, ``COM3``, ``socket://host:port``, ``loop://``)."""
 
-    def __init__(self, resource: str, name: str, *, baud_rate: int, **kw: object):
+    def __init__(self, resource: str, name: str, *, baud_rate: int, flow_control: FlowControl = "none",
+                 **kw: object):
         super().__init__(resource, name, **kw)  # type: ignore[arg-type]
         self._baud_rate = baud_rate
+        self._flow_control = flow_control
         self._port: serial.SerialBase | None = None
 
     def _open(self) -> None:
         self._port = serial.serial_for_url(self.resource, baudrate=self._baud_rate, timeout=self._timeout_s,
-                                           write_timeout=self._timeout_s)
+                                           write_timeout=self._timeout_s, rtscts=self._flow_control == "rtscts",
+                                           xonxoff=self._flow_control == "xonxoff")
 
     def _close(self) -> None:
         if self._port is not None:
@@ -389,7 +408,8 @@ def _is_visa(resource: str) -> bool:
 
 def open_link(resource: str, *, name: str, visa_library: str = "@py", timeout_s: float = 10.0,
               read_termination: str = "\n", write_termination: str = "\n", baud_rate: int = 115200,
-              reconnect_attempts: int = 3, reconnect_backoff_s: float = 0.2) -> Link:
+              flow_control: FlowControl = "none", reconnect_attempts: int = 3,
+              reconnect_backoff_s: float = 0.2) -> Link:
     """Open a link to an instrument.
 
     Args:
@@ -399,6 +419,9 @@ def open_link(resource: str, *, name: str, visa_library: str = "@py", timeout_s:
         timeout_s: timeout of one read or write, s.
         read_termination / write_termination: message terminators (SOCKET and serial links need them).
         baud_rate: serial speed, bit/s (serial ports and ASRL resources only).
+        flow_control: serial handshake ``"none"``, ``"rtscts"`` or ``"xonxoff"`` (serial ports and ASRL resources
+            only; pyserial URLs such as ``socket://`` ignore it). With XON/XOFF the OS consumes bytes 0x11/0x13 in
+            replies, so it suits text-only protocols, not binary blocks.
         reconnect_attempts / reconnect_backoff_s: budget of ``Link.reconnect()``; backoff doubles, s.
 
     Raises:
@@ -408,13 +431,16 @@ def open_link(resource: str, *, name: str, visa_library: str = "@py", timeout_s:
     common = dict(timeout_s=timeout_s, read_termination=read_termination, write_termination=write_termination,
                   reconnect_attempts=reconnect_attempts, reconnect_backoff_s=reconnect_backoff_s)
     link: Link
+    if flow_control not in _VISA_FLOW:
+        raise ValueError(f"{name}: flow_control must be one of {', '.join(_VISA_FLOW)}, got {flow_control!r}")
     if not read_termination and (resource.upper().endswith("::SOCKET") or not _is_visa(resource)):
         raise ValueError(f"{name}: {resource} needs a read_termination (raw sockets and serial ports have no "
                          f"end-of-message signal)")
     if _is_visa(resource):
-        link = VisaLink(resource, name, visa_library=visa_library, baud_rate=baud_rate, **common)
+        link = VisaLink(resource, name, visa_library=visa_library, baud_rate=baud_rate, flow_control=flow_control,
+                        **common)
     elif _SERIAL_URL.match(resource) or _SERIAL_PORT.match(resource):
-        link = SerialLink(resource, name, baud_rate=baud_rate, **common)
+        link = SerialLink(resource, name, baud_rate=baud_rate, flow_control=flow_control, **common)
     else:
         raise ValueError(f"{name}: cannot tell how to open {resource!r}; expected a VISA resource "
                          f"('TCPIP0::host::5025::SOCKET', 'USB0::...::INSTR', 'ASRL/dev/ttyUSB0::INSTR'), "

@@ -2,8 +2,10 @@
 
     python experiments/throughput.py experiments/electronic_digits.yaml [--batch 512] [--repeats 5] [--realtime]
 
-Prints device samples per second through the whole stack (drivers, pyvisa-py, simulated instruments, physics)
-for a few batch sizes, the uploads per forward call, and the share of wall time spent computing physics.
+Prints device samples per second through the whole stack (drivers, pyvisa-py or pyserial, simulated instruments,
+physics) for a few batch sizes, the uploads per forward call, the share of wall time spent computing physics, and
+the instruments' own time per sample with the share of wall time it accounts for (``device_busy_share``: in realtime
+mode, how busy the simulated devices and their serial lines are; the rest is the software around them).
 """
 
 from __future__ import annotations
@@ -43,12 +45,15 @@ def main() -> None:
                 setup.forward(x, theta)
             wall = time.perf_counter() - t0
             physics = bench.physics.busy_s - busy0
+            per_item = setup.device_seconds_per_item()
             rows.append({"experiment": cfg.experiment, "width": n, "batch": batch, "realtime": args.realtime,
                          "samples_per_s": round(batch * args.repeats / wall, 1),
                          "uploads_per_forward": (setup.counters.uploads - uploads0)
                          / (setup.counters.forward_calls - calls0),
                          "physics_share": round(physics / wall, 3), "other_share": round(1 - physics / wall, 3),
-                         "device_time_per_sample_us": setup.enc.samples_per_item(n) / setup.enc.sample_rate_hz * 1e6})
+                         **{f"{part}_time_per_sample_us": round(s * 1e6, 1) for part, s in per_item.items()},
+                         # realtime: how much of the wall time the simulated devices (and serial lines) are busy
+                         "device_busy_share": round(sum(per_item.values()) * batch * args.repeats / wall, 3)})
     print(json.dumps(rows, indent=2))
 
 

@@ -1,7 +1,7 @@
 """Calibration workflow: instrument calibration, twin data collection, twin fits, and a report.
 
 Files in the artifacts folder (``ExperimentConfig.artifacts_path``):
-    calibration.json         delays and instrument identities
+    calibration.json         delays (optical: dark level, spectrometer offset, LUT check) and instrument identities
     frequency_response.csv   mechanical: the plate's measured response (and .png, with the fitted twins' responses)
     twin_data.h5             measured (x, θ, y) with metadata (HDF5)
     twin_neural.pt           neural twin artifact    twin_physics.pt  physics twin    twin_hybrid.pt  physics + neural
@@ -21,6 +21,7 @@ import torch
 
 from drivers.setups.awg_scope import AwgScopeSetup
 from drivers.setups.electronic import emf_per_unit
+from drivers.setups.optical import OpticalCalibration, OpticalSetup
 from orchestrator import plots
 from orchestrator.config import ExperimentConfig
 from orchestrator.trainer import atomic_write_bytes
@@ -31,6 +32,7 @@ from twins.fit import fit_twin, nmse
 from twins.hybrid import fit_hybrid
 from twins.mechanical import MechanicalPhysicsTwin
 from twins.neural import NeuralTwin, TemporalConvTwin
+from twins.optical import OpticalPhysicsTwin
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,17 @@ def encoding_key(encoding) -> str:
     return json.dumps(encoding.model_dump())
 
 
-def adopt_cut(setup: AwgScopeSetup, instruments_json: str | None, source: str) -> None:
+def adopt_cut(setup, instruments_json: str | None, source: str) -> None:
     """Cut items where ``source`` (a twin or its data) was measured. The cut (``response_delay_s``) is a software
     setting, re-derived from a noisy onset whenever the setup is opened; a twin's fitted delay is right only for the
-    cut it was fitted with."""
+    cut it was fitted with. The optical setup likewise reads its output bins where ``source`` was measured (the
+    spectrometer offset, the camera columns and the reference level are re-measured, with noise, at every opening)."""
+    if isinstance(setup, OpticalSetup):
+        stored = json.loads(instruments_json).get("calibration") if instruments_json else None
+        if stored:
+            setup.adopt_calibration(OpticalCalibration(**stored))
+            log.info("reading the optical outputs as for %s", source)
+        return
     stored = json.loads(instruments_json).get("response_delay_s") if instruments_json else None
     if stored is not None and stored != setup.response_delay_s:
         log.info("cutting items %.1f us after the trigger delay, as for %s (the new calibration said %.1f us)",
@@ -90,6 +99,11 @@ def build_twin(kind: str, cfg: ExperimentConfig, n: int, n_outputs: int, setup: 
         return NeuralTwin(n, n, n_outputs, hidden=tuple(nc.hidden), residual=nc.residual)
     if kind == "physics" and cfg.setup == "electronic":
         return ElectronicPhysicsTwin(n, cfg.encoding.model_dump(), emf_per_unit(cfg.instruments.awg, cfg.encoding))
+    if kind == "physics" and cfg.setup == "optical":
+        if setup is None or setup.calibration is None:
+            raise ValueError("the optical physics twin needs the calibrated setup (lookup table, spectrometer offset)")
+        return OpticalPhysicsTwin(n, cfg.encoding.model_dump(), setup.calibration.model_dump(mode="json"),
+                                  n_outputs=n_outputs)
     if kind == "physics" and cfg.setup == "mechanical":
         pc = cfg.twin.physics
         shape = dict(nonlinear_modes=pc.nonlinear_modes, n_outputs=n_outputs)
@@ -155,13 +169,12 @@ def calibrate(cfg: ExperimentConfig, setup: AwgScopeSetup, artifacts: Path, kind
     """The whole calibration: instruments (delays, the plate's response; done when the setup was opened), twin data
     (reused if present for the same encoding), twin fits, report."""
     artifacts.mkdir(parents=True, exist_ok=True)
-    if not setup.delay_s:  # open_setup has usually calibrated the instruments already
+    if not instrument_calibration(setup):  # open_setup has usually calibrated the instruments already
         setup.calibrate_instruments()
     snapshot = setup.snapshot()
     atomic_write_bytes(artifacts / "calibration.json", json.dumps(
-        {"delay_s": setup.delay_s, "response_delay_s": setup.response_delay_s, "instruments": snapshot},
-        indent=2, default=str).encode())
-    response = setup.frequency_response
+        {**instrument_calibration(setup), "instruments": snapshot}, indent=2, default=str).encode())
+    response = getattr(setup, "frequency_response", None)
     if response is not None:
         save_frequency_response(artifacts / "frequency_response.csv", response)
     data_file = artifacts / "twin_data.h5"
@@ -180,7 +193,7 @@ def calibrate(cfg: ExperimentConfig, setup: AwgScopeSetup, artifacts: Path, kind
         save_twin_data(data_file, data)
     report_file = artifacts / "report.json"
     earlier = json.loads(report_file.read_text()).get("twins", []) if report_file.exists() else []
-    report = {"delay_s": setup.delay_s, "response_delay_s": setup.response_delay_s, "twin_data": str(data_file),
+    report = {**instrument_calibration(setup), "twin_data": str(data_file),
               "samples": int(len(data.y)), "dataset_checksum": data.checksum(),
               "twins": [t for t in earlier if t.get("kind") not in kinds and t.get("dataset_checksum") == data.checksum()]}
     for kind in kinds:
@@ -193,6 +206,18 @@ def calibrate(cfg: ExperimentConfig, setup: AwgScopeSetup, artifacts: Path, kind
         plot_frequency_response(artifacts, response, setup.response_delay_s)
     atomic_write_bytes(report_file, json.dumps(report, indent=2).encode())
     return report
+
+
+def instrument_calibration(setup) -> dict:
+    """What the instrument calibration found (empty if it has not run): delays, or the optical calibration."""
+    if isinstance(setup, OpticalSetup):
+        if setup.calibration is None:
+            return {}
+        return {"optical": setup.calibration.model_dump(mode="json") | {"lut": "(256 values, see instruments)"},
+                "lut_check": setup.lut_check}
+    if not setup.delay_s:
+        return {}
+    return {"delay_s": setup.delay_s, "response_delay_s": setup.response_delay_s}
 
 
 def save_frequency_response(path: Path, response) -> None:

@@ -24,7 +24,7 @@ from orchestrator.config import ConfigError, ExperimentConfig, load_experiment
 from orchestrator.config import data_dir as resolve_data_dir
 from orchestrator.experiment import BENCH_ROW_CHOICES, BENCH_ROWS
 
-SIMULATED_BENCHES = ["electronic", "mechanical"]  # simulators.benches.BENCHES (a test checks they agree)
+SIMULATED_BENCHES = ["electronic", "mechanical", "optical"]  # simulators.benches.BENCHES (a test checks they agree)
 
 console = Console(stderr=True)
 out_console = Console()
@@ -229,16 +229,18 @@ def sim() -> None:
               help="First port (0: free ports); instruments use consecutive ports.")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--realtime", is_flag=True, help="Acquisitions take their physical duration.")
-def serve(bench_name: str, host: str, port: int, seed: int, realtime: bool) -> None:
+@click.option("--serial", type=click.Choice(["pty", "socket"]), default="pty", show_default=True,
+              help="Serial instruments (optical bench) on pseudo-terminals or on socket:// URLs.")
+def serve(bench_name: str, host: str, port: int, seed: int, realtime: bool, serial: str) -> None:
     """Serve BENCH's instruments and print '<role> <resource>' per instrument, until interrupted."""
     from simulators.benches import start_bench
 
-    roles = ("awg", "scope")
+    roles = ("slm", "camera") if bench_name == "optical" else ("awg", "scope")
     ports = {role: (port + i if port else 0) for i, role in enumerate(roles)}
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with start_bench(bench_name, host=host, seed=seed, realtime=realtime, ports=ports) as b:
+    with start_bench(bench_name, host=host, seed=seed, realtime=realtime, ports=ports, serial=serial) as b:
         for role, res in b.resources.items():
             click.echo(f"{role} {res}")
         sys.stdout.flush()

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, R
 
 from drivers.setups.electronic import ElectronicEncoding, ElectronicInstruments
 from drivers.setups.mechanical import MechanicalEncoding, MechanicalInstruments
+from drivers.setups.optical import OpticalEncoding, OpticalInstruments
 from orchestrator.yamlconfig import ConfigError, load_yaml_model
 
 
@@ -34,11 +35,15 @@ class NetworkConfig(_Strict):
     """A stack of ``depth`` physical layers of width ``width`` with element-wise affine maps in between.
 
     ``readout: pool`` (fully physical): the last layer's output bins are assigned to the classes round-robin and
-    averaged. ``readout: linear`` adds a digital linear layer (a "hybrid" network)."""
+    averaged. ``readout: linear`` adds a digital linear layer, ``input: linear`` one before the first physical layer
+    (either makes a "hybrid" network)."""
 
     depth: PositiveInt = 3
     width: PositiveInt | None = Field(None, description="device width n; default: the number of input features")
     readout: Literal["pool", "linear"] = "pool"
+    input: Literal["tile", "linear"] = Field(
+        "tile", description="features reach the first layer tiled to the width (fully physical) or through a digital "
+                            "linear layer and tanh (a hybrid network, like the paper's optical MNIST)")
     theta_bounds: tuple[float, float] = (-1.0, 1.0)
     theta_init: Literal["uniform", "middle"] = Field(
         "uniform", description="θ starts uniform within theta_bounds, or at their middle (a silent parameter waveform)")
@@ -145,10 +150,16 @@ class MechanicalExperiment(ExperimentConfig):
     encoding: MechanicalEncoding = MechanicalEncoding()
 
 
+class OpticalExperiment(ExperimentConfig):
+    setup: Literal["optical"]
+    instruments: OpticalInstruments
+    encoding: OpticalEncoding = OpticalEncoding()
+
+
 class ExperimentFile(RootModel):
     """An experiment file: one of the setups' experiment models, chosen by its ``setup`` field."""
 
-    root: Annotated[Union[ElectronicExperiment, MechanicalExperiment], Field(discriminator="setup")]
+    root: Annotated[Union[ElectronicExperiment, MechanicalExperiment, OpticalExperiment], Field(discriminator="setup")]
 
 
 def load_experiment(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
@@ -166,4 +177,4 @@ def dump_config(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-__all__ = ["ExperimentConfig", "ElectronicExperiment", "MechanicalExperiment", "ConfigError", "load_experiment", "dump_config", "data_dir"]
+__all__ = ["ExperimentConfig", "ElectronicExperiment", "MechanicalExperiment", "OpticalExperiment", "ConfigError", "load_experiment", "dump_config", "data_dir"]

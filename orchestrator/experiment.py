@@ -65,7 +65,8 @@ def build_network(cfg: ExperimentConfig, data: Dataset, width: int) -> PhysicalN
     """The experiment's physical network (untrained), for a device of the given width."""
     n = cfg.network
     return PhysicalNetwork(data.x_train.shape[1], data.n_classes, width, n.depth, n.theta_bounds, n.readout,
-                           n.shuffle_slots, seed=cfg.seed, n_outputs=device_outputs(cfg, width), theta_init=n.theta_init)
+                           n.shuffle_slots, seed=cfg.seed, n_outputs=device_outputs(cfg, width), theta_init=n.theta_init,
+                           input_layer=n.input)
 
 
 def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module, out: Path, *, resume: bool,

@@ -1,23 +1,27 @@
 """Opening a setup: the simulated bench (``--simulate``) or the real instruments named in the experiment file.
 
 ``open_setup`` is the one place that connects drivers to instruments; whatever happens inside the ``with`` block,
-the AWG output is switched off and every link closed on the way out. When it opens a setup it runs the setup's
-instrument calibration (``calibrate_instruments``: the AWG-to-scope delay; for the plate also its frequency
-response and the acoustic delay).
+the AWG output is switched off (the SLM blanked, the camera stopped) and every link closed on the way out. When it
+opens a setup it runs the setup's instrument calibration (``calibrate_instruments``: the AWG-to-scope delay; for the
+plate also its frequency response and the acoustic delay; for the optical bench the dark frame, the spectrometer
+offset and the lookup-table check).
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from drivers.awg import Keysight33500B
+from drivers.camera import SpectroscopyCamera
 from drivers.scope import KeysightInfiniiVision
 from drivers.setups.awg_scope import AwgScopeSetup
 from drivers.setups.electronic import ElectronicSetup
 from drivers.setups.mechanical import MechanicalSetup
-from drivers.transport import open_link
+from drivers.setups.optical import OpticalSetup
+from drivers.slm import PhaseSLM
+from drivers.transport import Link, open_link
 from orchestrator.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
@@ -51,34 +55,60 @@ def simulated_instruments(cfg: ExperimentConfig, resources: dict[str, str]) -> E
 
 
 @contextmanager
-def open_setup(cfg: ExperimentConfig, n: int, *, bench=None, calibrate: bool = True) -> Iterator[AwgScopeSetup]:
+def open_setup(cfg: ExperimentConfig, n: int, *, bench=None, calibrate: bool = True) -> Iterator:
     """Connect to the instruments (or the running simulated ``bench``) and yield a configured setup."""
     if bench is not None:
         cfg = simulated_instruments(cfg, bench.resources)
-    inst = cfg.instruments
-    links = []
-    awg = None
+    links: list[Link] = []
+    make_safe: list[Callable[[], None]] = []  # run on the way out, whatever happened
     try:
-        awg_link = open_link(inst.awg.resource, name="awg", visa_library=inst.awg.visa_library,
-                             timeout_s=inst.awg.timeout_s)
-        links.append(awg_link)
-        scope_link = open_link(inst.scope.resource, name="scope", visa_library=inst.scope.visa_library,
-                               timeout_s=inst.scope.timeout_s)
-        links.append(scope_link)
-        awg = Keysight33500B(awg_link, name="awg", channel=inst.awg.channel, load_ohm=inst.awg.load_ohm,
-                             max_abs_volts=inst.awg.max_abs_volts, max_abs_offset_volts=inst.awg.max_abs_offset_volts,
-                             memory_points=inst.awg.memory_points)
-        scope = KeysightInfiniiVision(scope_link, name="scope", max_points=inst.scope.max_points)
-        setup = SETUPS[cfg.setup](awg, scope, inst, cfg.encoding, n=n, param_bounds=cfg.network.theta_bounds)
+        build = _open_optical if cfg.setup == "optical" else _open_awg_scope
+        setup = build(cfg, n, links, make_safe)
         setup.configure()
         if calibrate:
             setup.calibrate_instruments()
         yield setup
     finally:
-        if awg is not None:  # also when the setup refused its settings after the AWG was reached
-            awg.output_off()
+        for action in make_safe:  # also when the setup refused its settings after an instrument was reached
+            try:
+                action()
+            except Exception as err:  # noqa: BLE001 - one instrument failing must not stop the others going safe
+                log.warning("making the instruments safe: %s", err)
         for link in reversed(links):
             try:
                 link.close()
             except Exception as err:  # noqa: BLE001 - closing must not hide the original error
                 log.warning("closing %s: %s", link.name, err)
+
+
+def serial_settings(section) -> dict:
+    """The line settings of a serial instrument's config section (none for LAN instruments)."""
+    return {k: getattr(section, k) for k in ("baud_rate", "flow_control") if hasattr(section, k)}
+
+
+def _link(section, name: str, links: list[Link]) -> Link:
+    """Open one instrument's link from its config section (serial settings where it has them)."""
+    link = open_link(section.resource, name=name, visa_library=section.visa_library, timeout_s=section.timeout_s,
+                     **serial_settings(section))
+    links.append(link)
+    return link
+
+
+def _open_awg_scope(cfg: ExperimentConfig, n: int, links: list[Link], make_safe: list) -> AwgScopeSetup:
+    inst = cfg.instruments
+    awg = Keysight33500B(_link(inst.awg, "awg", links), name="awg", channel=inst.awg.channel,
+                         load_ohm=inst.awg.load_ohm, max_abs_volts=inst.awg.max_abs_volts,
+                         max_abs_offset_volts=inst.awg.max_abs_offset_volts, memory_points=inst.awg.memory_points)
+    make_safe.append(awg.output_off)
+    scope = KeysightInfiniiVision(_link(inst.scope, "scope", links), name="scope", max_points=inst.scope.max_points)
+    return SETUPS[cfg.setup](awg, scope, inst, cfg.encoding, n=n, param_bounds=cfg.network.theta_bounds)
+
+
+def _open_optical(cfg: ExperimentConfig, n: int, links: list[Link], make_safe: list) -> OpticalSetup:
+    inst = cfg.instruments
+    slm = PhaseSLM(_link(inst.slm, "slm", links), name="slm", gray_min=inst.slm.gray_min, gray_max=inst.slm.gray_max,
+                   max_sequence=inst.slm.max_sequence, baud_rate=inst.slm.baud_rate)
+    make_safe.append(slm.blank)
+    camera = SpectroscopyCamera(_link(inst.camera, "camera", links), name="camera")
+    make_safe.append(camera.abort)
+    return OpticalSetup(slm, camera, inst, cfg.encoding, n, param_bounds=cfg.network.theta_bounds)

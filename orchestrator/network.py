@@ -1,6 +1,7 @@
 """A physical neural network: physical layers with element-wise affine maps in between.
 
-    features in [0, 1] --(2f - 1, tiled to the device width)--> h
+    features in [0, 1] --(2f - 1, tiled to the device width)--> h          input "tile"     fully physical
+                       --(tanh of a digital linear layer)--> h          input "linear"   hybrid
     for each layer l:  h <- h[slot order l];  h <- clamp(a_l * h + b_l, -1, 1);  h <- layer(h, θ_l)
     readout "pool":    class k = mean of output bins k, k + K, k + 2K, ... (then a per-class affine)   fully physical
     readout "linear":  a digital linear layer                                                           hybrid
@@ -27,7 +28,7 @@ class PhysicalNetwork(nn.Module):
     def __init__(self, n_features: int, n_classes: int, width: int, depth: int,
                  theta_bounds: tuple[float, float] = (-1.0, 1.0), readout: str = "pool",
                  shuffle_slots: bool = True, seed: int = 0, n_outputs: int | None = None,
-                 theta_init: str = "uniform"):
+                 theta_init: str = "uniform", input_layer: str = "tile"):
         super().__init__()
         n_outputs = n_outputs or width
         if readout == "pool" and n_outputs < n_classes:
@@ -41,6 +42,7 @@ class PhysicalNetwork(nn.Module):
         self.n_features, self.n_classes, self.width, self.depth = n_features, n_classes, width, depth
         self.n_outputs = n_outputs
         self.readout_kind = readout
+        self.input_kind = input_layer
         self.register_buffer("theta_low", torch.full((width,), float(low)))
         self.register_buffer("theta_high", torch.full((width,), float(high)))
         draw = torch.rand(depth, width, generator=gen)  # drawn either way: the same slot orders for both inits
@@ -51,6 +53,8 @@ class PhysicalNetwork(nn.Module):
                                          for _ in range(depth - 1)]
         self.register_buffer("slot_order", torch.stack(orders))
         self.register_buffer("tile_index", torch.arange(width) % n_features)
+        if input_layer == "linear":
+            self.encoder = nn.Linear(n_features, width)
         if readout == "pool":
             self.register_buffer("class_of_bin", torch.arange(n_outputs) % n_classes)
             self.out_scale = nn.Parameter(torch.full((n_classes,), 4.0))
@@ -60,12 +64,15 @@ class PhysicalNetwork(nn.Module):
 
     @property
     def hybrid(self) -> bool:
-        """True when a digital linear readout follows the physical layers."""
-        return self.readout_kind == "linear"
+        """True when a digital linear layer precedes or follows the physical layers."""
+        return self.readout_kind == "linear" or self.input_kind == "linear"
 
     def forward(self, features: Tensor, layer: Layer, record: list[Tensor] | None = None) -> Tensor:
         """features [B, n_features] in [0, 1] -> logits [B, n_classes]; ``record`` collects each layer's output."""
-        h = (2 * features - 1)[:, self.tile_index]
+        if self.input_kind == "linear":
+            h = torch.tanh(self.encoder(2 * features - 1))
+        else:
+            h = (2 * features - 1)[:, self.tile_index]
         for l in range(self.depth):
             h = h[:, self.slot_order[l]]
             h = (self.scale[l] * h + self.shift[l]).clamp(-1.0, 1.0)

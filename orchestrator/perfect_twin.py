@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from drivers.setups import electronic
 from drivers.setups.electronic import emf_per_unit
+from drivers.setups.optical import gray_levels, output_units, pixel_values
 from twins.mechanical import delayed
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,36 @@ def box_average_weights(m: int) -> np.ndarray:
     return (cdf(m / 2 - j) - cdf(-m / 2 - j)) / m
 
 
-def perfect_twin(cfg, bench, setup) -> PerfectTwin:
+class PerfectOpticalTwin(nn.Module):
+    """The optical bench's perfect twin: the setup's gray levels (rounded as the SLM gets them; the gradient passes
+    straight through the rounding) into the bench's noiseless SHG counts (true lookup table, crosstalk, spectrum,
+    phase matching, spectrometer; mean laser power, no noise, no ADC), read out with the setup's calibrated bins."""
+
+    kind = "perfect"
+
+    def __init__(self, shaper, setup):
+        super().__init__()
+        self.shaper, self.enc, self.cal = shaper, setup.enc, setup.calibration
+        self.n_inputs = self.n_params = setup.n_inputs
+        self.n_outputs = setup.n_outputs
+        self.register_buffer("lut", torch.tensor(self.cal.lut, dtype=torch.float64))
+        self.register_buffer("weights", setup._weights.double().clone())
+
+    def forward(self, x: Tensor, theta: Tensor) -> Tensor:
+        gray = gray_levels(pixel_values(x.double(), theta.double(), self.enc), self.lut, self.enc.phase_span_rad)
+        gray = gray + (torch.round(gray) - gray).detach()
+        cal = self.cal
+        counts = self.shaper.expected_counts(gray, exposure_s=cal.exposure_s,
+                                             electrons_per_count=cal.electrons_per_count, columns=tuple(cal.roi))
+        return output_units(counts @ self.weights.T, self.enc, cal.reference_mean).to(x.dtype)
+
+
+def perfect_twin(cfg, bench, setup) -> nn.Module:
     """The perfect twin of ``setup`` on the running simulated ``bench``, with the setup's own encoding (``drive``,
     ``outputs``). For the plate it also knows the true acoustic delay, and delays its output by what the setup's
     (early) cut leaves of it."""
+    if cfg.setup == "optical":
+        return PerfectOpticalTwin(bench.physics, setup)
     volts = emf_per_unit(cfg.instruments.awg, cfg.encoding)
     if cfg.setup == "electronic":
         return PerfectTwin(bench.physics, cfg.encoding, setup.n_inputs, setup.n_outputs, volts, setup.drive,

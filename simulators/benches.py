@@ -12,6 +12,16 @@ Mechanical bench wiring (``simulators.physics.mechanical``)::
                                 AWG CH1 terminal          --> scope CHAN2
     AWG sync (trigger out)  --> scope EXT TRIG     AWG CH2: not connected
 
+Optical bench wiring (``simulators.physics.optical``), both instruments on serial ports (pseudo-terminals, or
+``socket://`` URLs with ``serial="socket"``)::
+
+    laser --> pulse shaper with the SLM --> BBO (SHG) --> spectrometer --> camera
+    SLM trigger out --> camera external trigger
+
+When the SLM plays a sequence with its trigger out on, the camera (armed for an external kinetic series) takes one
+frame per pattern whose trigger it can accept: a trigger that arrives sooner than the camera's cycle time (exposure
+plus read-out) after the previous accepted one is missed, as on the real camera.
+
 ``start_bench("electronic")`` returns a ``RunningBench`` whose ``resources`` point pyvisa at the instruments::
 
     with start_bench("electronic", seed=0) as bench:
@@ -37,8 +47,11 @@ import numpy as np
 
 from simulators.instruments import SimInfiniiVision, SimKeysight33522B
 from simulators.physics.electronic import ElectronicCircuit
+from simulators.instruments.camera import SimSpectroscopyCamera
+from simulators.instruments.slm import SimPhaseSLM
 from simulators.physics.mechanical import SpeakerPlate
-from simulators.server import FaultPlan, SCPIInstrument, SCPIServer
+from simulators.physics.optical import SHGPulseShaper
+from simulators.server import FaultPlan, PtyServer, SCPIInstrument, SCPIServer
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +171,65 @@ class MechanicalBench(AwgScopeBench):
         return self.plate.respond(emf_v, sample_rate_hz)
 
 
+class OpticalBench:
+    """SLM, SHG physics and camera of the optical setup; all state changes and the physics run under ``lock``."""
+
+    serial = True  # served on serial ports
+    baud_rate = 3_000_000  # line speed of both instruments in realtime mode, bit/s
+
+    def __init__(self, seed: int = 0, realtime: bool = False):
+        self.lock = threading.RLock()
+        self.realtime = realtime
+        self.shaper = SHGPulseShaper(seed=seed)
+        self.slm = SimPhaseSLM(lock=self.lock, listener=self, realtime=realtime)
+        self.camera = SimSpectroscopyCamera(lock=self.lock, listener=self, realtime=realtime)
+        self._shown = np.zeros(self.shaper.n_pixels, np.uint8)
+
+    @property
+    def physics(self) -> SHGPulseShaper:
+        return self.shaper
+
+    @property
+    def instruments(self) -> dict[str, SCPIInstrument]:
+        return {"slm": self.slm, "camera": self.camera}
+
+    # -- SLM and camera listeners -------------------------------------------------------------------------------------
+    def on_slm_pattern(self, pattern: np.ndarray) -> None:
+        with self.lock:
+            self._shown = np.array(pattern, np.uint8)
+
+    def on_slm_sequence(self, patterns: np.ndarray, dwell_s: float, settle_s: float, trigger_out: bool) -> None:
+        with self.lock:
+            self._shown = np.array(patterns[-1], np.uint8)
+            want = self.camera.wants_frames()
+            if not trigger_out or want <= 0:
+                return
+            cycle = self.camera.cycle_s
+            step = 1 if dwell_s >= cycle else math.ceil(cycle / dwell_s)  # triggers the camera can accept
+            taken = patterns[::step][:want]
+            if step > 1:
+                log.warning("camera cycle %.3g s is longer than the SLM dwell %.3g s: it misses triggers", cycle, dwell_s)
+            frames = self._frames(taken, frame_period_s=dwell_s * step)
+            ready = len(patterns) * dwell_s + cycle if self.realtime else 0.0
+            self.camera.capture(frames, ready_in_s=ready)
+
+    def on_camera_internal(self, n_frames: int) -> None:
+        with self.lock:
+            cam = self.camera
+            frames = self._frames(np.repeat(self._shown[None], n_frames, axis=0), frame_period_s=cam.cycle_s)
+            cam.capture(frames, ready_in_s=n_frames * cam.cycle_s if self.realtime else 0.0)
+
+    def _frames(self, patterns: np.ndarray, frame_period_s: float) -> np.ndarray:
+        cam = self.camera
+        return self.shaper.frames(patterns, exposure_s=cam.exposure_s, electrons_per_count=cam.electrons_per_count,
+                                  columns=cam.columns, rows=cam.rows, mode=cam.mode, shutter_open=cam.shutter_open,
+                                  frame_period_s=frame_period_s)
+
+
 class RunningBench:
     """A bench whose instruments are being served. ``resources``: role -> VISA resource string."""
 
-    def __init__(self, name: str, bench: AwgScopeBench, servers: dict[str, SCPIServer]):
+    def __init__(self, name: str, bench: AwgScopeBench | OpticalBench, servers: dict[str, SCPIServer | PtyServer]):
         self.name = name
         self.bench = bench
         self.servers = servers
@@ -197,15 +265,18 @@ class RunningBench:
         self.close()
 
 
-BENCHES: dict[str, Callable[[int, bool], AwgScopeBench]] = {"electronic": ElectronicBench,
-                                                            "mechanical": MechanicalBench}
+BENCHES: dict[str, Callable[[int, bool], AwgScopeBench | OpticalBench]] = {
+    "electronic": ElectronicBench, "mechanical": MechanicalBench, "optical": OpticalBench}
 
 
 def start_bench(name: str = "electronic", *, host: str = "127.0.0.1", seed: int = 0, realtime: bool = False,
-                faults: dict[str, FaultPlan] | None = None, ports: dict[str, int] | None = None) -> RunningBench:
-    """Build bench ``name`` and serve each of its instruments on its own port (0 or missing: a free port).
+                faults: dict[str, FaultPlan] | None = None, ports: dict[str, int] | None = None,
+                serial: str = "pty") -> RunningBench:
+    """Build bench ``name`` and serve each of its instruments: LAN instruments on their own TCP port (0 or missing:
+    a free port); serial instruments on a pseudo-terminal (``serial="pty"``, resource ``/dev/pts/N``) or on a TCP
+    port reached as ``socket://host:port`` (``serial="socket"``).
 
-    ``faults`` and ``ports`` are keyed by role (``"awg"``, ``"scope"``).
+    ``faults`` and ``ports`` are keyed by role (``"awg"``, ``"scope"``, ``"slm"``, ``"camera"``).
     """
     if name not in BENCHES:
         raise ValueError(f"unknown bench {name!r}; available: {', '.join(sorted(BENCHES))}")
@@ -214,11 +285,17 @@ def start_bench(name: str = "electronic", *, host: str = "127.0.0.1", seed: int 
     unknown = (set(faults) | set(ports)) - set(bench.instruments)
     if unknown:
         raise ValueError(f"{name} bench has no instrument {sorted(unknown)}; roles: {sorted(bench.instruments)}")
-    servers: dict[str, SCPIServer] = {}
+    if serial not in ("pty", "socket"):
+        raise ValueError(f"serial must be 'pty' or 'socket', got {serial!r}")
+    servers: dict[str, SCPIServer | PtyServer] = {}
     try:
         for role, inst in bench.instruments.items():
-            servers[role] = SCPIServer(inst.session, host=host, port=ports.get(role, 0), name=f"{name}-{role}",
-                                       faults=faults.get(role))
+            if getattr(bench, "serial", False) and serial == "pty":
+                servers[role] = PtyServer(inst.session, name=f"{name}-{role}", faults=faults.get(role),
+                                          baud_rate=bench.baud_rate if realtime else None)
+            else:
+                servers[role] = SCPIServer(inst.session, host=host, port=ports.get(role, 0), name=f"{name}-{role}",
+                                           faults=faults.get(role), serial_url=getattr(bench, "serial", False))
     except OSError:
         for server in servers.values():
             server.close()

@@ -1076,11 +1076,14 @@ class SCPIServer:
         host, port: where to listen (port 0: a free port, see ``.port``).
         name: for logs and thread names.
         faults: fault injection on this server's replies (default: none).
+        serial_url: ``resource`` is the pyserial URL ``socket://host:port`` (a serial instrument reached over TCP)
+            instead of a VISA SOCKET resource.
     """
 
     def __init__(self, handler_factory: Callable[[], Session], host: str = "127.0.0.1", port: int = 0,
-                 name: str = "scpi", faults: FaultPlan | None = None):
+                 name: str = "scpi", faults: FaultPlan | None = None, serial_url: bool = False):
         self.handler_factory = handler_factory
+        self.serial_url = serial_url
         self.name = name
         self.injector = FaultInjector(faults)
         self._stop = threading.Event()
@@ -1095,7 +1098,10 @@ class SCPIServer:
 
     @property
     def resource(self) -> str:
-        """The VISA resource string of this server, e.g. ``TCPIP0::127.0.0.1::45123::SOCKET``."""
+        """The VISA resource string of this server, e.g. ``TCPIP0::127.0.0.1::45123::SOCKET``, or its pyserial URL
+        ``socket://127.0.0.1:45123`` (``serial_url``)."""
+        if self.serial_url:
+            return f"socket://{self.host}:{self.port}"
         return f"TCPIP0::{self.host}::{self.port}::SOCKET"
 
     @property

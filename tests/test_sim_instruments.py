@@ -480,7 +480,7 @@ def test_bench_with_real_physics_and_raw_socket() -> None:
 
 def test_start_bench_rejects_unknown_names_and_roles() -> None:
     with pytest.raises(ValueError, match="unknown bench"):
-        start_bench("optical")
+        start_bench("acoustic")
     with pytest.raises(ValueError, match="no instrument"):
         start_bench("electronic", ports={"camera": 0})
 

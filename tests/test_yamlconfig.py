@@ -203,7 +203,7 @@ def test_every_shipped_experiment_file_is_valid(path: Path) -> None:
     from orchestrator.config import load_experiment
 
     cfg = load_experiment(path)
-    assert cfg.experiment == path.stem and cfg.setup in ("electronic", "mechanical")
+    assert cfg.experiment == path.stem and cfg.setup in ("electronic", "mechanical", "optical")
 
 
 def test_an_unknown_setup_names_the_field_and_the_choices(tmp_path: Path) -> None:
@@ -215,7 +215,7 @@ def test_an_unknown_setup_names_the_field_and_the_choices(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as err:
         load_experiment(bad)
     line = source.splitlines().index("setup: mechanical") + 1
-    assert str(err.value) == f"{bad}:{line}: setup: must be one of 'electronic', 'mechanical'"
+    assert str(err.value) == f"{bad}:{line}: setup: must be one of 'electronic', 'mechanical', 'optical'"
     # the sections follow the setup: a mechanical-only field in an electronic file is an unknown field
     bad.write_text(source.replace("setup: mechanical", "setup: electronic"))
     with pytest.raises(ConfigError, match=r"instruments\.awg\.ramp_steps: unknown field"):

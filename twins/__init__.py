@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 TWIN_KINDS: dict[str, type[nn.Module]] = {}
 """Registered twin classes by their ``kind``."""
 
-_TWIN_MODULES = ("neural", "electronic", "mechanical", "hybrid")
+_TWIN_MODULES = ("neural", "electronic", "mechanical", "optical", "hybrid")
 """Modules of ``twins`` searched (imported) when ``twin_class`` meets a kind not yet registered."""
 
 

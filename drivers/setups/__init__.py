@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
+
+from drivers.errors import LimitViolation
 
 
 @runtime_checkable
@@ -23,3 +26,15 @@ class PhysicalSystem(Protocol):
     param_bounds: tuple[Tensor, Tensor]
 
     def forward(self, x: Tensor, theta: Tensor) -> Tensor: ...
+
+
+def check_batch(instrument: str, x: Tensor, theta: Tensor, n_inputs: int, param_bounds: tuple[Tensor, Tensor]) -> None:
+    """Refuse a batch before anything reaches the hardware: x must be [B, n_inputs], finite, in [-1, 1]; θ finite and
+    inside ``param_bounds``. Raises LimitViolation naming ``instrument``."""
+    if x.dim() != 2 or x.shape[1] != n_inputs:
+        raise LimitViolation(instrument, None, f"inputs must have shape [B, {n_inputs}], got {list(x.shape)}")
+    if not torch.isfinite(x).all() or x.abs().max() > 1.0 + 1e-6:
+        raise LimitViolation(instrument, None, f"inputs must lie in [-1, 1]; got [{x.min():.3g}, {x.max():.3g}]")
+    low, high = (b.double() for b in param_bounds)
+    if not torch.isfinite(theta).all() or (theta < low - 1e-6).any() or (theta > high + 1e-6).any():
+        raise LimitViolation(instrument, None, "parameters outside param_bounds; refusing to drive the device")

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 from torch import Tensor
 
 from drivers.errors import LimitViolation
+from drivers.setups import check_batch
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,15 @@ class Counters:
     uploads: int = 0
     instrument_s: float = 0.0
     history: list[int] = field(default_factory=list)  # uploads per forward call
-    clipped_records: int = 0  # scope records with points at the screen edge (the device output was cut off)
+    clipped_records: int = 0  # records (scope) or spectra (camera) cut off at the instrument's full scale
+
+    def record(self, samples: int, uploads: int, seconds: float) -> None:
+        """Count one forward call of ``samples`` items in ``uploads`` uploads that took ``seconds`` on the instruments."""
+        self.instrument_s += seconds
+        self.forward_calls += 1
+        self.samples += samples
+        self.uploads += uploads
+        self.history.append(uploads)
 
 
 class AwgScopeSetup:
@@ -147,32 +156,22 @@ class AwgScopeSetup:
                                  f"record holds {room}")
         return room // per_item
 
+    def device_seconds_per_item(self) -> dict[str, float]:
+        """The instruments' own time per batch item, s: the waveform playing it (guard included)."""
+        return {"device": self.enc.samples_per_item(self.n_inputs) / self.enc.sample_rate_hz}
+
     # -- the physical forward pass ------------------------------------------------------------------------------
     def forward(self, x: Tensor, theta: Tensor) -> Tensor:
         """Run a batch through the device. x [B, n] in [-1, 1], θ [n] or [B, n] in param_bounds -> y [B, n_outputs]."""
         x, theta = x.detach().double(), theta.detach().double()
-        self._check_inputs(x, theta)
+        check_batch(self.awg.name, x, theta, self.n_inputs, self.param_bounds)
         units = self.drive(x, theta)
         t0 = time.perf_counter()
         chunks = [self._play_and_record(part) for part in torch.split(units, self.items_per_upload())]
-        c = self.counters
-        c.instrument_s += time.perf_counter() - t0
-        c.forward_calls += 1
-        c.samples += x.shape[0]
-        c.uploads += len(chunks)
-        c.history.append(len(chunks))
+        self.counters.record(x.shape[0], len(chunks), time.perf_counter() - t0)
         return torch.cat(chunks).float()
 
     __call__ = forward
-
-    def _check_inputs(self, x: Tensor, theta: Tensor) -> None:
-        if x.dim() != 2 or x.shape[1] != self.n_inputs:
-            raise LimitViolation(self.awg.name, None, f"inputs must have shape [B, {self.n_inputs}], got {list(x.shape)}")
-        if not torch.isfinite(x).all() or x.abs().max() > 1.0 + 1e-6:
-            raise LimitViolation(self.awg.name, None, f"inputs must lie in [-1, 1]; got [{x.min():.3g}, {x.max():.3g}]")
-        low, high = (b.double() for b in self.param_bounds)
-        if not torch.isfinite(theta).all() or (theta < low - 1e-6).any() or (theta > high + 1e-6).any():
-            raise LimitViolation(self.awg.name, None, "parameters outside param_bounds; refusing to drive the device")
 
     def waveform(self, units: Tensor) -> np.ndarray:
         """[B, L] drive units -> one waveform (DAC values in [-1, 1]): lead, then each item and its guard."""

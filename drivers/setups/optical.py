@@ -1,0 +1,489 @@
+"""The optical setup: a femtosecond pulse shaped by a phase SLM in a 4f pulse shaper, frequency-doubled in a BBO
+crystal, and read out by a camera behind a spectrometer (the SHG physical neural network of Wright et al. 2022).
+
+Wiring::
+
+    laser (800 nm) --> 4f pulse shaper with the 1-D phase SLM (serial) --> BBO (SHG) --> spectrometer --> camera (serial)
+    SLM trigger out --> camera external trigger
+
+Encoding (all in "units"; x and θ each in [-1, 1])::
+
+    spectral bins   the SLM's ``active_pixels`` are cut into 2n equal bins: x_1 θ_1 x_2 θ_2 ... (layout interleave)
+                    or x_1 .. x_n then θ_1 .. θ_n (layout halves); pixels outside hold gray 0
+    phase           value v -> phase (v + 1) / 2 * phase_span_rad -> gray level through the SLM's own lookup table
+                    (``LUT:DATA?``, inverted by linear interpolation, rounded); the real phase is whatever the LC does
+    output          the SH spectrum on the camera (full vertical binning, dark frame subtracted), summed over n equal
+                    wavelength bins spanning ``output_span_nm`` around the measured SH centre, in units of the mean
+                    bin R of the transform-limited (all gray 0) reference spectrum: y = output_gain bins / R
+                    - output_offset (the defaults spread the outputs of random phases over about -1 .. 2)
+
+A batch is ONE SLM pattern sequence and ONE camera kinetic series: the SLM shows each pattern, waits its settling
+time and pulses its trigger out, the camera takes one exposure per pulse. Split only when the SLM's sequence memory
+(``SEQ:MAX?``, ``max_sequence``) is smaller than the batch.
+
+Calibration on opening (``calibrate_instruments``): the dark frame (shutter closed), the spectrometer offset (the
+centroid of the transform-limited SH spectrum against the column the spectrometer's nominal calibration gives
+400 nm), and a lookup-table check (the gray level whose phase step gives the least SH power is the pi point).
+
+Safety: gray levels stay inside [gray_min, gray_max] (checked here and in the driver); ``output_off`` blanks the SLM.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, model_validator
+from torch import Tensor
+
+from drivers.errors import LimitViolation
+from drivers.setups import check_batch
+from drivers.setups.awg_scope import Counters, _Strict
+
+log = logging.getLogger(__name__)
+
+C_M_PER_S = 299_792_458.0
+ADC_MAX_COUNTS = 4095  # the camera's 12-bit full scale
+CAMERA_GRACE_S = 1.0  # how long the camera may take beyond its cycles to finish a series once the SLM is done, s
+
+
+class SerialInstrumentConfig(_Strict):
+    """How to reach a serial instrument: a port (``/dev/ttyUSB0``, ``COM3``), a pyserial URL (``socket://host:port``)
+    or a VISA ASRL resource (``ASRL/dev/ttyUSB0::INSTR``)."""
+
+    resource: str
+    visa_library: str = "@py"
+    timeout_s: PositiveFloat = 10.0
+    baud_rate: PositiveInt = 3_000_000
+    flow_control: Literal["none", "rtscts", "xonxoff"] = "none"
+
+
+class SLMConfig(SerialInstrumentConfig):
+    gray_min: int = Field(0, ge=0, le=255, description="lowest gray level ever sent (safety limit)")
+    gray_max: int = Field(255, ge=0, le=255, description="highest gray level ever sent (safety limit)")
+    max_sequence: PositiveInt | None = Field(None, description="patterns per sequence upload; default the SLM's memory")
+    dwell_margin_s: float = Field(5e-4, ge=0, description="extra time per pattern beyond settling + camera cycle, s")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SLMConfig":
+        if self.gray_min >= self.gray_max:
+            raise ValueError("gray_min must be below gray_max")
+        return self
+
+
+class CameraConfig(SerialInstrumentConfig):
+    exposure_s: float = Field(1e-3, gt=0, le=10.0, description="exposure per frame, s")
+    gain: Literal[1, 2, 4] = 1
+    dark_frames: PositiveInt = Field(32, description="frames averaged for the dark frame and the reference")
+
+
+class OpticalInstruments(_Strict):
+    slm: SLMConfig
+    camera: CameraConfig
+
+
+class ShaperNominal(_Strict):
+    """The pulse shaper's nominal calibration: pixels linear in optical frequency."""
+
+    n_pixels: PositiveInt = 640
+    center_nm: PositiveFloat = 800.0
+    span_nm: PositiveFloat = Field(24.0, description="wavelength span of all pixels at center_nm")
+    laser_center_nm: PositiveFloat = 800.0
+    laser_fwhm_nm: PositiveFloat = Field(10.0, description="intensity FWHM of the laser spectrum")
+    phase_matching_fwhm_thz: PositiveFloat = Field(10.0, description="SHG phase-matching FWHM in SH frequency")
+
+    def pixel_frequencies_hz(self) -> np.ndarray:
+        """Optical frequency of each pixel centre [n_pixels], Hz."""
+        nu_c = C_M_PER_S / (self.center_nm * 1e-9)
+        dnu = C_M_PER_S * self.span_nm * 1e-9 / (self.center_nm * 1e-9) ** 2 / self.n_pixels
+        return nu_c + (np.arange(self.n_pixels) - (self.n_pixels - 1) / 2) * dnu
+
+
+class SpectrometerNominal(_Strict):
+    """The spectrometer's nominal calibration: column k sees center_nm + (k - center_column) * nm_per_column."""
+
+    center_nm: PositiveFloat = 400.0
+    nm_per_column: PositiveFloat = 0.02
+    center_column: float = 511.5
+    line_spread_columns: PositiveFloat = Field(1.0, description="Gaussian sigma of the line spread, columns")
+
+
+class OpticalEncoding(_Strict):
+    """Spectral encoding of inputs, parameters and outputs (see module docstring)."""
+
+    active_pixels: tuple[int, int] = Field((150, 490), description="[first, end) SLM pixels carrying x and θ")
+    layout: Literal["interleave", "halves"] = "interleave"
+    phase_span_rad: PositiveFloat = Field(math.pi, description="phase of value +1 (value -1 is phase 0), rad")
+    output_span_nm: PositiveFloat = Field(6.0, description="SH wavelength window split into the output bins, nm")
+    output_bins: PositiveInt | None = Field(None, description="outputs per item; default n")
+    roi_margin_columns: int = Field(8, ge=0, description="camera columns read beyond the output window")
+    output_gain: PositiveFloat = Field(8.0, description="output units per reference level (see output_units)")
+    output_offset: float = Field(1.0, description="subtracted after the gain, units")
+    shaper: ShaperNominal = ShaperNominal()
+    spectrometer: SpectrometerNominal = SpectrometerNominal()
+
+    @model_validator(mode="after")
+    def _pixels(self) -> "OpticalEncoding":
+        first, end = self.active_pixels
+        if not 0 <= first < end <= self.shaper.n_pixels:
+            raise ValueError(f"active_pixels must satisfy 0 <= first < end <= {self.shaper.n_pixels}")
+        return self
+
+    def n_outputs(self, n_inputs: int) -> int:
+        return self.output_bins or n_inputs
+
+
+class OpticalCalibration(BaseModel):
+    """What the instrument calibration measured; twins need it to see the data as the setup does."""
+
+    lut: list[float] = Field(description="the SLM's lookup table: phase (rad) of gray 0..255, as it reports it")
+    column_offset: float = Field(0.0, description="measured SH centre minus the nominal 400 nm column, columns")
+    roi: tuple[int, int] = Field((0, 1024), description="camera columns read: first, count")
+    reference_mean: float = Field(1.0, description="mean output bin of the transform-limited reference, counts")
+    exposure_s: float = 1e-3
+    electrons_per_count: float = 4.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The encoding as functions (shared with the twins)
+# ---------------------------------------------------------------------------------------------------------------
+
+def bin_edges(enc: OpticalEncoding, n: int) -> np.ndarray:
+    """Pixel edges of the 2n spectral bins [2n + 1] (ints; bin b is pixels edges[b] .. edges[b+1]-1)."""
+    first, end = enc.active_pixels
+    if end - first < 2 * n:
+        raise ValueError(f"{end - first} active pixels cannot hold {2 * n} spectral bins")
+    return first + np.floor(np.arange(2 * n + 1) * (end - first) / (2 * n)).astype(int)
+
+
+def pixel_values(x: Tensor, theta: Tensor, enc: OpticalEncoding) -> Tensor:
+    """x [B, n] and θ [n] or [B, n] -> the value each SLM pixel shows [B, n_pixels]; inactive pixels get -1 (phase 0).
+    Differentiable (a gather)."""
+    theta = theta.expand(x.shape[0], -1) if theta.dim() == 1 else theta
+    n = x.shape[1]
+    if enc.layout == "interleave":
+        values = torch.stack([x, theta], dim=2).reshape(x.shape[0], 2 * n)
+    else:
+        values = torch.cat([x, theta], dim=1)
+    edges = bin_edges(enc, n)
+    which = np.full(enc.shaper.n_pixels, 2 * n)  # index 2n: the background column
+    for b in range(2 * n):
+        which[edges[b]:edges[b + 1]] = b
+    padded = torch.cat([values, values.new_full((x.shape[0], 1), -1.0)], dim=1)
+    return padded[:, torch.as_tensor(which)]
+
+
+def gray_levels(values: Tensor, lut: Tensor | np.ndarray, phase_span_rad: float) -> Tensor:
+    """Pixel values in [-1, 1] -> fractional gray levels through the inverse of the (monotonic) lookup table ``lut``
+    [256] (rad). Differentiable, piecewise linear. The setup rounds the result; twins round it straight-through."""
+    lut = torch.as_tensor(lut, dtype=values.dtype)
+    phase = (values + 1) * (0.5 * phase_span_rad)
+    k = torch.searchsorted(lut, phase.detach().contiguous()).clamp(1, len(lut) - 1)
+    lo, hi = lut[k - 1], lut[k]
+    return (k - 1).to(values.dtype) + (phase - lo) / (hi - lo)
+
+
+def output_weights(enc: OpticalEncoding, n_outputs: int, column_offset: float, roi: tuple[int, int]) -> np.ndarray:
+    """[n_outputs, roi count]: weight of each camera column in each output bin (fractional at the bin edges).
+    The bins are equal in wavelength over ``output_span_nm`` around the SH centre, shifted by ``column_offset``."""
+    sp = enc.spectrometer
+    centre = sp.center_column + column_offset
+    edges = centre + (np.arange(n_outputs + 1) / n_outputs - 0.5) * enc.output_span_nm / sp.nm_per_column
+    cols = roi[0] + np.arange(roi[1])
+    # column k covers [k - 0.5, k + 0.5): overlap with each bin
+    lo = np.maximum(edges[:-1, None], cols[None, :] - 0.5)
+    hi = np.minimum(edges[1:, None], cols[None, :] + 0.5)
+    return np.clip(hi - lo, 0.0, None)
+
+
+def output_units(bins: Tensor, enc: OpticalEncoding, reference_mean: float) -> Tensor:
+    """Output bins in counts above the dark frame -> output units: output_gain bins / reference_mean - output_offset."""
+    return enc.output_gain * bins / reference_mean - enc.output_offset
+
+
+def output_roi(enc: OpticalEncoding, column_offset: float, sensor_columns: int) -> tuple[int, int]:
+    """Camera columns (first, count) covering the output window plus the margin."""
+    sp = enc.spectrometer
+    half = 0.5 * enc.output_span_nm / sp.nm_per_column
+    centre = sp.center_column + column_offset
+    first = max(0, math.floor(centre - half) - enc.roi_margin_columns)
+    end = min(sensor_columns, math.ceil(centre + half) + 1 + enc.roi_margin_columns)
+    return first, end - first
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The setup
+# ---------------------------------------------------------------------------------------------------------------
+
+class OpticalSetup:
+    """PhysicalSystem: x [B, n] in [-1, 1], θ [n] or [B, n] in param_bounds -> SH spectrum bins y [B, n_outputs]."""
+
+    name = "optical"
+    device = "pulse shaper"
+
+    def __init__(self, slm, camera, instruments: OpticalInstruments, encoding: OpticalEncoding, n: int,
+                 param_bounds: tuple[float, float] = (-1.0, 1.0)):
+        self.slm, self.camera = slm, camera
+        self.cfg, self.enc = instruments, encoding
+        self.n_inputs = self.n_params = n
+        self.n_outputs = encoding.n_outputs(n)
+        low, high = param_bounds
+        if low < -1.0 or high > 1.0:
+            raise LimitViolation(slm.name, None, f"theta_bounds {param_bounds} must lie inside [-1, 1]: values "
+                                 f"outside map to phases beyond phase_span_rad")
+        self.param_bounds = (torch.full((n,), float(low)), torch.full((n,), float(high)))
+        bin_edges(encoding, n)  # raises early when the pixels cannot hold the bins
+        self.counters = Counters()
+        self.calibration: OpticalCalibration | None = None
+        self.dark_full: np.ndarray | None = None  # dark frame of all sensor columns, counts
+        self.dark: np.ndarray | None = None  # dark frame over the ROI, counts [roi count]
+        self.reference_spectrum: np.ndarray | None = None  # transform-limited SH spectrum, all columns, counts
+        self.lut_check: dict = {}
+        self._weights: Tensor | None = None
+        self._series: int | None = None  # kinetic count the camera is set to
+        self._dwell = 0.0  # time each pattern of a sequence is shown, s
+        self._cycle = 0.0  # the camera's shortest time between triggers, s
+
+    # -- set-up --------------------------------------------------------------------------------------------------
+    def configure(self) -> None:
+        """Read the SLM's size and lookup table, check the phase range, set the camera and the sequence timing."""
+        slm, cam, sc, cc = self.slm, self.camera, self.cfg.slm, self.cfg.camera
+        cam.abort()  # a series left armed by a failed batch refuses new settings
+        n_pixels = slm.n_pixels
+        if n_pixels != self.enc.shaper.n_pixels:
+            raise LimitViolation(slm.name, "PIX?", f"the SLM has {n_pixels} pixels, the encoding expects "
+                                 f"{self.enc.shaper.n_pixels}")
+        lut = slm.lut()
+        if np.any(np.diff(lut) <= 0):
+            raise LimitViolation(slm.name, "LUT:DATA?", "the lookup table is not strictly increasing")
+        top = float(lut[sc.gray_max])
+        if self.enc.phase_span_rad > top + 1e-9 or float(lut[sc.gray_min]) > 1e-9:
+            raise LimitViolation(slm.name, "LUT:DATA?", f"phases 0 .. {self.enc.phase_span_rad:.3f} rad need gray "
+                                 f"levels outside gray_min {sc.gray_min} .. gray_max {sc.gray_max} (LUT: "
+                                 f"{lut[sc.gray_min]:.3f} .. {top:.3f} rad)")
+        self.lut = lut.astype(np.float64)
+        slm.blank()
+        slm.trigger_out = True
+        cam.set_readout("FVB", (0, cam.sensor_size[0], 0, cam.sensor_size[1]))
+        cam.exposure_s = cc.exposure_s
+        cam.gain = cc.gain
+        cam.shutter_open = True
+        cam.trigger_source = "EXT"
+        self._series = None
+        self._cycle = cam.cycle_s
+        self._dwell = self.dwell_s()
+        slm.dwell_s = self._dwell
+        if self.calibration is not None:  # a reconnect: back to the calibrated read-out
+            self._set_roi(self.calibration.roi)
+
+    def dwell_s(self) -> float:
+        """Time each pattern is shown: LC settling, then the camera's exposure and read-out, plus a margin, s."""
+        return self.slm.settle_s + self._cycle + self.cfg.slm.dwell_margin_s
+
+    def _set_roi(self, roi: tuple[int, int]) -> None:
+        rows = self.camera.sensor_size[1]
+        self.camera.set_readout("FVB", (roi[0], roi[1], 0, rows))
+
+    def recover(self) -> None:
+        """After a failed forward: reopen both links and restore the set-up state (calibration kept)."""
+        for inst in (self.slm, self.camera):
+            inst.link.reconnect()
+        self.configure()
+
+    def sequence_room(self) -> int:
+        """Patterns per sequence upload."""
+        room = self.slm.sequence_max
+        return min(room, self.cfg.slm.max_sequence or room)
+
+    def device_seconds_per_item(self) -> dict[str, float]:
+        """The instruments' own time per batch item, s: the SLM showing it (settling, exposure, read-out, margin) and
+        the serial lines carrying its pattern and its spectrum (10 bits per byte)."""
+        roi = self.calibration.roi[1] if self.calibration else self.camera.sensor_size[0]
+        return {"device": self._dwell,
+                "serial_lines": (self.enc.shaper.n_pixels * 10 / self.cfg.slm.baud_rate
+                                 + 2 * roi * 10 / self.cfg.camera.baud_rate)}
+
+    # -- the physical forward pass --------------------------------------------------------------------------------
+    def patterns(self, x: Tensor, theta: Tensor) -> np.ndarray:
+        """x [B, n], θ -> SLM gray levels [B, n_pixels] uint8 (rounded; checked against the safety limits)."""
+        gray = torch.round(gray_levels(pixel_values(x, theta, self.enc), self.lut, self.enc.phase_span_rad))
+        sc = self.cfg.slm
+        if gray.min() < sc.gray_min or gray.max() > sc.gray_max:
+            raise LimitViolation(self.slm.name, None, f"gray levels {int(gray.min())} .. {int(gray.max())} outside "
+                                 f"{sc.gray_min} .. {sc.gray_max}")
+        return gray.numpy().astype(np.uint8)
+
+    def forward(self, x: Tensor, theta: Tensor) -> Tensor:
+        """Run a batch through the device: one SLM sequence and one camera series (per memory-sized chunk)."""
+        if self.calibration is None:
+            raise RuntimeError("the optical setup must be calibrated (calibrate_instruments) before a forward pass")
+        x, theta = x.detach().double(), theta.detach().double()
+        check_batch(self.slm.name, x, theta, self.n_inputs, self.param_bounds)
+        gray = self.patterns(x, theta)
+        t0 = time.perf_counter()
+        chunks = [self.measure(gray[i:i + self.sequence_room()]) for i in range(0, len(gray), self.sequence_room())]
+        self.counters.record(x.shape[0], len(chunks), time.perf_counter() - t0)
+        spectra = torch.as_tensor(np.concatenate(chunks) - self.dark)
+        return output_units(spectra @ self._weights.T, self.enc, self.calibration.reference_mean).float()
+
+    __call__ = forward
+
+    def measure(self, gray: np.ndarray) -> np.ndarray:
+        """Show the patterns [K, n_pixels] as one triggered sequence; the camera's spectra [K, columns] (counts)."""
+        slm, cam = self.slm, self.camera
+        k = len(gray)
+        if self._series != k:
+            cam.kinetic_count = k
+            self._series = k
+        slm.load_sequence(gray)
+        cam.start()
+        slm.start_sequence()
+        budget = self.cfg.slm.timeout_s + 2 * k * self._dwell
+        slm.wait_done(timeout_s=budget)
+        # the last frame is read out one camera cycle after the last trigger; longer means triggers were missed
+        cam.wait_ready(timeout_s=CAMERA_GRACE_S + 4 * self._cycle)
+        frames = cam.read_series()
+        if frames.shape[0] != k:
+            raise LimitViolation(cam.name, "DATA?", f"expected {k} frames, got {frames.shape[0]}")
+        saturated = int((frames >= ADC_MAX_COUNTS).any(axis=1).sum())
+        if saturated:
+            self.counters.clipped_records += saturated
+            if self.counters.clipped_records == saturated:
+                log.warning("%s: %d of %d spectra reach the 12-bit ADC's full scale (%d counts): outputs are clipped; "
+                            "shorten instruments.camera.exposure_s", cam.name, saturated, k, ADC_MAX_COUNTS)
+        return frames.astype(np.float64)
+
+    # -- calibration ------------------------------------------------------------------------------------------------
+    def average_frames(self, pattern: np.ndarray | None, count: int, shutter_open: bool = True) -> np.ndarray:
+        """Mean of ``count`` internally triggered frames with ``pattern`` shown (None: the shutter closed), counts."""
+        slm, cam = self.slm, self.camera
+        if pattern is not None:
+            slm.show(pattern)
+            slm.wait_done(timeout_s=self.cfg.slm.timeout_s)
+        cam.shutter_open = shutter_open
+        try:
+            frames = cam.acquire(count, trigger="INT")
+        finally:
+            cam.shutter_open = True
+            cam.trigger_source = "EXT"
+            self._series = None
+        return frames.astype(np.float64).mean(axis=0)
+
+    def calibrate_instruments(self) -> dict:
+        """Dark frame, spectrometer offset and the lookup-table check; sets ``calibration``."""
+        cam, enc, cc = self.camera, self.enc, self.cfg.camera
+        columns, rows = cam.sensor_size
+        n_avg = cc.dark_frames
+        flat = np.zeros(enc.shaper.n_pixels, np.uint8)
+        cam.set_readout("FVB", (0, columns, 0, rows))
+        self.dark_full = self.average_frames(None, n_avg, shutter_open=False)
+        spectrum = self.average_frames(flat, n_avg) - self.dark_full
+        self.reference_spectrum = spectrum
+        offset = centroid_column(spectrum) - enc.spectrometer.center_column
+        roi = output_roi(enc, offset, columns)
+        reference = output_weights(enc, self.n_outputs, offset, roi) @ spectrum[roi[0]: roi[0] + roi[1]]
+        self.adopt_calibration(OpticalCalibration(
+            lut=self.lut.tolist(), column_offset=float(offset), roi=roi, reference_mean=float(reference.mean()),
+            exposure_s=cc.exposure_s, electrons_per_count=4.0 / cc.gain))
+        self.lut_check = self.check_lut()
+        self.slm.blank()
+        log.info("optical calibration: spectrometer offset %+.2f columns, ROI %s, reference mean bin %.0f counts; %s",
+                 offset, roi, reference.mean(), self.lut_check.get("message", ""))
+        return {"column_offset": float(offset), "roi": list(roi), "reference_mean": float(reference.mean()),
+                "peak_counts": float(spectrum.max()), "lut_check": self.lut_check}
+
+    def adopt_calibration(self, calibration: OpticalCalibration) -> None:
+        """Read the outputs with ``calibration`` (offset, columns, reference level): the one just measured, or the one
+        a reused twin was fitted with. Needs the dark frame of the whole sensor (``calibrate_instruments``)."""
+        if self.dark_full is None:
+            raise RuntimeError("measure the dark frame (calibrate_instruments) before adopting a calibration")
+        first, count = calibration.roi
+        self.calibration = calibration
+        self.dark = self.dark_full[first: first + count]
+        self._weights = torch.as_tensor(output_weights(self.enc, self.n_outputs, calibration.column_offset,
+                                                       calibration.roi))
+        self._set_roi(calibration.roi)
+
+    def check_lut(self, step: int = 2, block_pixels: int = 32, half_window: int = 48) -> dict:
+        """Lookup-table check: alternate blocks of the active pixels between gray 0 and gray g and record the SH
+        spectrum S(g). The laser's field is real (no spectral phase), so steps of phase φ and 2π - φ give
+        complex-conjugate fields with the same SH spectrum: S is symmetric about the gray level whose phase is π. That
+        axis, found as the best mirror symmetry of S over ``half_window`` gray levels, is compared with the SLM table's
+        π gray level. Accuracy about 2 gray levels: the fringing between blocks and the phase's change across the
+        spectrum break the symmetry slightly (wide blocks keep the first small)."""
+        first, end = self.enc.active_pixels
+        sc = self.cfg.slm
+        grays = np.arange(sc.gray_min, sc.gray_max + 1, step)
+        blocks = ((np.arange(self.enc.shaper.n_pixels) - first) // block_pixels) % 2 == 1
+        blocks[:first] = blocks[end:] = False
+        patterns = np.zeros((len(grays), self.enc.shaper.n_pixels), np.uint8)
+        patterns[:, blocks] = grays[:, None]
+        spectra = np.concatenate([self.measure(patterns[i:i + self.sequence_room()])
+                                  for i in range(0, len(patterns), self.sequence_room())]) - self.dark
+        table_pi = float(np.interp(math.pi, self.lut, np.arange(len(self.lut))))
+        pi_gray = mirror_axis(grays.astype(float), spectra, half_window)
+        if pi_gray is None:
+            result = {"pi_gray_measured": None, "pi_gray_table": table_pi, "table_phase_error": None,
+                      "message": f"LUT check: gray {sc.gray_min} .. {sc.gray_max} is too narrow to see the pi point"}
+            log.warning("%s: %s", self.slm.name, result["message"])
+            return result
+        error = float(np.interp(pi_gray, np.arange(len(self.lut)), self.lut)) / math.pi - 1
+        result = {"pi_gray_measured": pi_gray, "pi_gray_table": table_pi, "table_phase_error": error,
+                  "message": f"LUT check: pi at gray {pi_gray:.1f}, the table says {table_pi:.1f} "
+                             f"(the table's phase there is off by {100 * error:+.1f} %)"}
+        if abs(error) > 0.05:
+            log.warning("%s: %s; the physics twin fits the real table", self.slm.name, result["message"])
+        return result
+
+    def output_off(self) -> None:
+        """Blank the SLM and stop the camera (safe at any time, never raises)."""
+        for action in (self.slm.blank, self.camera.abort):
+            try:
+                action()
+            except Exception as err:  # noqa: BLE001 - a failing instrument must not stop the others going safe
+                log.warning("making the optical setup safe: %s", err)
+
+    def snapshot(self) -> dict:
+        """Instrument identities, settings and the calibration for the run folder."""
+        return {"slm": {"identity": str(self.slm.identity), **self.cfg.slm.model_dump()},
+                "camera": {"identity": str(self.camera.identity), **self.cfg.camera.model_dump()},
+                "encoding": self.enc.model_dump(), "n": self.n_inputs, "n_outputs": self.n_outputs,
+                "calibration": self.calibration.model_dump() if self.calibration else None,
+                "lut_check": self.lut_check}
+
+
+def mirror_axis(g: np.ndarray, spectra: np.ndarray, half_window: float) -> float | None:
+    """The axis g0 about which the spectra [G, C] measured at the increasing gray levels g [G] are most nearly
+    mirror-symmetric over g0 - half_window .. g0 + half_window (quarter-step grid search); None if g spans less than
+    two half windows."""
+    candidates = np.arange(g[0] + half_window, g[-1] - half_window + 1e-9, 0.25)
+    if len(candidates) == 0:
+        return None
+    d = np.arange(1, half_window + 1, 1.0)
+
+    def at(points: np.ndarray) -> np.ndarray:  # spectra linearly interpolated to fractional gray levels
+        k = np.clip(np.searchsorted(g, points) - 1, 0, len(g) - 2)
+        w = ((points - g[k]) / (g[k + 1] - g[k]))[:, None]
+        return (1 - w) * spectra[k] + w * spectra[k + 1]
+
+    mismatch = [np.mean((at(c + d) - at(c - d)) ** 2) for c in candidates]
+    return float(candidates[int(np.argmin(mismatch))])
+
+
+def centroid_column(spectrum: np.ndarray, fraction: float = 0.2) -> float:
+    """Centroid (column) of the part of a spectrum above ``fraction`` of its peak, around the peak."""
+    peak = int(np.argmax(spectrum))
+    above = spectrum >= fraction * spectrum[peak]
+    lo = peak
+    while lo > 0 and above[lo - 1]:
+        lo -= 1
+    hi = peak
+    while hi < len(spectrum) - 1 and above[hi + 1]:
+        hi += 1
+    cols = np.arange(lo, hi + 1)
+    w = spectrum[lo: hi + 1] - fraction * spectrum[peak]
+    return float((cols * w).sum() / w.sum())

@@ -1,0 +1,208 @@
+"""OpticalSetup on the simulated optical bench, opened the way the orchestrator opens it (``open_setup``): the SLM and
+the camera on real pseudo-terminals through pyserial. Bounds come from the bench's own values or from repeated
+measurements, never from hard-coded outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from drivers.errors import InstrumentError, LimitViolation
+from drivers.setups.optical import (OpticalEncoding, bin_edges, centroid_column, gray_levels, mirror_axis, output_weights,
+                                    pixel_values)
+from orchestrator.config import load_experiment
+from orchestrator.lab import open_setup
+from orchestrator.perfect_twin import perfect_twin
+from simulators.benches import start_bench
+from twins.fit import nmse
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+N = 12
+
+
+def config(**overrides):
+    return load_experiment(EXPERIMENTS / "optical_vowels.yaml",
+                           overrides={"network.width": N, "instruments.camera.dark_frames": 8, **overrides})
+
+
+@pytest.fixture(scope="module")
+def bench():
+    with start_bench("optical", seed=3) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def opened(bench):
+    """One calibrated setup for the read-only tests (calibration takes a second)."""
+    cfg = config()
+    with open_setup(cfg, N, bench=bench) as setup:
+        yield cfg, setup
+
+
+def batch(b: int, seed: int, n: int = N) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return 2 * torch.rand(b, n, generator=gen) - 1, 2 * torch.rand(n, generator=gen) - 1
+
+
+# -- the encoding as functions ------------------------------------------------------------------------------------
+
+def test_pixel_layout_interleaves_x_and_theta_and_leaves_the_rest_at_phase_zero() -> None:
+    enc = OpticalEncoding(active_pixels=(100, 148))
+    x = torch.tensor([[0.5, -0.25]])
+    theta = torch.tensor([0.75, 0.0])
+    v = pixel_values(x, theta, enc)[0]
+    edges = bin_edges(enc, 2)
+    assert list(edges) == [100, 112, 124, 136, 148]
+    assert torch.all(v[:100] == -1) and torch.all(v[148:] == -1)
+    assert torch.all(v[100:112] == 0.5) and torch.all(v[112:124] == 0.75)
+    assert torch.all(v[124:136] == -0.25) and torch.all(v[136:148] == 0.0)
+    halves = pixel_values(x, theta, enc.model_copy(update={"layout": "halves"}))[0]
+    assert torch.all(halves[112:124] == -0.25) and torch.all(halves[124:136] == 0.75)
+
+
+def test_gray_levels_invert_the_table_and_pass_gradients() -> None:
+    lut = 2 * np.pi * np.arange(256) / 255 * 1.1
+    v = torch.linspace(-1, 1, 9, dtype=torch.float64, requires_grad=True)
+    g = gray_levels(v, lut, np.pi)
+    phase = np.interp(g.detach().numpy(), np.arange(256), lut)
+    assert np.allclose(phase, (v.detach().numpy() + 1) / 2 * np.pi, atol=1e-9)
+    g.sum().backward()
+    assert torch.allclose(v.grad, torch.full_like(v, 255 / (2 * 1.1) / 2, dtype=torch.float64), rtol=1e-6)
+
+
+def test_output_weights_cover_the_window_once() -> None:
+    enc = OpticalEncoding()
+    roi = (350, 330)
+    w = output_weights(enc, 10, 3.3, roi)
+    per_bin = enc.output_span_nm / enc.spectrometer.nm_per_column / 10
+    assert np.allclose(w.sum(axis=1), per_bin)
+    assert np.all(w.sum(axis=0) <= 1 + 1e-12)  # no column counted twice
+    centre = roi[0] + (w.sum(axis=0) * np.arange(roi[1])).sum() / w.sum()
+    assert centre == pytest.approx(enc.spectrometer.center_column + 3.3, abs=1e-6)
+
+
+def test_mirror_axis_finds_the_symmetry_of_a_curve() -> None:
+    g = np.arange(0, 256, 2.0)
+    spectra = np.stack([np.cos((g - 121.3) / 30) ** 2, np.exp(-((g - 121.3) / 50) ** 2)], axis=1)
+    assert mirror_axis(g, spectra, 48) == pytest.approx(121.3, abs=0.25)
+    assert mirror_axis(g[:40], spectra[:40], 48) is None  # 0 .. 78: too short for two half windows
+
+
+# -- calibration on the bench -----------------------------------------------------------------------------------------
+
+def test_calibration_measures_dark_frame_offset_and_the_lookup_table(opened, bench) -> None:
+    cfg, setup = opened
+    cal = setup.calibration
+    physics = bench.physics
+    first, count = cal.roi
+    expected_dark = physics.dark_counts((first, count), cfg.instruments.camera.exposure_s)
+    assert np.abs(setup.dark - expected_dark).max() < 8  # read noise of 2 counts, averaged over 8 frames
+    # the transform-limited SH spectrum's centroid, as the noiseless bench puts it (the spectrometer's offset plus
+    # the shifts of the SH centre by the laser's spectrum and the crystal's phase matching)
+    with torch.no_grad():
+        flat = physics.expected_counts(torch.zeros(1, 640, dtype=torch.float64), exposure_s=cal.exposure_s,
+                                       electrons_per_count=cal.electrons_per_count, columns=(0, 1024))[0].numpy()
+    assert cal.column_offset == pytest.approx(centroid_column(flat) - setup.enc.spectrometer.center_column, abs=0.2)
+    assert abs(cal.column_offset - physics.values.spectrometer_offset_col) < 4
+    assert first <= setup.enc.spectrometer.center_column + cal.column_offset <= first + count
+    # the table's pi gray level is 127.5; the real one follows from the bench's true lookup table
+    true_lut = physics.values.lut_true
+    true_pi = float(np.interp(np.pi, true_lut, np.arange(256)))
+    assert setup.lut_check["pi_gray_measured"] == pytest.approx(true_pi, abs=3.0)
+    assert abs(true_pi - setup.lut_check["pi_gray_table"]) > 3  # the check sees a real difference
+
+
+def test_forward_is_one_sequence_and_one_series_and_matches_the_perfect_twin(opened, bench) -> None:
+    cfg, setup = opened
+    x, theta = batch(96, seed=1)
+    calls0 = setup.counters.forward_calls
+    y = setup.forward(x, theta)
+    assert y.shape == (96, N) and y.dtype == torch.float32
+    assert setup.counters.history[-1] == 1 and setup.counters.forward_calls == calls0 + 1
+    assert int(bench.instruments["slm"].sequence.shape[0]) == 96
+    again = setup.forward(x, theta)
+    noise = nmse(again, y)
+    perfect = perfect_twin(cfg, bench, setup)
+    with torch.no_grad():
+        expected = perfect(x, theta)
+    # the noiseless bench predicts the measured outputs up to the measurement noise
+    assert nmse(expected, y) < 2 * noise + 0.01
+    assert float(y.std()) > 0.2  # the outputs do depend on the inputs
+
+
+def test_outputs_depend_on_inputs_and_parameters(opened) -> None:
+    _, setup = opened
+    x, theta = batch(64, seed=2)
+    y0 = setup.forward(x, theta)
+    y_theta = setup.forward(x, -theta)
+    y_x = setup.forward(-x, theta)
+    noise = nmse(setup.forward(x, theta), y0)
+    assert nmse(y_theta, y0) > 10 * noise and nmse(y_x, y0) > 10 * noise
+
+
+def test_batches_beyond_the_sequence_memory_are_split(bench) -> None:
+    cfg = config(**{"instruments.slm.max_sequence": 40})
+    with open_setup(cfg, N, bench=bench, calibrate=True) as setup:
+        x, theta = batch(100, seed=3)
+        y = setup.forward(x, theta)
+        assert y.shape == (100, N)
+        assert setup.counters.history[-1] == 3  # 40 + 40 + 20 patterns
+
+
+# -- safety -------------------------------------------------------------------------------------------------------
+
+def test_inputs_outside_their_range_never_reach_the_slm(opened, bench) -> None:
+    _, setup = opened
+    before = bench.instruments["slm"].sequence.copy() if bench.instruments["slm"].sequence is not None else None
+    x, theta = batch(8, seed=4)
+    with pytest.raises(LimitViolation, match="slm"):
+        setup.forward(x * 1.5, theta)
+    with pytest.raises(LimitViolation, match="param_bounds"):
+        setup.forward(x, theta * 1.5)
+    after = bench.instruments["slm"].sequence
+    assert (before is None and after is None) or np.array_equal(before, after)
+
+
+def test_a_phase_range_beyond_the_gray_limit_is_refused_and_the_slm_left_blank(bench) -> None:
+    cfg = config(**{"instruments.slm.gray_max": 100})  # pi needs gray 128 by the SLM's table
+    bench.instruments["slm"].shown_pattern[:] = 0
+    with pytest.raises(LimitViolation, match="gray_max"):
+        with open_setup(cfg, N, bench=bench):
+            pass
+    assert bench.instruments["slm"].is_blank
+
+
+def test_leaving_the_setup_on_an_error_blanks_the_slm(bench) -> None:
+    cfg = config()
+    with pytest.raises(RuntimeError, match="operator"):
+        with open_setup(cfg, N, bench=bench) as setup:
+            x, theta = batch(4, seed=5)
+            setup.slm.show(np.full(640, 200, np.uint8))
+            assert not bench.instruments["slm"].is_blank
+            raise RuntimeError("operator pressed stop")
+    assert bench.instruments["slm"].is_blank
+    assert bench.instruments["camera"].status == "IDLE"
+
+
+def test_missed_camera_triggers_are_reported_not_padded(opened) -> None:
+    _, setup = opened
+    x, theta = batch(16, seed=6)
+    setup.slm.dwell_s = max(1e-3, 0.6 * setup.camera.cycle_s)  # shorter than the camera's cycle: it misses triggers
+    try:
+        with pytest.raises(InstrumentError, match="camera"):
+            setup.measure(setup.patterns(x, theta))
+    finally:
+        setup.recover()
+    assert setup.forward(x, theta).shape == (16, N)  # recovered: the series works again
+
+
+def test_the_bench_over_socket_urls_works_too() -> None:
+    cfg = config()
+    with start_bench("optical", seed=5, serial="socket") as b:
+        assert all(r.startswith("socket://127.0.0.1:") for r in b.resources.values())
+        with open_setup(cfg, N, bench=b) as setup:
+            x, theta = batch(8, seed=7)
+            assert torch.isfinite(setup.forward(x, theta)).all()
