@@ -3,6 +3,7 @@
 Files in the artifacts folder (``ExperimentConfig.artifacts_path``):
     calibration.json         delays (optical: dark level, spectrometer offset, LUT check) and instrument identities
     frequency_response.csv   mechanical: the plate's measured response (and .png, with the fitted twins' responses)
+    optical_calibration.png  optical: the transform-limited spectrum with the output bins, the dark frame, the LUT check
     twin_data.h5             measured (x, θ, y) with metadata (HDF5)
     twin_neural.pt           neural twin artifact    twin_physics.pt  physics twin    twin_hybrid.pt  physics + neural
     report.json, *.png       held-out errors and plots of twin vs device
@@ -21,7 +22,7 @@ import torch
 
 from drivers.setups.awg_scope import AwgScopeSetup
 from drivers.setups.electronic import emf_per_unit
-from drivers.setups.optical import OpticalCalibration, OpticalSetup
+from drivers.setups.optical import OpticalCalibration, OpticalSetup, output_bin_edges
 from orchestrator import plots
 from orchestrator.config import ExperimentConfig
 from orchestrator.trainer import atomic_write_bytes
@@ -177,6 +178,8 @@ def calibrate(cfg: ExperimentConfig, setup: AwgScopeSetup, artifacts: Path, kind
     response = getattr(setup, "frequency_response", None)
     if response is not None:
         save_frequency_response(artifacts / "frequency_response.csv", response)
+    if isinstance(setup, OpticalSetup) and setup.reference_spectrum is not None:
+        plot_optical_calibration(artifacts / "optical_calibration.png", setup)
     data_file = artifacts / "twin_data.h5"
     data = None
     if data_file.exists():
@@ -218,6 +221,16 @@ def instrument_calibration(setup) -> dict:
     if not setup.delay_s:
         return {}
     return {"delay_s": setup.delay_s, "response_delay_s": setup.response_delay_s}
+
+
+def plot_optical_calibration(path: Path, setup: OpticalSetup) -> Path:
+    """The transform-limited spectrum with the output bins, the dark frame, and the lookup-table check."""
+    cal, check = setup.calibration, setup.lut_check
+    gray, power = setup.lut_sweep if setup.lut_sweep is not None else (np.zeros(0), np.zeros(0))
+    return plots.plot_optical_calibration(
+        setup.reference_spectrum, setup.dark_full, output_bin_edges(setup.enc, setup.n_outputs, cal.column_offset),
+        gray, power, check.get("pi_gray_measured"), check.get("pi_gray_table", float("nan")), path,
+        f"optical calibration: spectrometer offset {cal.column_offset:+.2f} columns; {check.get('message', '')}")
 
 
 def save_frequency_response(path: Path, response) -> None:

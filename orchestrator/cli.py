@@ -124,8 +124,8 @@ def calibrate(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: 
         if bad:
             raise click.BadParameter(f"unknown twin kind(s) {bad}; choose from {', '.join(TWIN_FILES)}",
                                      param_hint="--twins")
-        data = load_task(cfg, resolve_data_dir(data_dir))
-        n = device_width(cfg, data.x_train.shape[1])
+        # the device width: configured, else the data set's number of features (then the data set is needed)
+        n = cfg.network.width or device_width(cfg, load_task(cfg, resolve_data_dir(data_dir)).x_train.shape[1])
         artifacts = cfg.artifacts_path(simulate)
         with _bench_or_none(cfg, simulate) as bench, open_setup(cfg, n, bench=bench) as setup, _progress() as bar:
             task = bar.add_task("calibrating", total=None)

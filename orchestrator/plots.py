@@ -214,3 +214,33 @@ def plot_frequency_response(f_hz: np.ndarray, measured: np.ndarray, models: dict
 
 __all__ = ["plot_learning_curves", "plot_confusion_matrix", "plot_physical_outputs", "plot_twin_vs_device",
            "plot_trace", "plot_frequency_response"]
+
+
+def plot_optical_calibration(reference: np.ndarray, dark: np.ndarray, bin_edges: np.ndarray, lut_gray: np.ndarray,
+                             lut_power: np.ndarray, pi_gray_measured: float | None, pi_gray_table: float,
+                             path: str | Path, title: str = "optical calibration") -> Path:
+    """Left: the transform-limited SH spectrum above the dark frame (counts per camera column), the dark frame and the
+    output bins' edges. Right: the lookup-table check, total SH counts against the gray level of the phase step, with
+    the measured and the table's pi gray levels."""
+    fig, (ax_sp, ax_lut) = _figure(2, 6.0, 4.0)
+    columns = np.arange(len(reference))
+    ax_sp.plot(columns, reference, lw=1, label="transform-limited SH (dark subtracted)")
+    ax_sp.plot(columns, dark, lw=1, ls="--", label="dark frame")
+    for edge in bin_edges:
+        ax_sp.axvline(edge, color="0.7", lw=0.5)
+    span = bin_edges[-1] - bin_edges[0]
+    ax_sp.set_xlim(bin_edges[0] - 0.5 * span, bin_edges[-1] + 0.5 * span)
+    ax_sp.set_xlabel("camera column")
+    ax_sp.set_ylabel("counts")
+    ax_sp.set_title("spectrum and output bins (grey lines)")
+    ax_sp.legend(fontsize=8)
+    ax_lut.plot(lut_gray, lut_power, ".-", ms=3, lw=1)
+    ax_lut.axvline(pi_gray_table, color="C1", ls="--", label=f"pi by the SLM's table ({pi_gray_table:.1f})")
+    if pi_gray_measured is not None:
+        ax_lut.axvline(pi_gray_measured, color="C2", label=f"pi measured ({pi_gray_measured:.1f})")
+    ax_lut.set_xlabel("gray level of the phase step")
+    ax_lut.set_ylabel("total SH counts")
+    ax_lut.set_title("lookup-table check")
+    ax_lut.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)

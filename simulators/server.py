@@ -1170,7 +1170,8 @@ class SCPIServer:
 class PtyStream:
     """``ByteStream`` over the master side of a pseudo-terminal: the instrument's end of a serial cable. A serial line
     has no connection state, so it is always ``alive``; with no client on the other end, reads just time out. With
-    ``baud_rate`` (realtime benches) replies leave no faster than the line carries them: 10 bits per byte (8N1)."""
+    ``baud_rate`` (realtime benches) bytes arrive and replies leave no faster than the line carries them: 10 bits per
+    byte (8N1)."""
 
     BITS_PER_BYTE = 10  # start bit, 8 data bits, stop bit
 
@@ -1183,10 +1184,13 @@ class PtyStream:
         if not ready:
             return None
         try:
-            return os.read(self.fd, 65536) or None
+            data = os.read(self.fd, 65536) or None
         except OSError:  # EIO: nobody holds the other end open right now
             time.sleep(timeout_s)
             return None
+        if data and self.baud_rate:  # the line delivers them one after another
+            time.sleep(len(data) * self.BITS_PER_BYTE / self.baud_rate)
+        return data
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)

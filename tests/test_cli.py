@@ -6,6 +6,7 @@ started as a real subprocess so that it can be reached over pyvisa-py and stoppe
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -212,8 +214,12 @@ def _pnn_executable() -> list[str]:
     return [script] if script else [sys.executable, "-m", "orchestrator.cli"]
 
 
-@pytest.mark.parametrize("bench", ["electronic", "mechanical"])
-def test_sim_serve_prints_resources_answers_visa_and_stops_on_sigint(tmp_path: Path, bench: str) -> None:
+@contextlib.contextmanager
+def _sim_serve(tmp_path: Path, bench: str, line_pattern: str) -> Iterator[dict[str, str]]:
+    """Run `pnn sim serve BENCH` as a subprocess; yield {role: resource} from the lines it prints.
+
+    On leaving the block it sends SIGINT (as Ctrl-C would) and expects a clean exit.
+    """
     proc = subprocess.Popen(_pnn_executable() + ["sim", "serve", bench, "--seed", "2"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -224,9 +230,21 @@ def test_sim_serve_prints_resources_answers_visa_and_stops_on_sigint(tmp_path: P
         deadline = time.monotonic() + 60
         while len(resources) < 2:
             line = lines.get(timeout=max(0.1, deadline - time.monotonic())).rstrip("\n")
-            match = re.fullmatch(r"(awg|scope) (TCPIP0::127\.0\.0\.1::(\d+)::SOCKET)", line)
+            match = re.fullmatch(line_pattern, line)
             assert match, line
             resources[match.group(1)] = match.group(2)
+        yield resources
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("bench", ["electronic", "mechanical"])
+def test_sim_serve_prints_resources_answers_visa_and_stops_on_sigint(tmp_path: Path, bench: str) -> None:
+    with _sim_serve(tmp_path, bench, r"(awg|scope) (TCPIP0::127\.0\.0\.1::(\d+)::SOCKET)") as resources:
         rm = pyvisa.ResourceManager("@py")
         try:
             for role, sim in (("awg", SimKeysight33522B), ("scope", SimInfiniiVision)):
@@ -236,12 +254,6 @@ def test_sim_serve_prints_resources_answers_visa_and_stops_on_sigint(tmp_path: P
                 inst.close()
         finally:
             rm.close()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0, proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     for res in resources.values():
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", int(res.split("::")[2])), timeout=1).close()
@@ -326,23 +338,68 @@ def test_in_silico_run_calibrates_a_twin_and_evaluates_on_the_device(tmp_path: P
     assert report["samples"] == 300 and [t["kind"] for t in report["twins"]] == ["neural"]
 
 
+def _calibrate_three_twins(experiment: Path, *settings: str) -> tuple[Path, dict]:
+    """`pnn calibrate --simulate` with short twin fits into ./cal-sim; returns that folder and its report."""
+    sets = [arg for setting in settings for arg in ("--set", setting)]
+    result = pnn("calibrate", experiment, "--simulate", "--twins", "neural,physics,hybrid", *sets,
+                 "--set", "twin.neural.epochs=2", "--set", "twin.physics.epochs=2",
+                 "--set", "twin.physics.samples=100", "--set", "artifacts_dir=cal")
+    assert result.exit_code == 0, result.output
+    report = json.loads(Path("cal-sim", "report.json").read_text())
+    assert {t["kind"] for t in report["twins"]} == {"neural", "physics", "hybrid"}
+    assert all(0 < t["val_nmse"] < 1 for t in report["twins"])  # each twin explains most of the outputs
+    return Path.cwd() / "cal-sim", report
+
+
 def test_calibrate_the_plate_writes_its_response_and_three_twins(tmp_path: Path, monkeypatch) -> None:
     """The mechanical calibration: delays, the plate's frequency response (CSV + plot), twin data (HDF5) and the
     neural, physics and hybrid twins, each with its held-out error."""
     monkeypatch.chdir(tmp_path)
     mech = EXPERIMENT.with_name("mechanical_digits.yaml")
-    result = pnn("calibrate", mech, "--simulate", "--twins", "neural,physics,hybrid",
-                 "--set", "network.width=24", "--set", "twin.samples=200", "--set", "twin.neural.epochs=2",
-                 "--set", "twin.physics.epochs=2", "--set", "twin.physics.samples=100",
-                 "--set", "instruments.awg.ramp_s=0", "--set", "artifacts_dir=cal")
-    assert result.exit_code == 0, result.output
-    art = tmp_path / "cal-sim"
-    report = json.loads((art / "report.json").read_text())
-    assert {t["kind"] for t in report["twins"]} == {"neural", "physics", "hybrid"}
-    assert all(0 < t["val_nmse"] < 1 for t in report["twins"])  # each twin explains most of the outputs
+    art, report = _calibrate_three_twins(mech, "network.width=24", "twin.samples=200", "instruments.awg.ramp_s=0")
     assert 0 < report["response_delay_s"] < 1e-3 and report["delay_s"] > 0
     rows = list(csv.DictReader((art / "frequency_response.csv").open()))
     assert len(rows) > 100 and {"f_hz", "magnitude", "phase_rad", "coherence"} <= set(rows[0])
     for name in ("frequency_response.png", "twin_data.h5", "twin_neural.pt", "twin_physics.pt", "twin_hybrid.pt",
                  "twin_hybrid_vs_device.png"):
         assert (art / name).stat().st_size > 0, name
+
+
+# -- the optical bench ---------------------------------------------------------------------------------------------------
+
+OPTICAL = EXPERIMENT.with_name("optical_vowels.yaml")
+
+
+def test_check_the_optical_bench_over_its_pseudo_terminals(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = pnn("check", OPTICAL, "--simulate", "--set", "network.width=12")
+    assert result.exit_code == 0, result.output
+    out = plain(result.stdout)
+    assert "PS-SLM640" in out and "SPEC-CCD1024" in out
+    assert out.count("/dev/pts/") == 2  # the in-process bench's serial ports, not the lab's USB adapters
+    assert "active SLM pixels" in out and "errors pending" not in out
+
+
+def test_calibrate_the_optical_bench_writes_its_calibration_and_three_twins(tmp_path: Path, monkeypatch) -> None:
+    """Dark frame, spectrometer offset and LUT check (JSON + plot), twin data (HDF5), neural, physics and hybrid twins."""
+    monkeypatch.chdir(tmp_path)
+    art, report = _calibrate_three_twins(OPTICAL, "network.width=8", "twin.samples=300",
+                                         "instruments.camera.dark_frames=4")
+    optical = report["optical"]
+    assert optical["roi"][1] > 0 and abs(optical["column_offset"]) < 20 and optical["reference_mean"] > 0
+    assert 100 < report["lut_check"]["pi_gray_measured"] < 150
+    calibration = json.loads((art / "calibration.json").read_text())
+    assert len(calibration["instruments"]["calibration"]["lut"]) == 256  # the SLM's table, as it reported it
+    for name in ("optical_calibration.png", "twin_data.h5", "twin_neural.pt", "twin_physics.pt", "twin_hybrid.pt",
+                 "twin_physics_vs_device.png"):
+        assert (art / name).stat().st_size > 0, name
+
+
+def test_sim_serve_optical_prints_pseudo_terminals_that_pyserial_opens(tmp_path: Path) -> None:
+    import serial
+
+    with _sim_serve(tmp_path, "optical", r"(slm|camera) (/dev/pts/\d+)") as ports:
+        for role, model in (("slm", "PS-SLM640"), ("camera", "SPEC-CCD1024")):
+            with serial.Serial(ports[role], baudrate=3_000_000, timeout=5) as port:
+                port.write(b"*IDN?\n")
+                assert model in port.readline().decode()

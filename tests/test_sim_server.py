@@ -498,3 +498,21 @@ def test_a_paced_pty_sends_no_faster_than_its_baud_rate(toy: Toy) -> None:
         finally:
             link.close()
     assert elapsed >= 1011 * 10 / 38400 * 0.95  # header, payload and terminator at 10 bits per byte: >= 0.25 s
+
+
+def test_a_paced_pty_takes_in_no_faster_than_its_baud_rate(toy: Toy) -> None:
+    from drivers.transport import open_link
+    from simulators.server import PtyServer
+
+    payload = bytes(range(256)) * 4  # an upload of 1024 bytes, e.g. a pattern
+    with PtyServer(toy.session, name="toy-serial", baud_rate=38400) as pty:
+        link = open_link(pty.port, name="slm", timeout_s=5.0)
+        try:
+            start = time.perf_counter()
+            link.write_block("DATA:BLOC UPLOAD,", payload)
+            assert link.query("*OPC?") == "1"  # answered only once the upload has been read off the line
+            elapsed = time.perf_counter() - start
+        finally:
+            link.close()
+    assert toy.blocks["UPLOAD"] == payload
+    assert elapsed >= (len(payload) + 20) * 10 / 38400 * 0.95  # >= 0.27 s

@@ -187,12 +187,18 @@ def gray_levels(values: Tensor, lut: Tensor | np.ndarray, phase_span_rad: float)
     return (k - 1).to(values.dtype) + (phase - lo) / (hi - lo)
 
 
+def output_bin_edges(enc: OpticalEncoding, n_outputs: int, column_offset: float) -> np.ndarray:
+    """Camera columns (fractional) of the edges of the output bins [n_outputs + 1]: equal in wavelength over
+    ``output_span_nm`` around the SH centre (the nominal 400 nm column shifted by ``column_offset``)."""
+    sp = enc.spectrometer
+    centre = sp.center_column + column_offset
+    return centre + (np.arange(n_outputs + 1) / n_outputs - 0.5) * enc.output_span_nm / sp.nm_per_column
+
+
 def output_weights(enc: OpticalEncoding, n_outputs: int, column_offset: float, roi: tuple[int, int]) -> np.ndarray:
     """[n_outputs, roi count]: weight of each camera column in each output bin (fractional at the bin edges).
     The bins are equal in wavelength over ``output_span_nm`` around the SH centre, shifted by ``column_offset``."""
-    sp = enc.spectrometer
-    centre = sp.center_column + column_offset
-    edges = centre + (np.arange(n_outputs + 1) / n_outputs - 0.5) * enc.output_span_nm / sp.nm_per_column
+    edges = output_bin_edges(enc, n_outputs, column_offset)
     cols = roi[0] + np.arange(roi[1])
     # column k covers [k - 0.5, k + 0.5): overlap with each bin
     lo = np.maximum(edges[:-1, None], cols[None, :] - 0.5)
@@ -242,6 +248,7 @@ class OpticalSetup:
         self.dark_full: np.ndarray | None = None  # dark frame of all sensor columns, counts
         self.dark: np.ndarray | None = None  # dark frame over the ROI, counts [roi count]
         self.reference_spectrum: np.ndarray | None = None  # transform-limited SH spectrum, all columns, counts
+        self.lut_sweep: tuple[np.ndarray, np.ndarray] | None = None  # LUT check: gray levels, total SH counts
         self.lut_check: dict = {}
         self._weights: Tensor | None = None
         self._series: int | None = None  # kinetic count the camera is set to
@@ -426,6 +433,7 @@ class OpticalSetup:
                                   for i in range(0, len(patterns), self.sequence_room())]) - self.dark
         table_pi = float(np.interp(math.pi, self.lut, np.arange(len(self.lut))))
         pi_gray = mirror_axis(grays.astype(float), spectra, half_window)
+        self.lut_sweep = (grays, spectra.sum(axis=1))
         if pi_gray is None:
             result = {"pi_gray_measured": None, "pi_gray_table": table_pi, "table_phase_error": None,
                       "message": f"LUT check: gray {sc.gray_min} .. {sc.gray_max} is too narrow to see the pi point"}
