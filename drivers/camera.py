@@ -72,6 +72,8 @@ Status = Literal["IDLE", "ARMED", "READY"]
 Roi = tuple[int, int, int, int]  # x0, w, y0, h (pixels)
 
 DEFAULT_BAUD_RATE = 3_000_000
+BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
+ADC_MAX_COUNTS = 4095  # 12-bit ADC full scale
 EXPOSURE_MIN_S, EXPOSURE_MAX_S = 1e-5, 10.0
 KINETIC_COUNT_MAX = 10_000
 GAINS = (1, 2, 4)
@@ -202,6 +204,7 @@ class SpectroscopyCamera(SCPIInstrument):
         link: open link (serial port, ``socket://`` URL or VISA ASRL resource), ``\\n`` terminations.
         name: instrument name for messages.
         max_exposure_s: safety limit on the exposure time, s (1e-5 .. 10), e.g. to keep the CCD out of saturation.
+        baud_rate: line speed, bit/s, used only to budget the time a series takes on the line (``DATA?``).
         check_errors: drain ``SYST:ERR?`` after every setting.
     """
 
@@ -223,12 +226,15 @@ class SpectroscopyCamera(SCPIInstrument):
                                     tokens=_TRIGGERS, values=_TRIGGERS)
 
     def __init__(self, link: Link, name: str = "camera", max_exposure_s: float = EXPOSURE_MAX_S, *,
-                 check_errors: bool = True):
+                 baud_rate: float = DEFAULT_BAUD_RATE, check_errors: bool = True):
         super().__init__(link, name=name, check_errors=check_errors)
         if not (isinstance(max_exposure_s, (int, float)) and EXPOSURE_MIN_S <= max_exposure_s <= EXPOSURE_MAX_S):
             raise ValueError(f"{name}: max_exposure_s must be in [{EXPOSURE_MIN_S:g}, {EXPOSURE_MAX_S:g}] s, "
                              f"got {max_exposure_s!r}")
+        if not baud_rate > 0:
+            raise ValueError(f"{name}: baud_rate must be positive, got {baud_rate!r}")
         self.max_exposure_s = float(max_exposure_s)
+        self.baud_rate = float(baud_rate)
         self._sensor: tuple[int, int] | None = None
         self._series: SeriesGeometry | None = None
 
@@ -379,12 +385,21 @@ class SpectroscopyCamera(SCPIInstrument):
             detail = (f": {self.frames_acquired()} of {geometry.frames} frames acquired; call wait_ready() first"
                       if state == "ARMED" else "")
             raise InstrumentError(self.name, "DATA?", f"no complete series to read (status {state}){detail}")
-        payload = self.link.query_block("DATA?")
+        with self.link.extended_timeout(geometry.nbytes * BITS_PER_BYTE / self.baud_rate):
+            payload = self.link.query_block("DATA?")
         if len(payload) != geometry.nbytes:
             raise ProtocolError(self.name, "DATA?", f"expected {geometry.describe()} = {geometry.nbytes} bytes, the "
                                                     f"block holds {len(payload)} bytes (starts {_preview(payload)})")
-        codes = unpack_values(payload, "uint16", "little", instrument=self.name, command="DATA?")
-        return codes.reshape(geometry.shape)
+        codes = unpack_values(payload, "uint16", "little", instrument=self.name, command="DATA?").reshape(
+            geometry.shape)
+        if codes.max(initial=0) > ADC_MAX_COUNTS:  # a 12-bit ADC cannot send these: the data are garbled
+            bad = np.argwhere(codes > ADC_MAX_COUNTS)[0]
+            axes = ("frame", "column") if codes.ndim == 2 else ("frame", "row", "column")
+            where = ", ".join(f"{axis} {i}" for axis, i in zip(axes, bad))
+            raise ProtocolError(self.name, "DATA?", f"{int((codes > ADC_MAX_COUNTS).sum())} value(s) above the 12-bit "
+                                                    f"full scale {ADC_MAX_COUNTS}, first {int(codes[tuple(bad)])} at "
+                                                    f"{where}: the frame data are garbled")
+        return codes
 
     def acquire(self, n: int, trigger: str = "INT", timeout_s: float | None = None) -> np.ndarray:
         """Take a series of ``n`` frames: set the trigger source and count, start, wait, read.

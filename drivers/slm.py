@@ -45,8 +45,6 @@ the checks that need the pixel count or SEQ:MAX? query them first (once per driv
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -175,7 +173,7 @@ class PhaseSLM(SCPIInstrument):
         """Load ``patterns`` (integer gray levels [K, n_pixels]) as the sequence (``SEQ #<n><K*n>...``), replacing
         the previous one. Checked against the limits before anything is sent."""
         data = self._checked(patterns, "SEQ", sequence=True)
-        with self._timeout_extended(data.nbytes * BITS_PER_BYTE / self.baud_rate):
+        with self.link.extended_timeout(data.nbytes * BITS_PER_BYTE / self.baud_rate):
             self.write_block("SEQ ", data.tobytes())
         self.settings["sequence_count"] = int(data.shape[0])
         log.debug("%s: loaded a sequence of %d patterns", self.name, data.shape[0])
@@ -276,13 +274,3 @@ class PhaseSLM(SCPIInstrument):
             raise LimitViolation(self.name, command, f"{arr.shape[0]} patterns exceed the instrument's SEQ:MAX? "
                                                      f"= {self.sequence_max}")
         return np.ascontiguousarray(arr, dtype=np.uint8)
-
-    @contextmanager
-    def _timeout_extended(self, extra_s: float) -> Iterator[None]:
-        """Lengthen the link's timeout by ``extra_s`` (s) inside the block."""
-        previous = self.link.timeout_s
-        self.link.timeout_s = previous + extra_s
-        try:
-            yield
-        finally:
-            self.link.timeout_s = previous

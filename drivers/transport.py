@@ -27,7 +27,7 @@ import re
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Literal
 
@@ -41,6 +41,8 @@ from drivers.scpi import _preview, block_digit_count, block_length, encode_block
 log = logging.getLogger(__name__)
 
 _VISA_CHUNK_BYTES = 4096  # block payloads are read in chunks of this size
+_QUIET_S = 0.05  # a serial line silent this long has finished sending a stale reply, s
+_DRAIN_LIMIT_S = 10.0  # longest wait for a stale reply to end (1 MB of frames at 3 Mbaud take 3.5 s), s
 _SERIAL_URL = re.compile(r"^[a-z][a-z0-9+]*://", re.IGNORECASE)
 _SERIAL_PORT = re.compile(r"^(/dev/\S+|COM\d+)$", re.IGNORECASE)
 
@@ -129,6 +131,17 @@ class Link(ABC):
         with self._translated(None):
             self._apply_timeout()
 
+    @contextmanager
+    def extended_timeout(self, extra_s: float) -> Iterator[None]:
+        """Lengthen the timeout by ``extra_s`` (s) inside the block, e.g. by the time a long block takes on a
+        serial line."""
+        previous = self.timeout_s
+        self.timeout_s = previous + extra_s
+        try:
+            yield
+        finally:
+            self.timeout_s = previous
+
     def write(self, cmd: str) -> None:
         """Send one command followed by the write termination."""
         self._write((cmd + self._write_term).encode("ascii"), cmd)
@@ -206,7 +219,7 @@ class Link(ABC):
                     time.sleep(self._reconnect_backoff_s * 2 ** (attempt - 1))
                 try:
                     self._open()
-                    self._stale_input = False
+                    self._stale_input = True  # a serial device may still be sending the reply that was cut off
                     log.info("%s: reconnected to %s (attempt %d)", self.name, self.resource, attempt + 1)
                     return
                 except Exception as err:
@@ -220,6 +233,12 @@ class Link(ABC):
         """Close the connection."""
         with self._lock, self._translated(None):
             self._close()
+
+    def __enter__(self) -> "Link":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _flush_stale(self) -> None:
         if self._stale_input:
@@ -250,6 +269,22 @@ def _set_tcp_nodelay(inst: pyvisa.resources.MessageBasedResource, name: str) -> 
     sock = getattr(getattr(inst.visalib, "sessions", {}).get(inst.session), "interface", None)
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _drain_serial_input(waiting: Callable[[], int], discard: Callable[[], None], limit_s: float) -> None:
+    """Drop a serial port's input until the line has been quiet for ``_QUIET_S`` (at most ``limit_s``).
+
+    Resetting the input buffer drops only the bytes already received; an instrument that is still sending a long
+    reply (a frame cut off by a timeout) keeps sending, and those bytes would answer the next query.
+    """
+    deadline = time.monotonic() + limit_s
+    discard()
+    while time.monotonic() < deadline:
+        time.sleep(_QUIET_S)
+        if not waiting():
+            return
+        discard()
+    log.warning("serial input still arriving after %.1f s of draining", limit_s)
 
 
 class VisaLink(Link):
@@ -320,7 +355,13 @@ class VisaLink(Link):
             raise
 
     def _discard_input(self) -> None:
-        self._resource().flush(pyvisa.constants.BufferOperation.discard_read_buffer)
+        inst = self._resource()
+        discard = pyvisa.constants.BufferOperation.discard_read_buffer
+        if self.resource.upper().startswith("ASRL"):
+            _drain_serial_input(lambda: inst.bytes_in_buffer, lambda: inst.flush(discard),
+                                max(_DRAIN_LIMIT_S, self._timeout_s))
+        else:  # pyvisa-py's TCP sessions already read until the socket has been quiet for 0.1 s
+            inst.flush(discard)
 
     @contextmanager
     def _translated(self, cmd: str | None) -> Iterator[None]:
@@ -390,7 +431,8 @@ class SerialLink(Link):
         return data
 
     def _discard_input(self) -> None:
-        self._serial().reset_input_buffer()
+        port = self._serial()
+        _drain_serial_input(lambda: port.in_waiting, port.reset_input_buffer, max(_DRAIN_LIMIT_S, self._timeout_s))
 
     @contextmanager
     def _translated(self, cmd: str | None) -> Iterator[None]:

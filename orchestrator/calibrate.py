@@ -50,22 +50,31 @@ def encoding_key(encoding) -> str:
     return json.dumps(encoding.model_dump())
 
 
-def adopt_cut(setup, instruments_json: str | None, source: str) -> None:
+def adopt_cut(setup, instruments_json: str | None, source: str) -> bool:
     """Cut items where ``source`` (a twin or its data) was measured. The cut (``response_delay_s``) is a software
     setting, re-derived from a noisy onset whenever the setup is opened; a twin's fitted delay is right only for the
     cut it was fitted with. The optical setup likewise reads its output bins where ``source`` was measured (the
-    spectrometer offset, the camera columns and the reference level are re-measured, with noise, at every opening)."""
+    spectrometer offset, the camera columns and the reference level are re-measured, with noise, at every opening).
+
+    Returns False when ``source`` was measured with instrument settings that no longer hold (the optical camera's
+    exposure or gain, the SLM's lookup table): it must then be measured again."""
     if isinstance(setup, OpticalSetup):
         stored = json.loads(instruments_json).get("calibration") if instruments_json else None
         if stored:
-            setup.adopt_calibration(OpticalCalibration(**stored))
+            calibration = OpticalCalibration(**stored)
+            reason = setup.mismatch(calibration)
+            if reason:
+                log.warning("%s was measured with other instrument settings (%s)", source, reason)
+                return False
+            setup.adopt_calibration(calibration)
             log.info("reading the optical outputs as for %s", source)
-        return
+        return True
     stored = json.loads(instruments_json).get("response_delay_s") if instruments_json else None
     if stored is not None and stored != setup.response_delay_s:
         log.info("cutting items %.1f us after the trigger delay, as for %s (the new calibration said %.1f us)",
                  stored * 1e6, source, setup.response_delay_s * 1e6)
         setup.response_delay_s = stored
+    return True
 
 
 def collect_twin_data(setup: AwgScopeSetup, n_samples: int, repeats: int, seed: int,
@@ -185,11 +194,10 @@ def calibrate(cfg: ExperimentConfig, setup: AwgScopeSetup, artifacts: Path, kind
     if data_file.exists():
         data = load_twin_data(data_file)
         if (data.metadata.get("encoding") != encoding_key(setup.enc) or data.x.shape[1] != setup.n_inputs
-                or len(data.y) < cfg.twin.samples):
+                or len(data.y) < cfg.twin.samples
+                or not adopt_cut(setup, data.metadata.get("instruments"), str(data_file))):
             log.info("%s was measured with other settings; measuring again", data_file)
             data = None
-        else:
-            adopt_cut(setup, data.metadata.get("instruments"), str(data_file))
     if data is None:
         data = collect_twin_data(setup, cfg.twin.samples, cfg.twin.repeats, seed=cfg.seed + 7,
                                  progress=(lambda i, n: progress("twin data", i, n)) if progress else None)

@@ -46,12 +46,12 @@ def get_twin(cfg: ExperimentConfig, kind: str, setup, bench, artifacts: Path,
     path = twin_path(artifacts, kind)
     if path.exists():
         model, meta = load_twin(path)
-        if meta.get("encoding") != encoding_key(cfg.encoding) or meta.get("n") != setup.n_inputs:
+        if (meta.get("encoding") != encoding_key(cfg.encoding) or meta.get("n") != setup.n_inputs
+                or not adopt_cut(setup, meta.get("instruments"), str(path))):
             log.warning("%s was fitted for other settings; calibrating again", path)
             model = None
         else:
             log.info("using %s twin %s (held-out NMSE %.4f)", kind, path, meta.get("val_nmse", float("nan")))
-            adopt_cut(setup, meta.get("instruments"), str(path))
     else:
         log.info("no %s twin at %s yet; calibrating first", kind, path)
         model = None

@@ -43,7 +43,8 @@ def start_simulated_bench(cfg: ExperimentConfig):
     """Start the experiment's simulated bench in this process on free loopback ports."""
     from simulators.benches import start_bench
 
-    return start_bench(cfg.setup, seed=cfg.simulate.seed, realtime=cfg.simulate.realtime)
+    baud_rates = {role: section.baud_rate for role, section in cfg.instruments if hasattr(section, "baud_rate")}
+    return start_bench(cfg.setup, seed=cfg.simulate.seed, realtime=cfg.simulate.realtime, baud_rates=baud_rates)
 
 
 def simulated_instruments(cfg: ExperimentConfig, resources: dict[str, str]) -> ExperimentConfig:
@@ -109,6 +110,7 @@ def _open_optical(cfg: ExperimentConfig, n: int, links: list[Link], make_safe: l
     slm = PhaseSLM(_link(inst.slm, "slm", links), name="slm", gray_min=inst.slm.gray_min, gray_max=inst.slm.gray_max,
                    max_sequence=inst.slm.max_sequence, baud_rate=inst.slm.baud_rate)
     make_safe.append(slm.blank)
-    camera = SpectroscopyCamera(_link(inst.camera, "camera", links), name="camera")
+    camera = SpectroscopyCamera(_link(inst.camera, "camera", links), name="camera",
+                                max_exposure_s=inst.camera.max_exposure_s, baud_rate=inst.camera.baud_rate)
     make_safe.append(camera.abort)
     return OpticalSetup(slm, camera, inst, cfg.encoding, n, param_bounds=cfg.network.theta_bounds)

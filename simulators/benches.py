@@ -271,18 +271,19 @@ BENCHES: dict[str, Callable[[int, bool], AwgScopeBench | OpticalBench]] = {
 
 def start_bench(name: str = "electronic", *, host: str = "127.0.0.1", seed: int = 0, realtime: bool = False,
                 faults: dict[str, FaultPlan] | None = None, ports: dict[str, int] | None = None,
-                serial: str = "pty") -> RunningBench:
+                serial: str = "pty", baud_rates: dict[str, int] | None = None) -> RunningBench:
     """Build bench ``name`` and serve each of its instruments: LAN instruments on their own TCP port (0 or missing:
     a free port); serial instruments on a pseudo-terminal (``serial="pty"``, resource ``/dev/pts/N``) or on a TCP
     port reached as ``socket://host:port`` (``serial="socket"``).
 
-    ``faults`` and ``ports`` are keyed by role (``"awg"``, ``"scope"``, ``"slm"``, ``"camera"``).
+    ``faults``, ``ports`` and ``baud_rates`` (the line speed a realtime pty paces its bytes at, bit/s; default the
+    bench's) are keyed by role (``"awg"``, ``"scope"``, ``"slm"``, ``"camera"``).
     """
     if name not in BENCHES:
         raise ValueError(f"unknown bench {name!r}; available: {', '.join(sorted(BENCHES))}")
     bench = BENCHES[name](seed, realtime)
-    faults, ports = faults or {}, ports or {}
-    unknown = (set(faults) | set(ports)) - set(bench.instruments)
+    faults, ports, baud_rates = faults or {}, ports or {}, baud_rates or {}
+    unknown = (set(faults) | set(ports) | set(baud_rates)) - set(bench.instruments)
     if unknown:
         raise ValueError(f"{name} bench has no instrument {sorted(unknown)}; roles: {sorted(bench.instruments)}")
     if serial not in ("pty", "socket"):
@@ -292,7 +293,7 @@ def start_bench(name: str = "electronic", *, host: str = "127.0.0.1", seed: int 
         for role, inst in bench.instruments.items():
             if getattr(bench, "serial", False) and serial == "pty":
                 servers[role] = PtyServer(inst.session, name=f"{name}-{role}", faults=faults.get(role),
-                                          baud_rate=bench.baud_rate if realtime else None)
+                                          baud_rate=baud_rates.get(role, bench.baud_rate) if realtime else None)
             else:
                 servers[role] = SCPIServer(inst.session, host=host, port=ports.get(role, 0), name=f"{name}-{role}",
                                            faults=faults.get(role), serial_url=getattr(bench, "serial", False))

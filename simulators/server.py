@@ -1175,9 +1175,11 @@ class PtyStream:
 
     BITS_PER_BYTE = 10  # start bit, 8 data bits, stop bit
 
-    def __init__(self, master_fd: int, baud_rate: float | None = None):
+    def __init__(self, master_fd: int, baud_rate: float | None = None, stop: threading.Event | None = None):
         self.fd = master_fd
         self.baud_rate = baud_rate
+        self.stop = stop or threading.Event()
+        os.set_blocking(master_fd, False)  # a full line must not block the server past its stop
 
     def read(self, timeout_s: float) -> bytes | None:
         ready, _, _ = select.select([self.fd], [], [], timeout_s)
@@ -1185,6 +1187,8 @@ class PtyStream:
             return None
         try:
             data = os.read(self.fd, 65536) or None
+        except BlockingIOError:
+            return None
         except OSError:  # EIO: nobody holds the other end open right now
             time.sleep(timeout_s)
             return None
@@ -1199,7 +1203,13 @@ class PtyStream:
         while view:
             if self.baud_rate:
                 time.sleep(min(step, len(view)) * self.BITS_PER_BYTE / self.baud_rate)
-            sent = os.write(self.fd, view[:step])
+            try:
+                sent = os.write(self.fd, view[:step])
+            except BlockingIOError:  # the line is full (nobody reading): wait for room unless the server stops
+                if self.stop.is_set():
+                    return
+                select.select([], [self.fd], [], 0.1)
+                continue
             view = view[sent:]
 
     def alive(self) -> bool:
@@ -1239,7 +1249,7 @@ class PtyServer:
         return self.port
 
     def _serve(self) -> None:
-        stream = PtyStream(self._master, self.baud_rate)
+        stream = PtyStream(self._master, self.baud_rate, self._stop)
         while not self._stop.is_set():
             try:
                 serve_stream(stream, self.handler_factory(), self.injector, self._stop, self.name)

@@ -174,6 +174,7 @@ def test_acquire_aborts_a_series_that_times_out(cam_rig) -> None:
 # -------------------------------------------------------------------------------------------------------------------
 
 GOOD = test_frames(3, (4,)).astype("<u2").tobytes()  # 24 bytes
+BEYOND_12_BITS = GOOD[:12] + b"\x00\x10" + GOOD[14:]  # frame 1, column 2 holds 4096
 
 
 @pytest.mark.parametrize("reply, error, message", [
@@ -185,6 +186,7 @@ GOOD = test_frames(3, (4,)).astype("<u2").tobytes()  # 24 bytes
     (b"#224" + GOOD + b"XY\n", ProtocolError, "followed by"),
     (WireReply([b"#224" + GOOD[:10]]), InstrumentTimeout, "declared 24 bytes, fewer arrived"),
     (WireReply([b"#224" + GOOD[:10]], close=True), InstrumentError, "24 bytes|connection"),
+    (block(BEYOND_12_BITS), ProtocolError, "1 value.* above the 12-bit full scale 4095, first 4096 at frame 1, column 2"),
 ])
 def test_malformed_data_blocks(cam_rig, reply, error: type, message: str) -> None:
     server, cam = cam_rig({"STAT?": "READY", "DATA?": reply}, timeout_s=0.3)
@@ -195,6 +197,18 @@ def test_malformed_data_blocks(cam_rig, reply, error: type, message: str) -> Non
         cam.read_series()
     assert err.value.instrument == "camera" and err.value.command == "DATA?"
     assert str(err.value).startswith("camera, command 'DATA?'")
+
+
+def test_a_long_series_gets_its_time_on_the_serial_line_on_top_of_the_timeout(cam_rig) -> None:
+    """3 x 1024 columns = 6144 bytes = 1.6 s at 38400 baud: the camera may take that long to send them."""
+    frames = test_frames(3, (1024,))
+    server, cam = cam_rig({"STAT?": "READY", "DATA?": WireReply([block(frames.astype("<u2").tobytes())],
+                                                                delay_s=0.5)}, timeout_s=0.3, baud_rate=38400)
+    cam.set_readout("FVB", (0, 1024, 0, 128))
+    cam.kinetic_count = 3
+    cam.start()
+    np.testing.assert_array_equal(cam.read_series(), frames)
+    assert cam.link.timeout_s == 0.3
 
 
 def test_the_link_recovers_after_a_block_cut_short(cam_rig) -> None:

@@ -4,6 +4,7 @@ measurements, never from hard-coded outputs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,9 @@ import torch
 from drivers.errors import InstrumentError, LimitViolation
 from drivers.setups.optical import (OpticalEncoding, bin_edges, centroid_column, gray_levels, mirror_axis, output_weights,
                                     pixel_values)
+from drivers.slm import PhaseSLM
+from drivers.transport import open_link
+from orchestrator.calibrate import adopt_cut
 from orchestrator.config import load_experiment
 from orchestrator.lab import open_setup
 from orchestrator.perfect_twin import perfect_twin
@@ -115,6 +119,40 @@ def test_calibration_measures_dark_frame_offset_and_the_lookup_table(opened, ben
     assert abs(true_pi - setup.lut_check["pi_gray_table"]) > 3  # the check sees a real difference
 
 
+def test_the_pattern_dwell_follows_the_calibrated_camera_columns(opened, bench) -> None:
+    """Fewer columns read out faster (1 ms + 1 us per column): the SLM shows each pattern for that shorter cycle."""
+    cfg, setup = opened
+    count = setup.calibration.roi[1]
+    assert count < 1024
+    assert setup.camera.cycle_s == pytest.approx(cfg.instruments.camera.exposure_s + 1e-3 + count * 1e-6)
+    assert setup.slm.dwell_s == pytest.approx(setup.slm.settle_s + setup.camera.cycle_s
+                                              + cfg.instruments.slm.dwell_margin_s, rel=1e-6)
+
+
+def test_data_measured_with_other_camera_or_slm_settings_is_not_adopted(opened) -> None:
+    _, setup = opened
+    cal = setup.calibration
+    assert setup.mismatch(cal) is None
+    assert "exposure 0.002 s then, 0.001 s now" in setup.mismatch(cal.model_copy(update={"exposure_s": 2e-3}))
+    assert "gain 2 then, 1 now" in setup.mismatch(cal.model_copy(update={"electrons_per_count": 2.0}))
+    lut = list(cal.lut)
+    lut[200] += 0.01
+    assert "lookup table" in setup.mismatch(cal.model_copy(update={"lut": lut}))
+    other = cal.model_copy(update={"exposure_s": 2e-3, "roi": (0, 500)})
+    assert not adopt_cut(setup, json.dumps({"calibration": other.model_dump()}), "twin_neural.pt")
+    assert setup.calibration is cal  # still reading the outputs as calibrated
+
+
+def test_a_calibration_from_saturated_frames_is_refused() -> None:
+    cfg = config(**{"instruments.camera.exposure_s": 0.05})
+    with start_bench("optical", seed=4) as own_bench:  # the module's bench keeps its calibrated camera settings
+        with pytest.raises(LimitViolation, match="camera, command 'EXP'.*reference spectrum reaches the 12-bit full "
+                                                 "scale 4095.*shorten instruments.camera.exposure_s"):
+            with open_setup(cfg, N, bench=own_bench):
+                pass
+        assert own_bench.instruments["slm"].is_blank
+
+
 def test_forward_is_one_sequence_and_one_series_and_matches_the_perfect_twin(opened, bench) -> None:
     cfg, setup = opened
     x, theta = batch(96, seed=1)
@@ -168,7 +206,9 @@ def test_inputs_outside_their_range_never_reach_the_slm(opened, bench) -> None:
 
 def test_a_phase_range_beyond_the_gray_limit_is_refused_and_the_slm_left_blank(bench) -> None:
     cfg = config(**{"instruments.slm.gray_max": 100})  # pi needs gray 128 by the SLM's table
-    bench.instruments["slm"].shown_pattern[:] = 0
+    with open_link(bench.resources["slm"], name="slm", baud_rate=3_000_000, timeout_s=2.0) as link:
+        PhaseSLM(link).show(np.full(640, 50, np.uint8))
+    assert not bench.instruments["slm"].is_blank
     with pytest.raises(LimitViolation, match="gray_max"):
         with open_setup(cfg, N, bench=bench):
             pass

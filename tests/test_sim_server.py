@@ -516,3 +516,20 @@ def test_a_paced_pty_takes_in_no_faster_than_its_baud_rate(toy: Toy) -> None:
             link.close()
     assert toy.blocks["UPLOAD"] == payload
     assert elapsed >= (len(payload) + 20) * 10 / 38400 * 0.95  # >= 0.27 s
+
+
+def test_a_pty_server_closes_while_a_reply_nobody_reads_fills_the_line(toy: Toy) -> None:
+    """A client asks for a frame larger than the pty's buffer and walks away: the server must still stop."""
+    import serial
+
+    from simulators.server import PtyServer
+
+    toy.blocks["FRAME"] = bytes(4 << 20)  # 4 MiB: far beyond the kernel's pty buffer
+    pty = PtyServer(toy.session, name="toy-serial")
+    with serial.Serial(pty.port, baudrate=115200, timeout=1) as port:
+        port.write(b"DATA:BLOC? FRAME\n")
+        time.sleep(0.3)  # the server is now blocked on a full line
+    start = time.perf_counter()
+    pty.close(timeout_s=5.0)
+    assert time.perf_counter() - start < 2.0
+    assert not [t for t in threading.enumerate() if t.name == "toy-serial-pty"]

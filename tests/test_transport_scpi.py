@@ -191,6 +191,19 @@ def test_serial_link_bytes_query_and_block(wire_server, wire_link) -> None:
     assert server.since(0) == b"EXP 0.01\n*IDN?\nFRAME?\nLUT #12\x05\x06\n*OPC?\n"
 
 
+def test_serial_link_drops_the_rest_of_a_frame_still_arriving_after_a_timeout(wire_server, wire_link) -> None:
+    """A timeout mid-frame: the camera keeps sending the frame; those bytes must not answer the next query."""
+    payload = bytes(range(256)) * 4 + b"\n" * 24  # contains newlines, as a frame does
+    block = b"#41048" + payload + b"\n"
+    chunks = [block[i:i + 64] for i in range(0, len(block), 64)]
+    server = wire_server({"DATA?": WireReply(chunks, delay_s=0.02), "FAST?": "fast"})
+    link = wire_link(server, name="camera", serial=True, timeout_s=0.1)
+    with pytest.raises(InstrumentTimeout, match="camera.*DATA\\?"):
+        link.query_block("DATA?")
+    assert link.query("FAST?") == "fast"  # at once: no sleep for the frame to finish
+    assert link.query("*OPC?") == "1"
+
+
 def test_serial_link_hang_up_is_connection_lost_and_reconnect_fails_cleanly(wire_server, wire_link) -> None:
     server = wire_server({"BYE?": WireReply([b"by"], close=True)})
     link = wire_link(server, name="slm", serial=True, timeout_s=0.5, reconnect_backoff_s=0.01)

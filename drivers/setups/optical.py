@@ -40,14 +40,14 @@ import torch
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, model_validator
 from torch import Tensor
 
-from drivers.errors import LimitViolation
+from drivers.camera import ADC_MAX_COUNTS, ELECTRONS_PER_COUNT_AT_GAIN_1
+from drivers.errors import InstrumentError, LimitViolation, ProtocolError
 from drivers.setups import check_batch
 from drivers.setups.awg_scope import Counters, _Strict
 
 log = logging.getLogger(__name__)
 
 C_M_PER_S = 299_792_458.0
-ADC_MAX_COUNTS = 4095  # the camera's 12-bit full scale
 CAMERA_GRACE_S = 1.0  # how long the camera may take beyond its cycles to finish a series once the SLM is done, s
 
 
@@ -77,6 +77,8 @@ class SLMConfig(SerialInstrumentConfig):
 
 class CameraConfig(SerialInstrumentConfig):
     exposure_s: float = Field(1e-3, gt=0, le=10.0, description="exposure per frame, s")
+    max_exposure_s: float = Field(0.1, gt=0, le=10.0, description="safety limit on the exposure, s (the driver "
+                                                                     "refuses longer ones)")
     gain: Literal[1, 2, 4] = 1
     dark_frames: PositiveInt = Field(32, description="frames averaged for the dark frame and the reference")
 
@@ -275,25 +277,26 @@ class OpticalSetup:
         self.lut = lut.astype(np.float64)
         slm.blank()
         slm.trigger_out = True
-        cam.set_readout("FVB", (0, cam.sensor_size[0], 0, cam.sensor_size[1]))
         cam.exposure_s = cc.exposure_s
         cam.gain = cc.gain
         cam.shutter_open = True
         cam.trigger_source = "EXT"
         self._series = None
-        self._cycle = cam.cycle_s
-        self._dwell = self.dwell_s()
-        slm.dwell_s = self._dwell
-        if self.calibration is not None:  # a reconnect: back to the calibrated read-out
-            self._set_roi(self.calibration.roi)
+        # a reconnect goes back to the calibrated columns; before the calibration, the whole sensor
+        self._set_roi(self.calibration.roi if self.calibration is not None else (0, cam.sensor_size[0]))
 
     def dwell_s(self) -> float:
         """Time each pattern is shown: LC settling, then the camera's exposure and read-out, plus a margin, s."""
         return self.slm.settle_s + self._cycle + self.cfg.slm.dwell_margin_s
 
     def _set_roi(self, roi: tuple[int, int]) -> None:
+        """Read camera columns roi[0] .. roi[0] + roi[1] - 1 (all rows binned); the pattern dwell follows the camera's
+        cycle, which is shorter for fewer columns."""
         rows = self.camera.sensor_size[1]
         self.camera.set_readout("FVB", (roi[0], roi[1], 0, rows))
+        self._cycle = self.camera.cycle_s
+        self._dwell = self.dwell_s()
+        self.slm.dwell_s = self._dwell
 
     def recover(self) -> None:
         """After a failed forward: reopen both links and restore the set-up state (calibration kept)."""
@@ -355,7 +358,10 @@ class OpticalSetup:
         cam.wait_ready(timeout_s=CAMERA_GRACE_S + 4 * self._cycle)
         frames = cam.read_series()
         if frames.shape[0] != k:
-            raise LimitViolation(cam.name, "DATA?", f"expected {k} frames, got {frames.shape[0]}")
+            raise ProtocolError(cam.name, "DATA?", f"expected {k} frames, got {frames.shape[0]}")
+        if self.dark is not None and frames.shape[1] != len(self.dark):
+            raise InstrumentError(cam.name, "READ:ROI", f"frames of {frames.shape[1]} columns, the calibrated read-out "
+                                                        f"has {len(self.dark)}: the camera's ROI was changed")
         saturated = int((frames >= ADC_MAX_COUNTS).any(axis=1).sum())
         if saturated:
             self.counters.clipped_records += saturated
@@ -378,15 +384,22 @@ class OpticalSetup:
             cam.shutter_open = True
             cam.trigger_source = "EXT"
             self._series = None
+        if frames.max() >= ADC_MAX_COUNTS:
+            what = "the reference spectrum" if pattern is not None else "the dark frame (shutter closed)"
+            raise LimitViolation(cam.name, "EXP", f"{what} reaches the 12-bit full scale {ADC_MAX_COUNTS} in "
+                                 f"{int((frames >= ADC_MAX_COUNTS).any(axis=0).sum())} column(s): a calibration "
+                                 f"from clipped frames is wrong; shorten instruments.camera.exposure_s (now "
+                                 f"{self.cfg.camera.exposure_s:g} s)" + ("" if pattern is not None else
+                                 " or check for light leaks"))
         return frames.astype(np.float64).mean(axis=0)
 
     def calibrate_instruments(self) -> dict:
         """Dark frame, spectrometer offset and the lookup-table check; sets ``calibration``."""
         cam, enc, cc = self.camera, self.enc, self.cfg.camera
-        columns, rows = cam.sensor_size
+        columns = cam.sensor_size[0]
         n_avg = cc.dark_frames
         flat = np.zeros(enc.shaper.n_pixels, np.uint8)
-        cam.set_readout("FVB", (0, columns, 0, rows))
+        self._set_roi((0, columns))
         self.dark_full = self.average_frames(None, n_avg, shutter_open=False)
         spectrum = self.average_frames(flat, n_avg) - self.dark_full
         self.reference_spectrum = spectrum
@@ -395,13 +408,26 @@ class OpticalSetup:
         reference = output_weights(enc, self.n_outputs, offset, roi) @ spectrum[roi[0]: roi[0] + roi[1]]
         self.adopt_calibration(OpticalCalibration(
             lut=self.lut.tolist(), column_offset=float(offset), roi=roi, reference_mean=float(reference.mean()),
-            exposure_s=cc.exposure_s, electrons_per_count=4.0 / cc.gain))
+            exposure_s=cc.exposure_s, electrons_per_count=ELECTRONS_PER_COUNT_AT_GAIN_1 / cc.gain))
         self.lut_check = self.check_lut()
         self.slm.blank()
         log.info("optical calibration: spectrometer offset %+.2f columns, ROI %s, reference mean bin %.0f counts; %s",
                  offset, roi, reference.mean(), self.lut_check.get("message", ""))
         return {"column_offset": float(offset), "roi": list(roi), "reference_mean": float(reference.mean()),
                 "peak_counts": float(spectrum.max()), "lut_check": self.lut_check}
+
+    def mismatch(self, calibration: OpticalCalibration) -> str | None:
+        """Why data measured under ``calibration`` do not fit the instruments as they are now (exposure, gain, the
+        SLM's lookup table), or None if they do. Such data (or a twin fitted to them) must be measured again."""
+        cc = self.cfg.camera
+        if not math.isclose(calibration.exposure_s, cc.exposure_s, rel_tol=1e-9):
+            return f"camera exposure {calibration.exposure_s:g} s then, {cc.exposure_s:g} s now"
+        if not math.isclose(calibration.electrons_per_count, ELECTRONS_PER_COUNT_AT_GAIN_1 / cc.gain, rel_tol=1e-9):
+            then = ELECTRONS_PER_COUNT_AT_GAIN_1 / calibration.electrons_per_count
+            return f"camera gain {then:g} then, {cc.gain} now"
+        if len(calibration.lut) != len(self.lut) or not np.allclose(calibration.lut, self.lut, atol=1e-6):
+            return "the SLM reports another gray-to-phase lookup table"
+        return None
 
     def adopt_calibration(self, calibration: OpticalCalibration) -> None:
         """Read the outputs with ``calibration`` (offset, columns, reference level): the one just measured, or the one
