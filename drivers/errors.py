@@ -32,6 +32,10 @@ class InstrumentReportedError(InstrumentError):
         super().__init__(instrument, command, f"instrument reported error(s): {text}")
 
 
+class InstrumentWasReset(InstrumentError):
+    """The instrument reset itself (the power-on bit of ``*ESR?``): the settings it was given are lost."""
+
+
 class ProtocolError(InstrumentError):
     """A reply could not be parsed: garbled text, short or malformed binary block, non-finite values."""
 

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from drivers.errors import InstrumentReportedError, LimitViolation, ProtocolError
+from drivers.errors import (InstrumentError, InstrumentReportedError, InstrumentWasReset, LimitViolation,
+                            ProtocolError)
 
 if TYPE_CHECKING:
     from drivers.transport import Link
@@ -38,6 +39,7 @@ ByteOrder = Literal["little", "big"]
 
 #: Longest error queue drained by ``SCPIInstrument.errors`` (real queues hold 20-30 entries).
 MAX_ERROR_READS = 50
+ESR_POWER_ON = 128  # IEEE 488.2 event status bit 7: the instrument has (re)started
 _ERROR_REPLY = re.compile(r'^\s*([+-]?\d+)\s*,\s*"(.*)"\s*$', re.DOTALL)
 
 
@@ -368,6 +370,44 @@ class SCPIInstrument:
             found.append((code, message))
         log.warning("%s: error queue still not empty after %d reads", self.name, MAX_ERROR_READS)
         return found
+
+    def was_reset(self) -> bool:
+        """``*ESR?`` (which clears it): has the instrument (re)started since the last look (power-on bit)? If so, the
+        remembered ``settings`` are forgotten: they are lost on the instrument too."""
+        if self.query_int("*ESR?") & ESR_POWER_ON:
+            self.settings.clear()
+            return True
+        return False
+
+    def check_status(self) -> None:
+        """After a measurement: did anything happen to the instrument meanwhile? Reads ``*ESR?`` and drains
+        ``SYST:ERR?``.
+
+        Raises InstrumentWasReset if it reset itself since the last check (power-on bit: apply the settings again),
+        InstrumentReportedError if its error queue holds errors.
+        """
+        before = self.link.last_command
+        reset = self.was_reset()
+        errors = self.errors()
+        if reset:
+            raise InstrumentWasReset(self.name, "*ESR?", "the instrument reset itself (power-on bit set): the "
+                                                         "settings it was given are lost")
+        if errors:
+            raise InstrumentReportedError(self.name, f"SYST:ERR? (after {before!r})", errors)
+
+    def verify_settings(self, rel_tol: float = 1e-3) -> None:
+        """Read back every declared setting this driver has applied (``settings``) and compare, e.g. after a reconnect
+        or a reset. InstrumentError naming the first setting the instrument does not hold."""
+        for attr, applied in list(self.settings.items()):
+            control = getattr(type(self), attr, None)
+            if not isinstance(control, Control):
+                continue  # settings kept by other means (ROI, waveform names, ...): their commands check them
+            actual = getattr(self, attr)
+            same = (math.isclose(actual, applied, rel_tol=rel_tol, abs_tol=1e-12)
+                    if isinstance(applied, float) and isinstance(actual, float) else actual == applied)
+            if not same:
+                raise InstrumentError(self.name, control.command.format(**self.command_fields()) + "?",
+                                      f"reads back {actual!r}, {applied!r} was applied")
 
     def close(self) -> None:
         """Close the link."""

@@ -131,6 +131,11 @@ class Link(ABC):
         with self._translated(None):
             self._apply_timeout()
 
+    @property
+    def last_command(self) -> str | None:
+        """The last command or query sent (for error messages)."""
+        return self._last_command
+
     @contextmanager
     def extended_timeout(self, extra_s: float) -> Iterator[None]:
         """Lengthen the timeout by ``extra_s`` (s) inside the block, e.g. by the time a long block takes on a

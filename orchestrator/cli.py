@@ -1,12 +1,19 @@
 """The ``pnn`` command: check, calibrate, run, bench, sim serve, resources.
 
-Exit codes: 0 success, 1 unexpected error, 2 bad experiment file or arguments, 3 instrument error, 130 interrupted.
+Exit codes: 0 success, 1 unexpected error, 2 bad experiment file, arguments or data set, 3 instrument error,
+4 unreadable twin, twin data or checkpoint file, 130 interrupted.
+
+Ctrl-C and SIGTERM (``stop_on_signals``): the first one during training finishes the current batch, saves the
+checkpoint, switches the outputs off and exits with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM), saying
+"stopped after epoch E batch B of N"; ``--resume`` continues from there. A second one, or one while nothing is being
+trained (calibration, the final evaluation), aborts at once: outputs off, exit 130.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -20,9 +27,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from drivers.errors import InstrumentError
-from orchestrator.config import ConfigError, ExperimentConfig, load_experiment
+from orchestrator.config import ConfigError, ExperimentConfig, load_experiment, task_data_error
 from orchestrator.config import data_dir as resolve_data_dir
+from orchestrator.datasets import DatasetError
 from orchestrator.experiment import BENCH_ROW_CHOICES, BENCH_ROWS
+from orchestrator.trainer import StopRequest, TrainingStopped
+from twins.artifact import CorruptFileError
 
 SIMULATED_BENCHES = ["electronic", "mechanical", "optical"]  # simulators.benches.BENCHES (a test checks they agree)
 
@@ -54,13 +64,64 @@ def _errors_to_exit_codes():
         # file:line: field: message by editors and CI
         console.print(str(err), style="red", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
+    except DatasetError as err:  # the data set the experiment's task.dataset names
+        ctx = click.get_current_context(silent=True)
+        problem = task_data_error(ctx.params.get("experiment") if ctx else None, err)
+        console.print(str(problem), style="red", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except CorruptFileError as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
+        sys.exit(4)
     except InstrumentError as err:
         console.print(f"[red]instrument error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
-        console.print("outputs were switched off; finished epochs are saved (resume with --resume).")
+        console.print("outputs were switched off; the completed batches are saved (resume with --resume).",
+                      soft_wrap=True)
         sys.exit(3)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: outputs off; finished epochs are saved (resume with --resume).")
         sys.exit(130)
+
+
+@contextmanager
+def stop_on_signals(after_stop: str = ""):
+    """Handle Ctrl-C (SIGINT) and SIGTERM in the block; yields the StopRequest to give the trainer.
+
+    - first signal while a trainer runs: it finishes the current batch, saves its checkpoint and raises
+      TrainingStopped; the setup switches the outputs off on the way out; exit 128 + signal number;
+    - second signal, or a signal while nothing is being trained: KeyboardInterrupt at once (outputs off, exit 130);
+    - signals while already stopping are ignored, so that switching the outputs off is not interrupted in turn
+      (SIGKILL still ends the process).
+    """
+    request = StopRequest()
+    aborting = False
+
+    def on_signal(signum: int, frame) -> None:
+        nonlocal aborting
+        name = signal.Signals(signum).name
+        if aborting or (request.signal is not None and not request.training):
+            _tell(f"{name}: already stopping; switching the outputs off")
+        elif request.training and request.signal is None:
+            request.signal = signum
+            _tell(f"{name}: finishing the current batch, then saving and stopping (Ctrl-C again aborts at once)")
+        else:
+            aborting = True
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    except TrainingStopped as stopped:
+        console.print(f"[yellow]{escape(str(stopped))}[/yellow]; outputs off; {after_stop}", highlight=False,
+                      soft_wrap=True)
+        sys.exit(128 + stopped.signal)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _tell(message: str) -> None:
+    """Print from a signal handler: straight to file descriptor 2 (the buffered stderr may be in mid-write)."""
+    os.write(2, (message + "\n").encode())
 
 
 def _progress() -> Progress:
@@ -127,7 +188,8 @@ def calibrate(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: 
         # the device width: configured, else the data set's number of features (then the data set is needed)
         n = cfg.network.width or device_width(cfg, load_task(cfg, resolve_data_dir(data_dir)).x_train.shape[1])
         artifacts = cfg.artifacts_path(simulate)
-        with _bench_or_none(cfg, simulate) as bench, open_setup(cfg, n, bench=bench) as setup, _progress() as bar:
+        with stop_on_signals(), _bench_or_none(cfg, simulate) as bench, open_setup(cfg, n, bench=bench) as setup, \
+                _progress() as bar:
             task = bar.add_task("calibrating", total=None)
             report = run_calibration(cfg, setup, artifacts, kinds,
                                      progress=lambda what, i, n: bar.update(task, description=what, completed=i,
@@ -168,16 +230,22 @@ def run(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | 
                                     (("training.mode", mode), ("twin.kind", twin), ("training.epochs", epochs)) if v)
         cfg = _load(experiment, extra)
         out_dir = Path(out or Path("runs") / cfg.experiment)
-        if out_dir.exists() and (out_dir / "summary.json").exists() and not resume:
-            console.print(f"note: {out_dir} holds a finished run; it will be overwritten")
-        with _progress() as bar:
+        if (out_dir / "summary.json").exists() and not resume:
+            try:
+                status = json.loads((out_dir / "summary.json").read_text()).get("status", "finished")
+            except (ValueError, AttributeError):  # unreadable: the run is overwritten all the same
+                status = "previous"
+            console.print(f"note: {out_dir} holds a {status} run; it will be overwritten"
+                          + ("" if status == "finished" else " (to continue it instead, use --resume)"))
+        with stop_on_signals("resume with --resume") as stop, _progress() as bar:
             task = bar.add_task("epoch 1", total=None)
             summary = run_experiment(
                 cfg, out_dir, simulate=simulate, resume=resume, data_dir=resolve_data_dir(data_dir),
                 on_batch=lambda i, n: bar.update(task, completed=i, total=n),
                 on_epoch=lambda e, row: console.print(
                     f"epoch {e}: loss {row['train_loss']:.3f}, device test accuracy {row['test_accuracy']:.3f}"),
-                on_calibration=lambda what, i, n: bar.update(task, description=what, completed=i, total=n or None))
+                on_calibration=lambda what, i, n: bar.update(task, description=what, completed=i, total=n or None),
+                stop=stop)
         _print_summary(summary)
         out_console.print(f"run folder: {out_dir}")
 
@@ -212,8 +280,9 @@ def bench(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str 
             choices = ", ".join(f"{m}:{t}" if m != "digital" else m for m, t in BENCH_ROW_CHOICES)
             raise click.BadParameter(f"unknown row(s) {bad}; choose from {choices}", param_hint="--rows")
         out_dir = Path(out or Path("runs") / f"{cfg.experiment}-bench")
-        run_bench(cfg, out_dir, simulate=simulate, data_dir=resolve_data_dir(data_dir), rows=wanted,
-                  on_row=lambda m, t: console.print(f"bench row: {m} / {t}"))
+        with stop_on_signals(f"the finished rows are in {out_dir / 'bench.json'}") as stop:
+            run_bench(cfg, out_dir, simulate=simulate, data_dir=resolve_data_dir(data_dir), rows=wanted,
+                      on_row=lambda m, t: console.print(f"bench row: {m} / {t}"), stop=stop)
         out_console.print((out_dir / "bench.md").read_text())
 
 

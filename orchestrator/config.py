@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, RootModel, model_validator
 
+from drivers.setups import FieldError
 from drivers.setups.electronic import ElectronicEncoding, ElectronicInstruments
 from drivers.setups.mechanical import MechanicalEncoding, MechanicalInstruments
 from drivers.setups.optical import OpticalEncoding, OpticalInstruments
-from orchestrator.yamlconfig import ConfigError, load_yaml_model
+from orchestrator.yamlconfig import ConfigError, field_line, load_yaml_model
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TaskConfig(_Strict):
@@ -52,7 +53,7 @@ class NetworkConfig(_Strict):
     @model_validator(mode="after")
     def _bounds_ordered(self) -> "NetworkConfig":
         if not self.theta_bounds[0] < self.theta_bounds[1]:
-            raise ValueError("theta_bounds must be [low, high] with low < high")
+            raise FieldError("theta_bounds", "must be [low, high] with low < high")
         return self
 
 
@@ -110,11 +111,41 @@ class TrainingConfig(_Strict):
     max_retries: int = Field(2, ge=0, description="retries of a failed physical forward before the run stops")
 
 
+FAULT_KINDS = ("latency", "no_reply", "drop_connection", "garble_block", "short_block", "error", "reset", "stuck")
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+class FaultSettings(_Strict):
+    """Faults one simulated instrument injects, each a probability per reply (see simulators.server.FaultPlan):
+    ``rate`` for every kind at once, or a probability per kind (which wins over ``rate``)."""
+
+    rate: Probability = 0.0
+    latency: Probability | None = None
+    no_reply: Probability | None = None
+    drop_connection: Probability | None = None
+    garble_block: Probability | None = None
+    short_block: Probability | None = None
+    error: Probability | None = None
+    reset: Probability | None = None
+    stuck: Probability | None = None
+    seed: int = 0
+    latency_s: float = Field(0.5, ge=0, description="delay of a late reply, s")
+    stuck_s: float = Field(1.0, ge=0, description="how long a stuck instrument ignores everything, s")
+    unplug_s: float = Field(0.5, ge=0, description="how long a pulled serial cable stays out, s")
+    max_faults: PositiveInt | None = Field(None, description="stop injecting after this many faults")
+
+    def probabilities(self) -> dict[str, float]:
+        """Probability per reply of each kind of fault."""
+        return {kind: self.rate if getattr(self, kind) is None else getattr(self, kind) for kind in FAULT_KINDS}
+
+
 class SimulateConfig(_Strict):
     """Settings of the simulated bench used with --simulate."""
 
     seed: int = 1
     realtime: bool = False
+    faults: dict[Literal["all", "awg", "scope", "slm", "camera"], FaultSettings] = Field(
+        {}, description="faults injected per instrument role (awg, scope, slm, camera), or 'all' for every instrument")
 
 
 class ExperimentConfig(_Strict):
@@ -133,18 +164,46 @@ class ExperimentConfig(_Strict):
     simulate: SimulateConfig = SimulateConfig()
     artifacts_dir: str | None = Field(None, description="calibration, twin data and twins; default artifacts/<experiment>")
 
+    THETA_RANGE: ClassVar[tuple[float, float]] = (-1.0, 1.0)
+    """θ the setups can represent: drive units within the AWG's DAC range, SLM values within phase_span_rad."""
+
+    @model_validator(mode="after")
+    def _theta_bounds_in_range(self) -> "ExperimentConfig":
+        (low, high), (lo, hi) = self.network.theta_bounds, self.THETA_RANGE
+        if low < lo or high > hi:
+            raise FieldError("network.theta_bounds", f"[{low:g}, {high:g}] must lie inside [{lo:g}, {hi:g}] for "
+                             f"the {self.setup} setup")
+        return self
+
     def artifacts_path(self, simulated: bool) -> Path:
         base = Path(self.artifacts_dir) if self.artifacts_dir else Path("artifacts") / self.experiment
         return base.with_name(base.name + "-sim") if simulated else base
 
 
-class ElectronicExperiment(ExperimentConfig):
+class _AwgScopeExperiment(ExperimentConfig):
+    """Checks shared by the setups an AWG drives and a scope records (electronic, mechanical)."""
+
+    @model_validator(mode="after")
+    def _fits_the_instruments(self) -> "_AwgScopeExperiment":
+        awg, scope, enc, width = self.instruments.awg, self.instruments.scope, self.encoding, self.network.width
+        if enc.drive_volts_per_unit > awg.max_abs_volts:
+            raise FieldError("encoding.drive_volts_per_unit", f"{enc.drive_volts_per_unit:g} V is above the "
+                             f"safety limit instruments.awg.max_abs_volts {awg.max_abs_volts:g} V")
+        room = min(awg.memory_points, scope.max_points) - 2 * enc.lead_samples
+        if width is not None and enc.samples_per_item(width) > room:
+            raise FieldError("network.width", f"one item of width {width} needs {enc.samples_per_item(width)} AWG "
+                             f"samples; instruments.awg.memory_points and instruments.scope.max_points leave room "
+                             f"for {room}")
+        return self
+
+
+class ElectronicExperiment(_AwgScopeExperiment):
     setup: Literal["electronic"]
     instruments: ElectronicInstruments
     encoding: ElectronicEncoding = ElectronicEncoding()
 
 
-class MechanicalExperiment(ExperimentConfig):
+class MechanicalExperiment(_AwgScopeExperiment):
     setup: Literal["mechanical"]
     instruments: MechanicalInstruments
     encoding: MechanicalEncoding = MechanicalEncoding()
@@ -154,6 +213,15 @@ class OpticalExperiment(ExperimentConfig):
     setup: Literal["optical"]
     instruments: OpticalInstruments
     encoding: OpticalEncoding = OpticalEncoding()
+
+    @model_validator(mode="after")
+    def _fits_the_slm(self) -> "OpticalExperiment":
+        first, end = self.encoding.active_pixels
+        width = self.network.width
+        if width is not None and 2 * width > end - first:
+            raise FieldError("network.width", f"width {width} needs {2 * width} spectral bins (x and θ); "
+                             f"encoding.active_pixels [{first}, {end}] holds {end - first} pixels")
+        return self
 
 
 class ExperimentFile(RootModel):
@@ -167,6 +235,12 @@ def load_experiment(path: str | Path, overrides: dict | None = None) -> Experime
     return load_yaml_model(path, ExperimentFile, overrides=overrides).root  # type: ignore[attr-defined]
 
 
+def task_data_error(path: str | Path | None, error: Exception) -> ConfigError:
+    """A data set that cannot be loaded, as a problem of the experiment file's ``task.dataset`` field."""
+    line = field_line(path, "task.dataset") if path else None
+    return ConfigError([(str(path or "experiment"), line, "task.dataset", str(error))])
+
+
 def data_dir(cli_value: str | None = None) -> str | None:
     """The data directory: --data-dir, else $PNN_DATA_DIR, else None."""
     return cli_value or os.environ.get("PNN_DATA_DIR")
@@ -177,4 +251,4 @@ def dump_config(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-__all__ = ["ExperimentConfig", "ElectronicExperiment", "MechanicalExperiment", "OpticalExperiment", "ConfigError", "load_experiment", "dump_config", "data_dir"]
+__all__ = ["ExperimentConfig", "ElectronicExperiment", "MechanicalExperiment", "OpticalExperiment", "ConfigError", "load_experiment", "dump_config", "data_dir", "task_data_error"]

@@ -14,7 +14,9 @@ Names:
   clip index 0-4 of every digit and speaker is the test set. ``audio_duration_s`` and ``audio_rate_hz`` set the
   window and sample rate (see ``_load_fsdd``).
 
-The data directory is ``data_dir``, else ``$PNN_DATA_DIR``. Nothing is cached on disk.
+The data directory is ``data_dir``, else ``$PNN_DATA_DIR``. Nothing is cached on disk. A missing, empty, truncated or
+corrupted file is a DatasetError naming it: the gzip CRC guards the IDX files, a checksum of the release the vowel
+file and (when all of the release's clip names are there) the FSDD recordings.
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ TALKER_GROUPS = {"m": "men", "w": "women", "b": "boys", "g": "girls"}
 FSDD_RATE_HZ = 8000            # every FSDD recording: 8 kHz, mono, 16-bit PCM
 FSDD_DURATION_S = 0.512        # default window: 4096 samples at 8 kHz
 FSDD_TEST_INDICES = range(5)   # the usual split: clip index 0-4 of every digit and speaker is the test set
+
+# checksums of the releases (the data directory's SOURCE.txt files): any other content is a damaged copy
+VOWDATA_SHA256 = "05a4a69e2c6b0f444077245b1427d12bc86f8d7a32ae7a4b63f7e06e5712e4b1"  # vowdata.dat, 136111 bytes
+FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")  # 50 clips of each digit each
+FSDD_SHA256 = "97bacd3d77e28eff2bc9358dacc3cd8146e36299f6fe64168bdaf33d0e5376f9"  # info["sha256"]["recordings"]
+RESTORE = "replace it with an intact copy of the release (see SOURCE.txt in its folder)"
 
 
 class DatasetError(ValueError):
@@ -185,20 +193,22 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
     except FileNotFoundError:
         raise DatasetError(f"missing file {path}") from None
     except (OSError, EOFError, zlib.error) as exc:
-        raise DatasetError(f"{path}: corrupt or truncated gzip file ({exc})") from None
+        raise DatasetError(f"{path}: corrupt or truncated gzip file ({exc}); {RESTORE}") from None
+    if not raw:
+        raise DatasetError(f"{path}: the file is empty; {RESTORE}")
     header = 4 + 4 * ndim
     magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
     if magic != _IDX_MAGIC[ndim]:
         raise DatasetError(f"{path}: not an IDX file of {ndim}-d unsigned bytes "
-                           f"(magic number {magic}, expected {_IDX_MAGIC[ndim]})")
+                           f"(magic number {magic}, expected {_IDX_MAGIC[ndim]}); {RESTORE}")
     if len(raw) < header:
-        raise DatasetError(f"{path}: truncated, {len(raw)} bytes is shorter than the IDX header")
+        raise DatasetError(f"{path}: truncated, {len(raw)} bytes is shorter than the IDX header; {RESTORE}")
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     expected = int(np.prod(dims))
     if len(raw) - header != expected:
         raise DatasetError(f"{path}: {'truncated' if len(raw) - header < expected else 'corrupt'}, "
                            f"header says {'x'.join(map(str, dims))} = {expected} bytes of data, "
-                           f"file has {len(raw) - header}")
+                           f"file has {len(raw) - header}; {RESTORE}")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
@@ -273,9 +283,14 @@ def _load_vowels(folder: Path, seed: int, n_train: int | None, n_test: int | Non
     """
     path = folder / "vowdata.dat"
     try:
-        lines = path.read_text(encoding="latin-1").splitlines()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise DatasetError(f"missing file {path}") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc})") from None
+    if not raw:
+        raise DatasetError(f"{path}: the file is empty; {RESTORE}")
+    lines = raw.decode("latin-1").splitlines()
     talkers, vowels, rows = [], [], []
     for number, line in enumerate(lines, 1):
         match = _TOKEN.match(line)
@@ -285,11 +300,16 @@ def _load_vowels(folder: Path, seed: int, n_train: int | None, n_test: int | Non
         try:
             rows.append([float(cols[c]) for c in VOWEL_COLUMNS])
         except (IndexError, ValueError):
-            raise DatasetError(f"{path}:{number}: expected 16 numeric columns, got: {line.strip()!r}") from None
+            raise DatasetError(f"{path}:{number}: expected 16 numeric columns, got: {line.strip()!r}; "
+                               f"{RESTORE}") from None
         talkers.append(match.group(1) + match.group(2))
         vowels.append(VOWELS.index(match.group(3)))
     if not rows:
-        raise DatasetError(f"{path}: no vowel tokens found (is it Hillenbrand's vowdata.dat?)")
+        raise DatasetError(f"{path}: no vowel tokens found (is it Hillenbrand's vowdata.dat?); {RESTORE}")
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != VOWDATA_SHA256:  # a cut or a changed digit can still parse
+        raise DatasetError(f"{path}: truncated or corrupted: {len(raw)} bytes with sha256 {digest[:16]}..., the "
+                           f"release has 136111 bytes with sha256 {VOWDATA_SHA256[:16]}...; {RESTORE}")
     x_all, y_all, talker_all = np.array(rows), np.array(vowels, np.int64), np.array(talkers)
     measured = (x_all > 0).all(axis=1)
     x_all, y_all, talker_all = x_all[measured], y_all[measured], talker_all[measured]
@@ -309,7 +329,7 @@ def _load_vowels(folder: Path, seed: int, n_train: int | None, n_test: int | Non
     def scale(x: np.ndarray) -> np.ndarray:
         return np.clip((x - lo) / span, 0.0, 1.0).astype(np.float32)
 
-    info = {"source": str(path), "sha256": {path.name: _sha256(path)},
+    info = {"source": str(path), "sha256": {path.name: digest},
             "split": f"by talker within each group, {1 - VOWEL_TEST_FRACTION:.0%} of talkers train (seed {seed})",
             "train_talkers": sorted(set(talker_all[i_tr])), "test_talkers": sorted(set(talker_all[i_te])),
             "dropped_tokens": int((~measured).sum()),
@@ -344,7 +364,8 @@ def read_wav(path: str | Path, rate_hz: int | None = FSDD_RATE_HZ) -> tuple[np.n
             channels, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
             frames = w.readframes(n)
     except (wave.Error, EOFError) as exc:
-        raise DatasetError(f"{path}: corrupt or not a PCM WAV file ({exc or 'file ends early'})") from None
+        why = "the file is empty" if not raw else str(exc) or "the file ends early"
+        raise DatasetError(f"{path}: corrupt or not a PCM WAV file ({why}); {RESTORE}") from None
     if channels != 1:
         raise DatasetError(f"{path}: {channels} channels, expected mono")
     if width != 2:
@@ -352,7 +373,7 @@ def read_wav(path: str | Path, rate_hz: int | None = FSDD_RATE_HZ) -> tuple[np.n
     if rate_hz is not None and rate != rate_hz:
         raise DatasetError(f"{path}: sample rate {rate} Hz, expected {rate_hz} Hz")
     if len(frames) != 2 * n:
-        raise DatasetError(f"{path}: truncated, header says {n} samples, file has {len(frames) // 2}")
+        raise DatasetError(f"{path}: truncated, header says {n} samples, file has {len(frames) // 2}; {RESTORE}")
     if n == 0:
         raise DatasetError(f"{path}: no audio samples")
     return np.frombuffer(frames, "<i2"), raw
@@ -438,6 +459,11 @@ def _load_fsdd(folder: Path, duration_s: float | None, rate_hz: int | None, n_tr
             k = min(len(samples), n_src)
             audio[rows[i], :k] = samples[:k]
         digest.update(path.name.encode() + b"\0" + hashlib.sha256(raw).digest())
+    release = {(d, s, i) for d in range(10) for s in FSDD_SPEAKERS for i in range(50)}
+    if {c[:3] for c in clips} == release and digest.hexdigest() != FSDD_SHA256:  # sample bytes have no checksum
+        raise DatasetError(f"{folder}: the recordings are those of the FSDD release but their content differs "
+                           f"(sha256 {digest.hexdigest()[:16]}..., expected {FSDD_SHA256[:16]}...): a file is "
+                           f"corrupted; replace the folder with an intact copy of the release (see fsdd/SOURCE.txt)")
     audio /= np.float32(32768.0)
     if rate != FSDD_RATE_HZ:
         from scipy.signal import resample_poly

@@ -44,7 +44,29 @@ def start_simulated_bench(cfg: ExperimentConfig):
     from simulators.benches import start_bench
 
     baud_rates = {role: section.baud_rate for role, section in cfg.instruments if hasattr(section, "baud_rate")}
-    return start_bench(cfg.setup, seed=cfg.simulate.seed, realtime=cfg.simulate.realtime, baud_rates=baud_rates)
+    return start_bench(cfg.setup, seed=cfg.simulate.seed, realtime=cfg.simulate.realtime, baud_rates=baud_rates,
+                       faults=fault_plans(cfg))
+
+
+def fault_plans(cfg: ExperimentConfig) -> dict:
+    """The ``simulate.faults`` section as a FaultPlan per instrument role (``all``: every instrument; a role's own
+    entry wins). Each instrument draws its faults from its own seed (the entry's seed + the role's position)."""
+    from simulators.server import FaultPlan
+
+    roles = [role for role, _ in cfg.instruments]
+    faults = cfg.simulate.faults
+    unknown = set(faults) - set(roles) - {"all"}
+    if unknown:
+        raise ValueError(f"simulate.faults: a {cfg.setup} experiment has no instrument {sorted(unknown)}; its "
+                         f"roles are {', '.join(roles)} (or all)")
+    plans = {}
+    for i, role in enumerate(roles):
+        settings = faults.get(role) or faults.get("all")
+        if settings is not None:
+            plans[role] = FaultPlan(seed=settings.seed + i, latency_s=settings.latency_s, stuck_s=settings.stuck_s,
+                                    unplug_s=settings.unplug_s, max_faults=settings.max_faults,
+                                    **settings.probabilities())
+    return plans
 
 
 def simulated_instruments(cfg: ExperimentConfig, resources: dict[str, str]) -> ExperimentConfig:
@@ -69,6 +91,15 @@ def open_setup(cfg: ExperimentConfig, n: int, *, bench=None, calibrate: bool = T
         if calibrate:
             setup.calibrate_instruments()
         yield setup
+    except BaseException:
+        # interrupted or failed mid-conversation: a reply may be on its way or a binary upload half sent, and an
+        # "output off" sent now would be read as part of it; fresh connections start the conversation over
+        for link in links:
+            try:
+                link.reconnect()
+            except Exception as err:  # noqa: BLE001 - try to make the others safe anyway
+                log.warning("reconnecting %s before making it safe: %s", link.name, err)
+        raise
     finally:
         for action in make_safe:  # also when the setup refused its settings after an instrument was reached
             try:

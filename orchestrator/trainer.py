@@ -1,8 +1,18 @@
 """Training and evaluation of a physical network, with metrics, checkpoints and resume.
 
 Modes: ``pat`` (device forward, twin backward) and ``in_silico`` (twin forward and backward). Evaluation is always
-on the device. One row of metrics.csv per finished epoch; a checkpoint (atomic write) after every epoch;
-``resume=True`` continues after the last finished epoch with the same data order as an uninterrupted run.
+on the device. One row of metrics.csv per finished epoch.
+
+The checkpoint (checkpoint.pt, written atomically) says where training is: the epoch in progress, how many of its
+batches are done, and everything needed to continue exactly there (network, optimizer, the metric rows, the epoch's
+running sums, the random-number state, the retry counts). It is written after every epoch, and after the last
+completed batch when training stops early:
+- on request (``StopRequest``: ``pnn run`` sets it on the first Ctrl-C or SIGTERM): the current batch is finished,
+  the checkpoint saved, then ``TrainingStopped`` is raised;
+- when the device keeps failing (``retrying``: a failed physical forward is retried ``max_retries`` times after
+  recovering the instruments, then ``DeviceFailure`` is raised).
+``resume=True`` continues from the checkpoint. The batch order of an epoch depends only on (seed, epoch), so a resumed
+run trains the same batches as an uninterrupted one and ends with the same epochs, each in metrics.csv once.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import io
 import logging
 import math
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +35,7 @@ from orchestrator.config import TrainingConfig
 from orchestrator.datasets import Dataset
 from orchestrator.network import Layer, PhysicalNetwork
 from orchestrator.pat import physics_aware
-from twins.artifact import atomic_write
+from twins.artifact import CorruptFileError, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -52,35 +63,129 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def retrying(layer: Layer, max_retries: int, recover: Callable[[], None] | None) -> Layer:
-    """Retry a failed physical forward up to ``max_retries`` times (after ``recover()``), then re-raise."""
+# -- a device that fails ---------------------------------------------------------------------------------------------
+
+@dataclass
+class RetryCounts:
+    """How often the device failed, over all sessions of a run (kept in the checkpoint; in summary.json and, per
+    epoch, in metrics.csv)."""
+
+    forward_failures: int = 0  # failed attempts: a physical forward, or a recovery, that raised an InstrumentError
+    batches_retried: int = 0  # physical forwards (one layer, one batch) that needed more than one attempt
+    recoveries: int = 0  # successful recoveries (links reopened, instruments set up again)
+
+    def since(self, before: dict) -> dict:
+        """The counts since ``before`` (an earlier ``asdict`` of these counts)."""
+        return {k: v - before.get(k, 0) for k, v in asdict(self).items()}
+
+
+class DeviceFailure(InstrumentError):
+    """A physical forward failed on every attempt: the run stops (the trainer saves its checkpoint first)."""
+
+
+def _cut(command: str | None, limit: int = 100) -> str | None:
+    """A command cut to ``limit`` characters for a message (an ASCII waveform upload is megabytes long)."""
+    return command if command is None or len(command) <= limit else command[:limit] + "..."
+
+
+def _brief(err: InstrumentError) -> str:
+    """``str(err)``, with a long command cut short."""
+    return str(err).replace(repr(err.command), repr(_cut(err.command)), 1) if err.command else str(err)
+
+
+def retrying(layer: Layer, max_retries: int, recover: Callable[[], None] | None,
+             counts: RetryCounts | None = None) -> Layer:
+    """``layer`` (a physical forward) with up to ``max_retries`` retries, each after ``recover()``.
+
+    Attempt 1 is the forward; attempt k > 1 is ``recover()`` then the forward. An attempt fails when either raises an
+    InstrumentError; a failed recovery is a failed attempt like any other. After the last failed attempt a
+    ``DeviceFailure`` says which instrument, what was sent and what went wrong in each attempt. ``counts`` is updated.
+    """
+    counts = counts if counts is not None else RetryCounts()
+    attempts = max_retries + 1
 
     def call(x: Tensor, theta: Tensor) -> Tensor:
-        for attempt in range(max_retries + 1):
+        failures: list[str] = []
+        for attempt in range(1, attempts + 1):
+            if attempt == 2:
+                counts.batches_retried += 1
+            step = "forward"
             try:
+                if attempt > 1 and recover is not None:
+                    step = "recovery"
+                    recover()
+                    counts.recoveries += 1
+                    step = "forward"
                 return layer(x, theta)
             except InstrumentError as err:
-                if attempt == max_retries:
-                    raise
-                log.warning("physical forward failed (%s); retry %d of %d", err, attempt + 1, max_retries)
-                if recover is not None:
-                    recover()
-        raise AssertionError("unreachable")
+                counts.forward_failures += 1
+                failures.append(f"attempt {attempt}: {step} failed: {_brief(err)}")
+                last = err
+                if attempt < attempts:
+                    log.warning("physical %s failed (%s); retry %d of %d", step, _brief(err), attempt, max_retries)
+        sent = f"a batch of {x.shape[0]} inputs of width {x.shape[-1]}, θ in [{float(theta.min()):.3g}, " \
+               f"{float(theta.max()):.3g}]"
+        raise DeviceFailure(last.instrument, _cut(last.command),
+                            f"the physical forward of {sent} failed on all {attempts} attempt(s) (the first and "
+                            f"{max_retries} retries, each after recovering the instruments): " + "; ".join(failures))
 
     return call
 
 
+# -- stopping early ------------------------------------------------------------------------------------------------
+
+@dataclass
+class StopRequest:
+    """Asks a running trainer to stop at its next safe point: after the current batch.
+
+    ``pnn run`` and ``pnn bench`` set ``signal`` on the first Ctrl-C or SIGTERM (see ``cli.stop_on_signals``). The
+    trainer sets ``training`` while it checks the request after every batch; outside that there is no safe point to
+    wait for, and the signal handler aborts at once instead.
+    """
+
+    signal: int | None = None  # the signal that asked for the stop
+    training: bool = False
+
+
+class TrainingStopped(Exception):
+    """Training stopped on request after a completed batch; the checkpoint holds everything up to there."""
+
+    def __init__(self, epoch: int, batch: int, n_batches: int, signal: int | None):
+        self.epoch, self.batch, self.n_batches, self.signal = epoch, batch, n_batches, signal
+        super().__init__(f"stopped after epoch {epoch} batch {batch} of {n_batches}")
+
+
+@dataclass
+class EpochProgress:
+    """The epoch in progress (0-based) and how far it got: its first ``batches_done`` batches are trained; the sums
+    give its running loss and accuracy, ``seconds`` its training time so far (over all sessions), ``retries_at_start``
+    the retry counts when it began."""
+
+    epoch: int = 0
+    batches_done: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    retries_at_start: dict = field(default_factory=dict)
+
+
+# -- the trainer -----------------------------------------------------------------------------------------------------
+
 class Trainer:
     """Trains ``net`` on ``data`` using ``device`` (a PhysicalSystem's forward) and ``twin``, as the experiment's
-    ``training`` section says."""
+    ``training`` section says. ``recover`` reopens the instruments after a failed forward; ``stop`` is checked after
+    every batch."""
 
     def __init__(self, net: PhysicalNetwork, data: Dataset, device: Layer, twin: nn.Module | None,
                  settings: TrainingConfig, seed: int, out_dir: Path, recover: Callable[[], None] | None = None,
-                 on_batch: Callable[[int, int], None] | None = None):
+                 on_batch: Callable[[int, int], None] | None = None, stop: StopRequest | None = None):
         self.net, self.data, self.twin, self.s, self.seed = net, data, twin, settings, seed
         self.out_dir = Path(out_dir)
-        self.device = retrying(device, settings.max_retries, recover)
+        self.retries = RetryCounts()
+        self.device = retrying(device, settings.max_retries, recover, self.retries)
         self.on_batch = on_batch
+        self.stop = stop
         params = [p for p in net.parameters() if p.requires_grad]
         if settings.optimizer == "adam":
             self.opt = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -92,34 +197,75 @@ class Trainer:
         # PAT: the device forward, the twin's gradient; in silico: the twin for both
         self.train_layer: Layer = physics_aware(self.device, twin) if settings.mode == "pat" else twin
         self.rows: list[dict] = []
-        self.start_epoch = 0
+        self.at = EpochProgress()
+        self.saved_position = (0, 0)  # the position() the checkpoint file holds
         self.wall_s = 0.0
 
+    @property
+    def n_batches(self) -> int:
+        """Batches per epoch."""
+        return math.ceil(len(self.data.y_train) / self.s.batch_size)
+
+    def position(self) -> tuple[int, int]:
+        """The last completed batch as (epoch, batch), both counted from 1; (0, 0) before the first."""
+        if self.at.batches_done == 0:
+            return (self.at.epoch, self.n_batches if self.at.epoch else 0)
+        return self.at.epoch + 1, self.at.batches_done
+
     # -- checkpoints -------------------------------------------------------------------------------------------
-    def save_checkpoint(self, epoch: int) -> None:
-        state = {"epoch": epoch, "net": self.net.state_dict(), "opt": self.opt.state_dict(),
-                 "rows": self.rows, "wall_s": self.wall_s,
-                 "torch_rng": torch.get_rng_state()}
+    def save_checkpoint(self) -> None:
+        """Save where training is (``self.at``), atomically."""
+        state = {"epoch": self.at.epoch - 1,  # the last finished epoch (0-based; -1: none), as in older checkpoints
+                 "epoch_progress": asdict(self.at), "batch_size": self.s.batch_size, "n_train": len(self.data.y_train),
+                 "net": self.net.state_dict(), "opt": self.opt.state_dict(), "rows": self.rows,
+                 "wall_s": self.wall_s, "retries": asdict(self.retries), "torch_rng": torch.get_rng_state()}
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(self.out_dir / CHECKPOINT, buf.getvalue())
+        self.saved_position = self.position()
 
     def load_checkpoint(self) -> bool:
+        """Restore the last checkpoint; False if there is none. Raises CorruptFileError naming the file, what is wrong
+        and what to do, for a truncated, corrupted or foreign checkpoint or one of another network."""
+        from twins.artifact import CorruptFileError, read_torch_file
+
         path = self.out_dir / CHECKPOINT
         if not path.exists():
             return False
+        remedy = "run without --resume to start afresh"
+        state = read_torch_file(path, "checkpoint", remedy)
+        missing = [key for key in ("epoch", "net", "opt", "rows", "wall_s", "torch_rng")
+                   if not isinstance(state, dict) or key not in state]
+        if missing:
+            raise CorruptFileError(f"{path}: not a pnn-lab checkpoint (no {', '.join(missing)}); {remedy}")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
             self.net.load_state_dict(state["net"])
             self.opt.load_state_dict(state["opt"])
-        except Exception as err:  # noqa: BLE001 - any corruption becomes one clear message
-            raise RuntimeError(f"{path}: cannot resume from this checkpoint ({err})") from err
-        self.rows = list(state["rows"])
-        self.wall_s = float(state["wall_s"])
-        torch.set_rng_state(state["torch_rng"])
-        self.start_epoch = int(state["epoch"]) + 1
-        log.info("resuming after epoch %d", self.start_epoch - 1)
+            rows, wall_s = list(state["rows"]), float(state["wall_s"])
+            torch.set_rng_state(state["torch_rng"])
+        except Exception as err:  # noqa: BLE001 - whatever does not fit becomes one clear message
+            raise CorruptFileError(f"{path}: cannot resume from this checkpoint, it does not fit this run's network "
+                                   f"or optimizer ({type(err).__name__}: {err}); resume with the settings it was saved "
+                                   f"with, or {remedy}") from err
+        self.rows, self.wall_s = rows, wall_s
+        self.resume_from(state, path)
         return True
+
+    def resume_from(self, state: dict, path: Path) -> None:
+        """Take the position and retry counts from a loaded checkpoint (older ones hold finished epochs only)."""
+        if "epoch_progress" in state:
+            self.at = EpochProgress(**state["epoch_progress"])
+        else:
+            self.at = EpochProgress(int(state["epoch"]) + 1)
+        for key, value in state.get("retries", {}).items():
+            setattr(self.retries, key, value)
+        if self.at.batches_done and (state["batch_size"], state["n_train"]) != (self.s.batch_size,
+                                                                                len(self.data.y_train)):
+            raise CorruptFileError(f"{path}: stopped inside epoch {self.at.epoch + 1} with batch size "
+                                   f"{state['batch_size']} and {state['n_train']} training samples; resume with the "
+                                   f"same settings (now {self.s.batch_size} and {len(self.data.y_train)})")
+        self.saved_position = self.position()
+        log.info("resuming after epoch %d batch %d of %d", *self.position(), self.n_batches)
 
     # -- training ------------------------------------------------------------------------------------------------
     def batches(self, epoch: int) -> list[Tensor]:
@@ -134,27 +280,59 @@ class Trainer:
         run that is given more epochs follows the schedule for its new length)."""
         return 0.5 * self.s.lr * (1 + math.cos(math.pi * epoch / max(1, self.s.epochs)))
 
-    def train_epoch(self, epoch: int) -> dict:
+    def train_epoch(self) -> None:
+        """Train the remaining batches of the epoch in progress (``self.at``); stop after a batch if asked to."""
+        at = self.at
         self.net.train()
         for group in self.opt.param_groups:
-            group["lr"] = self.learning_rate(epoch)
+            group["lr"] = self.learning_rate(at.epoch)
         x_all = torch.as_tensor(self.data.x_train)
         y_all = torch.as_tensor(self.data.y_train)
-        total_loss, correct, seen = 0.0, 0, 0
-        batches = self.batches(epoch)
-        for i, idx in enumerate(batches):
+        batches = self.batches(at.epoch)
+        for idx in batches[at.batches_done:]:
+            t0 = time.perf_counter()
             logits = self.net(x_all[idx], self.train_layer)
             loss = nn.functional.cross_entropy(logits, y_all[idx])
             self.opt.zero_grad()
             loss.backward()
             self.opt.step()
             self.net.project_()
-            total_loss += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y_all[idx]).sum())
-            seen += len(idx)
+            at.loss_sum += loss.item() * len(idx)
+            at.correct += int((logits.argmax(1) == y_all[idx]).sum())
+            at.seen += len(idx)
+            at.batches_done += 1
+            at.seconds += time.perf_counter() - t0
             if self.on_batch:
-                self.on_batch(i + 1, len(batches))
-        return {"train_loss": total_loss / seen, "train_accuracy_running": correct / seen}
+                self.on_batch(at.batches_done, len(batches))
+            self.stop_if_requested()
+
+    def finish_epoch(self) -> dict:
+        """Evaluate the trained epoch on the device, add its row to metrics.csv and checkpoint: the next epoch is
+        the one in progress now."""
+        at = self.at
+        t0 = time.perf_counter()
+        row = {"epoch": at.epoch + 1, "train_loss": at.loss_sum / at.seen,
+               "train_accuracy_running": at.correct / at.seen}
+        k = self.s.epoch_test_samples or len(self.data.y_test)
+        row["test_accuracy"] = self.accuracy(self.data.x_test[:k], self.data.y_test[:k])
+        if self.s.mode == "in_silico":
+            row["twin_test_accuracy"] = self.accuracy(self.data.x_test[:k], self.data.y_test[:k], self.twin)
+        row["lr"] = self.learning_rate(at.epoch)
+        row["seconds"] = at.seconds + time.perf_counter() - t0
+        row.update(self.retries.since(at.retries_at_start))
+        self.wall_s += row["seconds"]
+        self.rows.append(row)
+        write_metrics(self.out_dir / "metrics.csv", self.rows)
+        self.at = EpochProgress(at.epoch + 1, retries_at_start=asdict(self.retries))
+        self.save_checkpoint()
+        return row
+
+    def stop_if_requested(self) -> None:
+        """A safe point (after a batch or an epoch): if a stop was requested, save the checkpoint and stop."""
+        if self.stop is None or self.stop.signal is None:
+            return
+        self.save_checkpoint()
+        raise TrainingStopped(*self.position(), self.n_batches, self.stop.signal)
 
     @torch.no_grad()
     def predict(self, x: np.ndarray | Tensor, layer: Layer | None = None, record: list | None = None) -> Tensor:
@@ -172,23 +350,28 @@ class Trainer:
         return float((self.predict(x, layer) == torch.as_tensor(y)).float().mean())
 
     def fit(self, resume: bool = False, progress: Callable[[int, dict], None] | None = None) -> list[dict]:
-        """Train to the configured number of epochs; returns the metric rows."""
+        """Train to the configured number of epochs; returns the metric rows.
+
+        Raises TrainingStopped when stopped on request, DeviceFailure (or another InstrumentError) when the device
+        fails; either way the checkpoint holds the batches completed so far."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load_checkpoint()
-        for epoch in range(self.start_epoch, self.s.epochs):
-            t0 = time.perf_counter()
-            row = {"epoch": epoch + 1, **self.train_epoch(epoch)}
-            k = self.s.epoch_test_samples or len(self.data.y_test)
-            row["test_accuracy"] = self.accuracy(self.data.x_test[:k], self.data.y_test[:k])
-            if self.s.mode == "in_silico":
-                row["twin_test_accuracy"] = self.accuracy(self.data.x_test[:k], self.data.y_test[:k], self.twin)
-            row["lr"] = self.learning_rate(epoch)
-            row["seconds"] = time.perf_counter() - t0
-            self.wall_s += row["seconds"]
-            self.rows.append(row)
-            write_metrics(self.out_dir / "metrics.csv", self.rows)
-            self.save_checkpoint(epoch)
-            if progress:
-                progress(epoch + 1, row)
+        if self.stop is not None:
+            self.stop.training = True
+        try:
+            while self.at.epoch < self.s.epochs:
+                self.train_epoch()
+                row = self.finish_epoch()
+                if progress:
+                    progress(row["epoch"], row)
+                self.stop_if_requested()
+        except InstrumentError:
+            # a failed batch changed nothing yet (the device is called before the optimizer step)
+            self.save_checkpoint()
+            log.warning("checkpoint saved after epoch %d batch %d of %d", *self.position(), self.n_batches)
+            raise
+        finally:
+            if self.stop is not None:
+                self.stop.training = False
         return self.rows

@@ -7,8 +7,10 @@ Every problem in a file is reported on one line as ``file:line: field: message``
     experiments/electronic_digits.yaml:20: network.layers[1].outputs: Field required
 
 The line is that of the offending key (or list item); for a missing field it is the line of the deepest
-enclosing section that exists. Values changed by command-line overrides (``training.epochs=3``) have no line
-and are reported as ``file: field: message``.
+enclosing section that exists. A validator that checks several fields together points at one of them by raising a
+ValueError with a ``field`` attribute, a dotted path relative to the model it validates (``drivers.setups.FieldError``).
+Values changed by command-line overrides (``training.epochs=3``) have no line and are reported as
+``file: field: message``.
 
 Only ``yaml.SafeLoader`` is used: a YAML file can never construct Python objects or run code.
 """
@@ -169,6 +171,17 @@ def _walk(root: yaml.Node | None) -> Iterator[_Entry]:
 _MERGE = "tag:yaml.org,2002:merge"
 
 
+def field_line(path: str | Path, field: str) -> int | None:
+    """The line of ``field`` (dotted) in a YAML file, else of its deepest enclosing section there; None if the file
+    cannot be read or parsed."""
+    try:
+        lines = line_map(yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    parts = parse_dotted(field)
+    return next((lines[parts[:n]] for n in range(len(parts), 0, -1) if parts[:n] in lines), None)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
 
@@ -243,6 +256,11 @@ def _validation_problems(file: str, exc: ValidationError, data: dict, model: typ
         loc = tuple(err["loc"])
         path = _data_path(loc, data, err["type"])
         message = err["msg"]
+        error = err.get("ctx", {}).get("error")
+        if isinstance(error, Exception):  # a validator's own message, without pydantic's "Value error, "
+            message = str(error)
+            if isinstance(getattr(error, "field", None), str):
+                path = path + parse_dotted(error.field)
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):  # e.g. an unknown ``setup``: name that field
             path = path + (str(err.get("ctx", {}).get("discriminator", "")).strip("'\""),)
             message = (f"must be one of {err['ctx']['expected_tags']}" if err["type"] == "union_tag_invalid"
@@ -262,8 +280,21 @@ def _validation_problems(file: str, exc: ValidationError, data: dict, model: typ
             if "did you mean" in message:
                 problems[same[0]] = problem
             continue
+        # a value no member of a plain union accepts (``50 | 'INF'``): one problem naming what each would take
+        same = [i for i, p in enumerate(problems) if p[:3] == problem[:3]]
+        if same:
+            problems[same[0]] = problem[:3] + (_either(problems[same[0]][3], message),)
+            continue
         problems.append(problem)
     return problems
+
+
+def _either(first: str, second: str) -> str:
+    """'Input should be a finite number' + 'Input should be 'INF'' -> 'Input should be a finite number or 'INF''."""
+    lead = "Input should be "
+    if first.startswith(lead) and second.startswith(lead):
+        return f"{first} or {second[len(lead):]}"
+    return f"{first}; or: {second}"
 
 
 def _data_path(loc: FieldPath, data: Any, error_type: str) -> FieldPath:
@@ -348,4 +379,4 @@ def _literal_tags(model: type[BaseModel]) -> set[Any]:
 
 
 __all__ = ["ConfigError", "load_yaml_model", "set_by_path", "parse_override", "parse_dotted", "dotted",
-           "format_problem", "line_map", "duplicate_keys"]
+           "format_problem", "line_map", "duplicate_keys", "field_line"]

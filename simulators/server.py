@@ -24,6 +24,7 @@ Headers are case-insensitive and accept exactly the short or the long form, as S
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
@@ -31,11 +32,13 @@ import random
 import re
 import select
 import socket
+import struct
+import termios
 import threading
 import time
 import tty
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, Sequence
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ ERROR_MESSAGES: dict[int, str] = {
     -104: "Data type error",
     -108: "Parameter not allowed",
     -109: "Missing parameter",
+    -112: "Program mnemonic too long",
     -113: "Undefined header",
     -114: "Header suffix out of range",
     -131: "Invalid suffix",
@@ -188,6 +192,12 @@ class MessageReader:
         """Bytes held for an unfinished message."""
         return len(self._buf) - self._start
 
+    def clear(self) -> None:
+        """Forget the unfinished message (and a block still being read): the line was reset."""
+        self._buf.clear()
+        self._start = self._scan = 0
+        self._quote, self._block, self._blocks, self._discard = None, None, [], False
+
     def feed(self, data: bytes) -> list[Message | SCPIError]:
         """Add bytes; return the complete messages (and framing errors) in arrival order."""
         self._buf += data
@@ -223,7 +233,8 @@ class MessageReader:
                 continue
             if self._quote is not None:
                 q = buf.find(bytes([self._quote]), self._scan)
-                nl = buf.find(b"\n", self._scan)
+                # only up to the quote: searching the whole buffer made a megabyte of '""' quadratic (minutes)
+                nl = buf.find(b"\n", self._scan, q if q >= 0 else len(buf))
                 if q >= 0 and (nl < 0 or q < nl):
                     self._quote = None
                     self._scan = q + 1
@@ -298,6 +309,20 @@ class MessageReader:
 
 
 _CLOSING_QUOTE = {b'"': re.compile(b'"'), b"'": re.compile(b"'")}
+_HEADER_END = re.compile(rb"[ \t\r]")
+MAX_HEADER_BYTES = 256  # longest program header accepted
+MAX_MESSAGE_SEPARATORS = 10_000  # most ';' and quotes in one program message
+
+
+def count_outside(data: bytes, blocks: Sequence[tuple[int, int]], chars: bytes, lo: int = 0,
+                  hi: int | None = None) -> int:
+    """How many of the bytes ``chars`` lie in ``data[lo:hi]`` outside block payloads (quoted strings included)."""
+    hi = len(data) if hi is None else hi
+    total, pos = 0, lo
+    for a, b in [s for s in blocks if lo <= s[0] and s[1] <= hi] + [(hi, hi)]:
+        total += sum(data.count(c, pos, a) for c in chars)
+        pos = b
+    return total
 
 
 def split_outside(data: bytes, blocks: Sequence[tuple[int, int]], sep: bytes, lo: int = 0,
@@ -533,7 +558,9 @@ def setting(header: str, attr: str, kind: str = "choice", *, choices: Sequence[s
 # Parameters
 # ----------------------------------------------------------------------------------------------------------------------
 
-_NUMBER = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z/%]*)")
+# digits before and after the point are unambiguous: with ``\d+\.?\d*`` a long run of digits that did not match
+# (``1111...1!``) backtracked quadratically, a minute for 40 kB
+_NUMBER = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z/%]*)")
 _MULTIPLIERS = {"": 1.0, "EX": 1e18, "PE": 1e15, "T": 1e12, "G": 1e9, "MA": 1e6, "K": 1e3, "M": 1e-3, "U": 1e-6,
                 "N": 1e-9, "P": 1e-12, "F": 1e-15, "A": 1e-18}
 _BLOCK_HEADER = re.compile(rb"\s*#[1-9]\d+\s*")
@@ -701,6 +728,7 @@ class SCPIInstrument:
     def __init__(self, lock: threading.RLock | None = None):
         self.lock = lock if lock is not None else threading.RLock()
         self.changed = threading.Condition(self.lock)
+        self.powered_on = False  # power-on event not yet read by *ESR? (set by a spontaneous reset)
 
     def reset(self) -> None:
         """``*RST``: back to the power-on settings."""
@@ -730,6 +758,7 @@ class SCPIInstrument:
     @scpi("*CLS")
     def _cls(self, call: Call) -> None:
         call.session.clear_status()
+        self.powered_on = False
 
     @scpi("*OPC")
     def _opc(self, call: Call) -> None:
@@ -746,6 +775,8 @@ class SCPIInstrument:
     @scpi("*ESR?")
     def _esr(self, call: Call) -> str:
         value, call.session.esr = call.session.esr, 0
+        if self.powered_on:  # the power-on bit belongs to the instrument, whichever connection reads it first
+            value, self.powered_on = value | 128, False
         return nr1(value)
 
     @scpi("*ESE", nargs=1)
@@ -806,6 +837,14 @@ class Session:
         self.errors.clear()
         self.esr = 0
 
+    def power_on_reset(self) -> None:
+        """The instrument resets itself (a brown-out, a firmware watchdog): power-on settings, the error queue
+        cleared, the power-on bit (128) of the event status register set."""
+        with self.instrument.lock:
+            self.instrument._rst(None)  # what *RST does (settings, the instrument's listeners), unasked
+            self.instrument.powered_on = True
+        self.errors.clear()
+
     # -- processing --------------------------------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> Iterator[Reply]:
@@ -823,6 +862,11 @@ class Session:
         data = message.data
         responses: list[str | Block] = []
         path: list[tuple[str, str]] = []
+        # hostile input: a megabyte of ';' or quotes would be millions of units or strings to split and run (a minute
+        # of CPU, gigabytes of spans); no real program message comes near the limit
+        if count_outside(data, message.blocks, b";\"'") > MAX_MESSAGE_SEPARATORS:
+            self.push_error(SCPIError(-223, f"more than {MAX_MESSAGE_SEPARATORS} ';' or quotes in one message"))
+            return None
         for lo, hi in split_outside(data, message.blocks, b";"):
             try:
                 if not data[lo:hi].strip():
@@ -843,9 +887,10 @@ class Session:
                       path: list[tuple[str, str]]) -> str | Block | None:
         while lo < hi and data[lo] in b" \t\r":
             lo += 1
-        end = lo
-        while end < hi and data[end] not in b" \t\r":
-            end += 1
+        space = _HEADER_END.search(data, lo, hi)
+        end = space.start() if space else hi
+        if end - lo > MAX_HEADER_BYTES:  # hostile input: a megabyte header, or a suffix of digits int() refuses
+            raise SCPIError(-112, f"header of {end - lo} bytes")
         token = data[lo:end].decode("latin-1")
         if not re.fullmatch(r"[A-Za-z0-9_:*?]+", token):
             raise SCPIError(-102, f"header {token[:40]!r}")
@@ -858,6 +903,9 @@ class Session:
         if not common:
             path[:] = full[:-1]
         cmd, suffixes = found
+        n_max = cmd.nargs[1]
+        if n_max is not None and count_outside(data, blocks, b",", end, hi) > n_max:  # before splitting millions
+            raise SCPIError(-108, f"{token} takes at most {n_max} parameter(s)")
         parts = self._parameters(data, blocks, end, hi)
         n_min, n_max = cmd.nargs
         if len(parts) < n_min:
@@ -909,12 +957,15 @@ class Session:
 
 @dataclass(frozen=True)
 class FaultPlan:
-    """Faults injected into an instrument's replies; each probability is drawn per reply (0 = never).
+    """Faults injected into an instrument's conversation; each probability is drawn per reply (0 = never).
 
-    latency: the reply is delayed by ``latency_s`` seconds; no_reply: the reply is never sent; drop_connection: the
-    connection is closed instead of replying; garble_block: a few bytes of a binary block payload are corrupted;
-    short_block: a binary block payload is cut short (its header still announces the full length).
-    ``error`` and ``reset`` (instrument errors, spontaneous resets) are reserved and not applied yet.
+    latency: the reply is delayed by ``latency_s`` seconds. no_reply: the reply is never sent. drop_connection: the
+    connection is closed instead of replying (TCP); on a serial line the cable is pulled for ``unplug_s`` seconds
+    (nothing goes either way). garble_block: a few bytes of a binary block payload are corrupted. short_block: a binary
+    block payload is cut short (its header still announces the full length). error: an instrument error
+    (``-300,"Device-specific error"``) goes into the error queue. reset: the instrument resets itself after the reply
+    (settings lost, as after a brown-out; the power-on bit of ``*ESR?`` is set). stuck: the instrument freezes (a hung
+    acquisition): the reply and everything for the next ``stuck_s`` seconds is ignored.
     """
 
     seed: int = 0
@@ -926,15 +977,25 @@ class FaultPlan:
     short_block: float = 0.0
     error: float = 0.0
     reset: float = 0.0
+    stuck: float = 0.0
+    stuck_s: float = 1.0
+    unplug_s: float = 0.5
+    max_faults: int | None = None  # stop injecting after this many faults (None: no limit)
+
+    KINDS = ("latency", "no_reply", "drop_connection", "garble_block", "short_block", "error", "reset", "stuck")
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            if f.name not in ("seed", "latency_s") and not 0.0 <= getattr(self, f.name) <= 1.0:
-                raise ValueError(f"FaultPlan.{f.name} is a probability in [0, 1], got {getattr(self, f.name)}")
-        if self.latency_s < 0:
-            raise ValueError(f"FaultPlan.latency_s must be >= 0 s, got {self.latency_s}")
-        if self.error or self.reset:
-            log.warning("FaultPlan: 'error' and 'reset' faults are not implemented yet and are ignored")
+        for name in self.KINDS:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"FaultPlan.{name} is a probability in [0, 1], got {getattr(self, name)}")
+        for name in ("latency_s", "stuck_s", "unplug_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"FaultPlan.{name} must be >= 0 s, got {getattr(self, name)}")
+
+    @classmethod
+    def every_kind(cls, rate: float, seed: int = 0) -> "FaultPlan":
+        """Every kind of fault, each with probability ``rate`` per reply."""
+        return cls(seed=seed, **{name: rate for name in cls.KINDS})
 
 
 @dataclass(frozen=True)
@@ -944,38 +1005,65 @@ class FaultAction:
     delay_s: float
     data: bytes | None  # None: send nothing
     drop_connection: bool = False
+    error: bool = False  # push an instrument error into the queue
+    reset: bool = False  # the instrument resets itself after replying
+    stuck_s: float = 0.0  # ignore everything for this long (the reply included)
 
 
 class FaultInjector:
-    """Draws the faults of a ``FaultPlan`` reply by reply, reproducibly from its seed (thread-safe)."""
+    """Draws the faults of a ``FaultPlan`` reply by reply, reproducibly from its seed (thread-safe); ``counts`` holds
+    how many of each kind were injected."""
 
     def __init__(self, plan: FaultPlan | None):
         self.plan = plan or FaultPlan()
         self._rng = random.Random(self.plan.seed)
         self._lock = threading.Lock()
+        self.counts: dict[str, int] = {name: 0 for name in FaultPlan.KINDS}
+
+    def _count(self, kind: str) -> None:
+        self.counts[kind] += 1
+        log.info("fault injected: %s", kind)
+
+    @property
+    def injected(self) -> int:
+        return sum(self.counts.values())
 
     def apply(self, reply: Reply) -> FaultAction:
         p = self.plan
         with self._lock:
-            r = [self._rng.random() for _ in range(5)]
+            if p.max_faults is not None and self.injected >= p.max_faults:
+                return FaultAction(0.0, reply.data)
+            r = [self._rng.random() for _ in range(8)]
             delay = p.latency_s if r[0] < p.latency else 0.0
+            if delay:
+                self._count("latency")
+            if r[5] < p.stuck:
+                self._count("stuck")
+                return FaultAction(0.0, None, stuck_s=p.stuck_s)
             if r[1] < p.drop_connection:
+                self._count("drop_connection")
                 return FaultAction(delay, None, drop_connection=True)
             if r[2] < p.no_reply:
+                self._count("no_reply")
                 return FaultAction(delay, None)
             data = reply.data
             if reply.block is not None and reply.block[1] > reply.block[0]:
                 a, b = reply.block
                 if r[3] < p.garble_block:
+                    self._count("garble_block")
                     garbled = bytearray(data)
                     for _ in range(max(1, (b - a) // 1000)):
                         garbled[self._rng.randrange(a, b)] ^= self._rng.randrange(1, 256)
                     data = bytes(garbled)
                 if r[4] < p.short_block:
+                    self._count("short_block")
                     data = data[:self._rng.randrange(a, b)]
-            if delay or data is not reply.data:
-                log.info("fault injected: delay %.3g s%s", delay, ", block damaged" if data is not reply.data else "")
-            return FaultAction(delay, data)
+            error, reset = r[6] < p.error, r[7] < p.reset
+            if error:
+                self._count("error")
+            if reset:
+                self._count("reset")
+            return FaultAction(delay, data, error=error, reset=reset)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -997,29 +1085,47 @@ class ByteStream(Protocol):
     def close(self) -> None: ...
 
 
+INJECTED_ERROR = SCPIError(-300, "injected fault")
+
+
 def serve_stream(stream: ByteStream, session: Session, injector: FaultInjector, stop: threading.Event,
-                 name: str = "scpi") -> None:
-    """Run one client's conversation until it disconnects, a fault drops it, or ``stop`` is set."""
+                 name: str = "scpi") -> str:
+    """Run one client's conversation until it disconnects, a fault drops it, or ``stop`` is set. Returns why it
+    ended: ``"closed"`` (by the client), ``"dropped"`` (a fault) or ``"stopped"``."""
     session.stopping = stop
     session.peer_alive = stream.alive
+    frozen_until = 0.0  # a stuck instrument ignores everything until then
     try:
         while not stop.is_set():
             data = stream.read(0.2)
             if data is None:
                 continue
             if not data:
-                break
+                return "closed"
+            if time.monotonic() < frozen_until:
+                continue
             for reply in session.feed(data):
                 action = injector.apply(reply)
+                if action.stuck_s:
+                    log.info("%s: fault injected: frozen for %.3g s", name, action.stuck_s)
+                    frozen_until = time.monotonic() + action.stuck_s
+                    break  # the rest of this message is ignored as well
                 if action.delay_s and stop.wait(action.delay_s):
-                    return
+                    return "stopped"
                 if action.drop_connection:
                     log.info("%s: fault injected: dropping the connection", name)
-                    return
+                    return "dropped"
+                if action.error:
+                    session.push_error(INJECTED_ERROR)
                 if action.data is not None:
                     stream.write(action.data)
+                if action.reset:
+                    log.info("%s: fault injected: the instrument resets itself", name)
+                    session.power_on_reset()
+        return "stopped"
     except OSError as err:
         log.debug("%s: connection ended: %s", name, err)
+        return "closed"
     finally:
         stream.close()
 
@@ -1167,31 +1273,84 @@ class SCPIServer:
         self.close()
 
 
+def _packet_mode(master_fd: int) -> bool:
+    """Put a pty master in packet mode (TIOCPKT), where the client's flushes show up; False where unsupported."""
+    try:
+        fcntl.ioctl(master_fd, termios.TIOCPKT, struct.pack("i", 1))
+        return True
+    except (AttributeError, OSError):
+        return False
+
+
 class PtyStream:
-    """``ByteStream`` over the master side of a pseudo-terminal: the instrument's end of a serial cable. A serial line
-    has no connection state, so it is always ``alive``; with no client on the other end, reads just time out. With
+    """``ByteStream`` over the master side of a pseudo-terminal: the instrument's end of a serial cable. With
     ``baud_rate`` (realtime benches) bytes arrive and replies leave no faster than the line carries them: 10 bits per
-    byte (8N1)."""
+    byte (8N1).
+
+    A serial line has no connection state; with no client on the other end, reads just time out. A client (re)opening
+    the port resets the line instead: pyserial flushes its input on open, which the master sees in packet mode. What a
+    previous client left behind is then dropped: its unfinished message (``on_line_reset``, e.g. an unterminated
+    command or a block announcing more bytes than it sent), the replies nobody read (and those still being written),
+    and a command still waiting for the instrument (``alive`` is False until the next read).
+    """
 
     BITS_PER_BYTE = 10  # start bit, 8 data bits, stop bit
+    INPUT_BUFFER_BYTES = 1 << 16  # client input held while a reply waits for room; beyond, it overruns (is lost)
 
     def __init__(self, master_fd: int, baud_rate: float | None = None, stop: threading.Event | None = None):
         self.fd = master_fd
         self.baud_rate = baud_rate
         self.stop = stop or threading.Event()
+        self.on_line_reset: Callable[[], None] = lambda: None  # the server's: forget the unfinished message
         os.set_blocking(master_fd, False)  # a full line must not block the server past its stop
+        self._packets = _packet_mode(master_fd)
+        self._early = bytearray()  # input read while writing or checking ``alive``, returned by the next read
+        self._reset = False  # the line was reset since the last read
 
-    def read(self, timeout_s: float) -> bytes | None:
+    def _take(self) -> bytes | None:
+        """Read the master once: the client's bytes, or None (nothing, or a status change such as a line reset)."""
+        data = os.read(self.fd, 65536)
+        if not self._packets or not data:
+            return data or None
+        if data[0] == termios.TIOCPKT_DATA:
+            return data[1:] or None
+        if data[0] & termios.TIOCPKT_FLUSHREAD:
+            log.debug("pty: line reset by the client")
+            self._reset = True
+            self._early.clear()  # arrived before the reset
+            self.on_line_reset()
+        return None
+
+    def _poll_input(self, timeout_s: float = 0.0) -> None:
+        """Take input that is waiting (so a line reset is seen while a reply waits for room)."""
         ready, _, _ = select.select([self.fd], [], [], timeout_s)
         if not ready:
-            return None
+            return
         try:
-            data = os.read(self.fd, 65536) or None
-        except BlockingIOError:
-            return None
-        except OSError:  # EIO: nobody holds the other end open right now
-            time.sleep(timeout_s)
-            return None
+            data = self._take()
+        except OSError:
+            return
+        if data and len(self._early) + len(data) > self.INPUT_BUFFER_BYTES:
+            log.warning("pty: input buffer overrun, %d bytes lost", len(data))  # a client that writes, never reads
+        elif data:
+            self._early += data
+
+    def read(self, timeout_s: float) -> bytes | None:
+        self._reset = False
+        if self._early:
+            data: bytes | None = bytes(self._early)
+            self._early.clear()
+        else:
+            ready, _, _ = select.select([self.fd], [], [], timeout_s)
+            if not ready:
+                return None
+            try:
+                data = self._take()
+            except BlockingIOError:
+                return None
+            except OSError:  # EIO: nobody holds the other end open right now
+                time.sleep(timeout_s)
+                return None
         if data and self.baud_rate:  # the line delivers them one after another
             time.sleep(len(data) * self.BITS_PER_BYTE / self.baud_rate)
         return data
@@ -1200,7 +1359,8 @@ class PtyStream:
         view = memoryview(data)
         # paced: each slice of about 10 ms of line time is released only once the line could have carried it
         step = max(1, int(self.baud_rate / self.BITS_PER_BYTE * 0.01)) if self.baud_rate else len(view)
-        while view:
+        self._poll_input()  # a client that opened the port since this reply's command came gets none of it
+        while view and not self._reset:
             if self.baud_rate:
                 time.sleep(min(step, len(view)) * self.BITS_PER_BYTE / self.baud_rate)
             try:
@@ -1208,12 +1368,16 @@ class PtyStream:
             except BlockingIOError:  # the line is full (nobody reading): wait for room unless the server stops
                 if self.stop.is_set():
                     return
-                select.select([], [self.fd], [], 0.1)
+                readable, _, _ = select.select([self.fd], [self.fd], [], 0.1)
+                if readable:  # hostile client: asks for a long reply and leaves; the next one resets the line
+                    self._poll_input()
                 continue
             view = view[sent:]
 
     def alive(self) -> bool:
-        return True
+        """False once a new client has reset the line (the one that sent the pending command is gone)."""
+        self._poll_input()
+        return not self._reset
 
     def close(self) -> None:
         """The server owns the pty; a finished conversation leaves it open."""
@@ -1252,9 +1416,16 @@ class PtyServer:
         stream = PtyStream(self._master, self.baud_rate, self._stop)
         while not self._stop.is_set():
             try:
-                serve_stream(stream, self.handler_factory(), self.injector, self._stop, self.name)
+                session = self.handler_factory()
+                stream.on_line_reset = session.reader.clear  # a client opening the port starts on a clean line
+                ended = serve_stream(stream, session, self.injector, self._stop, self.name)
             except Exception:  # noqa: BLE001 - never let a client's bytes take the instrument down
                 log.exception("%s: conversation failed", self.name)
+                continue
+            if ended == "dropped":  # the cable is pulled: what is sent meanwhile is lost
+                deadline = time.monotonic() + self.injector.plan.unplug_s
+                while time.monotonic() < deadline and not self._stop.is_set():
+                    stream.read(min(0.05, max(0.0, deadline - time.monotonic())))
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop serving, join the thread and release the pty."""

@@ -136,8 +136,8 @@ CASES = {
         ("    resource: TCPIP0::127.0.0.1::5025::SOCKET\n", ""), "  awg:",
         "instruments.awg.resource: Field required"),
     "brackets in a message survive": (
-        ("  depth: 2", "  depth: 2\n  theta_bounds: [1.0, -1.0]"), "network:",
-        "network: Value error, theta_bounds must be [low, high] with low < high"),
+        ("  depth: 2", "  depth: 2\n  theta_bounds: [1.0, -1.0]"), "  theta_bounds:",
+        "network.theta_bounds: must be [low, high] with low < high"),
     "YAML syntax error": (
         ("  lr: 0.05", "  lr: [0.05"), "  epochs:",
         "YAML syntax error: expected ',' or ']', but got ':'"),

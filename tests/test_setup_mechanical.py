@@ -87,8 +87,14 @@ def test_the_config_pins_the_offset_limit_at_zero() -> None:
 def test_drive_above_the_speaker_limit_is_refused_and_the_output_switched_off(bench) -> None:
     awg = bench.instruments["awg"].state[1]
     awg.output = True  # left on by someone else
+    from orchestrator.config import ConfigError
+
+    with pytest.raises(ConfigError, match="encoding.drive_volts_per_unit: 1.5 V is above the safety limit"):
+        config(**{"encoding.drive_volts_per_unit": 1.5})  # the experiment file is refused first
+    cfg = config()  # a configuration built in code meets the driver's own check
+    cfg = cfg.model_copy(update={"encoding": cfg.encoding.model_copy(update={"drive_volts_per_unit": 1.5})})
     with pytest.raises(LimitViolation, match="speaker's safety limit"):
-        with open_setup(config(**{"encoding.drive_volts_per_unit": 1.5}), N, bench=bench):
+        with open_setup(cfg, N, bench=bench):
             pass
     assert not awg.output
 

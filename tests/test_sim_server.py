@@ -425,6 +425,60 @@ def test_fault_injection(toy: Toy, plan: FaultPlan, check: str) -> None:
         c.close()
 
 
+def test_injected_instrument_error_reaches_the_error_queue(toy: Toy) -> None:
+    with SCPIServer(toy.session, name="toy", faults=FaultPlan(error=1.0)) as srv:
+        c = Client(srv)
+        assert c.query("VOLT?") == nr3(1.0)  # the reply itself is intact
+        assert c.query("SYST:ERR?") == '-300,"Device-specific error"'
+        assert srv.injector.counts["error"] >= 1
+        c.close()
+
+
+def test_injected_reset_loses_the_settings_and_sets_the_power_on_bit(toy: Toy) -> None:
+    with SCPIServer(toy.session, name="toy", faults=FaultPlan(reset=1.0)) as srv:
+        c = Client(srv)
+        c.send(b"VOLT 2.5\n")
+        assert c.query("VOLT?") == nr3(2.5)  # answered, then the instrument resets itself
+        assert toy.volt[1] == 1.0
+        assert int(c.query("*ESR?")) & 128  # power-on bit: a driver can tell its settings are gone
+        c.close()
+
+
+def test_a_stuck_instrument_ignores_everything_for_a_while_then_answers(toy: Toy) -> None:
+    plan = FaultPlan(stuck=1.0, stuck_s=0.4)
+    with SCPIServer(toy.session, name="toy", faults=plan) as srv:
+        c = Client(srv, timeout_s=0.2)
+        with pytest.raises(socket.timeout):
+            c.query("*IDN?")
+        c.send(b"VOLT 3\n")  # ignored while frozen
+        time.sleep(0.5)
+        srv.injector.plan = FaultPlan()
+        assert c.query("VOLT?") == nr3(1.0)
+        assert srv.injector.counts["stuck"] == 1
+        c.close()
+
+
+def test_an_unplugged_serial_line_loses_what_is_sent_then_comes_back(toy: Toy) -> None:
+    from drivers.errors import InstrumentTimeout
+    from drivers.transport import open_link
+    from simulators.server import PtyServer
+
+    with PtyServer(toy.session, name="toy-serial", faults=FaultPlan(drop_connection=1.0, unplug_s=0.5)) as pty:
+        with open_link(pty.port, name="slm", timeout_s=0.2) as link:
+            with pytest.raises(InstrumentTimeout, match="slm.*IDN"):
+                link.query("*IDN?")
+            link.write("VOLT 4")  # lost: the cable is out
+            pty.injector.plan = FaultPlan()
+            time.sleep(0.6)
+            assert link.query("VOLT?") == nr3(1.0)
+        assert pty.injector.counts["drop_connection"] == 1
+
+
+def test_every_kind_of_fault_at_one_rate() -> None:
+    plan = FaultPlan.every_kind(0.01, seed=4)
+    assert all(getattr(plan, kind) == 0.01 for kind in FaultPlan.KINDS) and plan.seed == 4
+
+
 def test_fault_plan_validates_probabilities() -> None:
     with pytest.raises(ValueError):
         FaultPlan(latency=1.5)

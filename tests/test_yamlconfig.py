@@ -220,3 +220,150 @@ def test_an_unknown_setup_names_the_field_and_the_choices(tmp_path: Path) -> Non
     bad.write_text(source.replace("setup: mechanical", "setup: electronic"))
     with pytest.raises(ConfigError, match=r"instruments\.awg\.ramp_steps: unknown field"):
         load_experiment(bad)
+
+
+# -- the shipped experiment files with one mistake each: exactly one problem, at the right file, line and field ------
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+# id: (experiment file, text to replace, replacement, line holding the problem, field, message)
+EXPERIMENT_CASES = {
+    "resource no transport can open": (
+        "electronic_digits.yaml", "resource: TCPIP0::192.168.1.20::5025::SOCKET", "resource: my-awg",
+        "resource: my-awg", "instruments.awg.resource",
+        "cannot tell how to open 'my-awg'; expected a VISA resource ('TCPIP0::host::5025::SOCKET', 'USB0::...::INSTR', "
+        "'ASRL/dev/ttyUSB0::INSTR'), a serial port ('/dev/ttyUSB0', 'COM3') or a pyserial URL ('socket://host:port')"),
+    "bare ASRL": (
+        "optical_vowels.yaml", "resource: ASRL/dev/ttyUSB1::INSTR", "resource: ASRL", "ASRL   # spectroscopy CCD",
+        "instruments.camera.resource", "cannot tell how to open 'ASRL'; expected a VISA resource"),
+    "VISA socket without a host": (
+        "mechanical_digits.yaml", "resource: TCPIP0::192.168.1.31::5025::SOCKET", "resource: TCPIP0::::SOCKET",
+        "resource: TCPIP0::::SOCKET", "instruments.scope.resource",
+        "not a valid VISA resource: Could not parse 'TCPIP0::::SOCKET'. The syntax is "
+        "'TCPIP[board]::host address::port::SOCKET' (host_address part is mandatory)."),
+    "VISA socket port out of range": (
+        "electronic_mnist.yaml", "192.168.1.21::5025::SOCKET", "192.168.1.21::70000::SOCKET", "::70000::",
+        "instruments.scope.resource", "'TCPIP0::192.168.1.21::70000::SOCKET': the port must be a number from 1 to "
+                                      "65535, got '70000'"),
+    "empty resource": (
+        "optical_mnist.yaml", "resource: ASRL/dev/ttyUSB0::INSTR", "resource: ''", "resource: ''",
+        "instruments.slm.resource", "is empty; give a VISA resource, a serial port or a pyserial URL"),
+    "gray level above 255": (
+        "optical_vowels.yaml", "gray_max: 255", "gray_max: 300", "gray_max:", "instruments.slm.gray_max",
+        "Input should be less than or equal to 255"),
+    "gray levels out of order": (
+        "optical_vowels.yaml", "gray_max: 255", "gray_max: 0", "gray_max:", "instruments.slm.gray_max",
+        "gray_min 0 must be below gray_max 0"),
+    "negative exposure": (
+        "optical_vowels.yaml", "exposure_s: 1.0e-3", "exposure_s: -1.0e-3", "exposure_s:",
+        "instruments.camera.exposure_s", "Input should be greater than or equal to 0.00001"),
+    "exposure above the camera's safety limit": (
+        "optical_mnist.yaml", "exposure_s: 1.0e-3", "exposure_s: 0.5", "exposure_s:",
+        "instruments.camera.exposure_s", "exposure_s 0.5 s is above the safety limit max_exposure_s 0.1 s"),
+    "optical theta_bounds outside the SLM's range": (
+        "optical_vowels.yaml", "theta_bounds: [-1.0, 1.0]", "theta_bounds: [-2.0, 1.0]", "theta_bounds:",
+        "network.theta_bounds", "[-2, 1] must lie inside [-1, 1] for the optical setup"),
+    "electronic theta_bounds outside the DAC range": (
+        "electronic_digits.yaml", "theta_bounds: [-1.0, 1.0]", "theta_bounds: [-1.0, 1.5]", "theta_bounds:",
+        "network.theta_bounds", "[-1, 1.5] must lie inside [-1, 1] for the electronic setup"),
+    "theta_bounds reversed": (
+        "mechanical_fsdd.yaml", "theta_bounds: [-0.5, 0.5]", "theta_bounds: [0.5, -0.5]", "theta_bounds:",
+        "network.theta_bounds", "must be [low, high] with low < high"),
+    "drive above the AWG's safety limit": (
+        "mechanical_fsdd.yaml", "drive_volts_per_unit: 1.0", "drive_volts_per_unit: 2.5", "drive_volts_per_unit:",
+        "encoding.drive_volts_per_unit", "2.5 V is above the safety limit instruments.awg.max_abs_volts 1 V"),
+    "an item longer than the scope record": (
+        "electronic_digits.yaml", "max_points: 1000000", "max_points: 1000", "width: 320", "network.width",
+        "one item of width 320 needs 1600 AWG samples; instruments.awg.memory_points and instruments.scope.max_points "
+        "leave room for 936"),
+    "more spectral bins than SLM pixels": (
+        "optical_vowels.yaml", "width: 28", "width: 400", "width: 400", "network.width",
+        "width 400 needs 800 spectral bins (x and θ); encoding.active_pixels [150, 490] holds 340 pixels"),
+    "active pixels beyond the SLM": (
+        "optical_mnist.yaml", "active_pixels: [150, 490]", "active_pixels: [150, 700]", "active_pixels:",
+        "encoding.active_pixels", "[150, 700] must satisfy 0 <= first < end <= 640 (shaper.n_pixels)"),
+    "negative load": (
+        "electronic_digits.yaml", "load_ohm: 50", "load_ohm: -50", "load_ohm:", "instruments.awg.load_ohm",
+        "Input should be greater than or equal to 1 or 'INF'"),
+    "infinite learning rate": (
+        "mechanical_mnist.yaml", "  lr: 0.05", "  lr: .inf", "  lr: .inf", "training.lr",
+        "Input should be a finite number"),
+    "unknown trigger source": (
+        "mechanical_digits.yaml", "trigger_source: EXT", "trigger_source: EXTRA", "trigger_source:",
+        "instruments.scope.trigger_source", "'EXTRA' is not one of CHAN1, CHAN2, CHAN3, CHAN4, EXT, LINE, WGEN"),
+    "wrong type": (
+        "optical_vowels.yaml", "dark_frames: 32", "dark_frames: many", "dark_frames:", "instruments.camera.dark_frames",
+        "Input should be a valid integer, unable to parse string as an integer"),
+    "a section given as a value": (
+        "electronic_digits.yaml", "task:\n  dataset: digits", "task: digits", "task: digits", "task",
+        "Input should be a valid dictionary or instance of TaskConfig"),
+    "unknown key at the top": (
+        "electronic_digits.yaml", "seed: 0\n", "seed: 0\ncolour: red\n", "colour:", "colour",
+        "unknown field (allowed: experiment, description, setup, seed, instruments, encoding, task, network, twin, "
+        "training, simulate, artifacts_dir)"),
+    "unknown key in an instrument": (
+        "optical_vowels.yaml", "dark_frames: 32", "dark_frame: 32", "dark_frame:", "instruments.camera.dark_frame",
+        "unknown field (did you mean 'dark_frames'?)"),
+    "unknown key two sections down": (
+        "optical_mnist.yaml", "  output_span_nm: 6.0", "  output_span_nm: 6.0\n  shaper:\n    n_pixel: 640",
+        "    n_pixel:", "encoding.shaper.n_pixel", "unknown field (did you mean 'n_pixels'?)"),
+    "unknown key in the twin's neural section": (
+        "mechanical_digits.yaml", "    channels: 16", "    chanels: 16", "chanels:", "twin.neural.chanels",
+        "unknown field (did you mean 'channels'?)"),
+    "duplicate key in an instrument": (
+        "electronic_mnist.yaml", "    channel: 1\n    load_ohm: 50", "    channel: 1\n    channel: 2\n    load_ohm: 50",
+        "    channel: 2", "instruments.awg.channel", "duplicate key (first given on line 15; only one is allowed)"),
+}
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+@pytest.mark.parametrize("name, old, new, where, field, message", EXPERIMENT_CASES.values(), ids=EXPERIMENT_CASES)
+def test_one_mistake_in_an_experiment_file(tmp_path, name, old, new, where, field, message):
+    from orchestrator.config import load_experiment
+
+    text = (EXPERIMENTS / name).read_text()
+    assert text.count(old) == 1
+    text = text.replace(old, new)
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    (problem,) = info.value.problems
+    assert problem[:3] == (str(path), _line_of(text, where), field)
+    assert problem[3].startswith(message)
+    assert str(info.value).startswith(f"{path}:{problem[1]}: {field}: {message}")
+
+
+FILE_CASES = {
+    "empty file": ("", None, "the file is empty (expected 'key: value' lines)"),
+    "only comments": ("# nothing yet\n", None, "the file is empty (expected 'key: value' lines)"),
+    "a list": ("- setup: optical\n- seed: 1\n", 1,
+               "the file is a list, not a mapping of sections (expected 'key: value' lines)"),
+    "YAML syntax error": ("experiment: x\nsetup: optical\ninstruments: {slm: [1, 2}\n", 3,
+                          "YAML syntax error: expected ',' or ']', but got '}' "
+                          "(while parsing a flow sequence started on line 3)"),
+}
+
+
+@pytest.mark.parametrize("text, line, message", FILE_CASES.values(), ids=FILE_CASES)
+def test_unusable_experiment_files(tmp_path, text, line, message):
+    from orchestrator.config import load_experiment
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    assert info.value.problems == [(str(path), line, "", message)]
+
+
+def test_a_data_set_problem_points_at_task_dataset(tmp_path):
+    from orchestrator.config import task_data_error
+
+    text = (EXPERIMENTS / "optical_vowels.yaml").read_text()
+    path = tmp_path / "vowels.yaml"
+    path.write_text(text)
+    err = task_data_error(path, ValueError("data directory /nope does not exist"))
+    assert str(err) == f"{path}:{_line_of(text, 'dataset: vowels')}: task.dataset: data directory /nope does not exist"

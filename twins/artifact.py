@@ -7,14 +7,18 @@ An artifact is ``torch.save`` of a plain dict::
 
 The metadata records what a lab notebook would: setup, encoding, instrument identities (``*IDN?``),
 dataset checksum, held-out NMSE, date (ISO 8601). Loading always uses ``torch.load(..., weights_only=True)``,
-which unpickles only tensors and plain containers, so an artifact from elsewhere cannot run code.
+which unpickles only tensors and plain containers, so an artifact from elsewhere cannot run code; the zip archive's
+CRC checks are verified first (``read_torch_file``), so a truncated or corrupted file is refused, never half-loaded.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,8 +34,56 @@ logger = logging.getLogger(__name__)
 FORMAT = "pnn-lab-twin/1"
 
 
-class TwinArtifactError(Exception):
+RECALIBRATE = "delete it and run pnn calibrate again"
+
+
+class CorruptFileError(Exception):
+    """A file the project wrote (twin artifact, twin data, checkpoint) cannot be used: missing, empty, truncated,
+    corrupted or of the wrong kind. The message starts with the file's path, says what is wrong and what to do."""
+
+
+class TwinArtifactError(CorruptFileError):
     """A twin artifact cannot be loaded; the message starts with the file's path and says why."""
+
+
+def read_torch_file(path: str | os.PathLike, what: str, remedy: str,
+                    error: type[CorruptFileError] = CorruptFileError) -> Any:
+    """``torch.load(path, weights_only=True)`` of a file written by ``torch.save``, after checking that it is whole:
+    a zip archive whose every member passes its CRC-32 check (``torch.load`` does not check, so flipped bytes in a
+    tensor would load silently).
+
+    Raises:
+        ``error`` with ``"<path>: not a readable <what>: <why>; <remedy>"``: missing, empty, truncated, corrupted or
+        foreign file, or one holding objects other than tensors and plain data.
+    """
+    path = Path(path)
+
+    def fail(why: str) -> CorruptFileError:
+        return error(f"{path}: not a readable {what}: {why}; {remedy}")
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            # torch.load's reader also takes a member with the DOS folder attribute (0x10) for a folder: no data
+            damaged = archive.testzip() or next((m.filename for m in archive.infolist() if m.external_attr & 0x10),
+                                                None)
+    except zipfile.BadZipFile:
+        empty = path.stat().st_size == 0
+        raise fail("the file is empty" if empty else "truncated, or not written by torch.save "
+                                                      "(no zip directory at its end)") from None
+    except OSError as err:
+        raise fail(f"cannot read it ({err})") from None
+    except Exception as err:  # noqa: BLE001 - a damaged zip header surfaces as many types
+        raise fail(f"corrupted ({type(err).__name__}: {err})") from None
+    if damaged is not None:
+        raise fail(f"corrupted (its part {damaged.split('/', 1)[-1]!r} fails the CRC check)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refused something; torch's advice to drop it is unsafe
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        raise fail("it holds objects other than tensors and plain data"
+                   + (f" ({found.group(1)})" if found else "")) from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types for bad content
+        raise fail(f"{type(err).__name__}: {err}") from err
 
 
 @contextmanager
@@ -142,34 +194,30 @@ def load_twin(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     path = Path(path)
     if not path.is_file():
         raise TwinArtifactError(f"{path}: no such twin artifact file")
-    try:
-        artifact = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for bad files; all mean "unreadable"
-        raise TwinArtifactError(
-            f"{path}: not a readable twin artifact (truncated, corrupted, or contains objects other than "
-            f"tensors and plain data): {type(error).__name__}: {error}"
-        ) from error
+    artifact = read_torch_file(path, "twin artifact", RECALIBRATE, TwinArtifactError)
 
     if not isinstance(artifact, dict) or artifact.get("format") != FORMAT:
         found = artifact.get("format") if isinstance(artifact, dict) else type(artifact).__name__
-        raise TwinArtifactError(f"{path}: not a {FORMAT!r} twin artifact (format: {found!r})")
+        raise TwinArtifactError(f"{path}: not a {FORMAT!r} twin artifact (format: {found!r}); {RECALIBRATE}")
     expected = {"kind": str, "config": dict, "state_dict": dict, "metadata": dict}
     for key, kind in expected.items():
         if not isinstance(artifact.get(key), kind):
-            raise TwinArtifactError(f"{path}: field {key!r} is missing or not a {kind.__name__}")
+            raise TwinArtifactError(f"{path}: field {key!r} is missing or not a {kind.__name__}; {RECALIBRATE}")
 
     try:
         cls = twin_class(artifact["kind"])
     except KeyError as error:
-        raise TwinArtifactError(f"{path}: {error.args[0]}") from None
+        raise TwinArtifactError(f"{path}: {error.args[0]}; {RECALIBRATE}") from None
     try:
         model = cls(**artifact["config"])
     except (TypeError, ValueError) as error:
-        raise TwinArtifactError(f"{path}: config {artifact['config']} does not build a {cls.__name__}: {error}") from error
+        raise TwinArtifactError(f"{path}: config {artifact['config']} does not build a {cls.__name__}: {error}; "
+                                f"{RECALIBRATE}") from error
     try:
         model.load_state_dict(artifact["state_dict"], strict=True)
     except (RuntimeError, KeyError, TypeError) as error:
-        raise TwinArtifactError(f"{path}: weights do not match the {cls.__name__} architecture: {error}") from error
+        raise TwinArtifactError(f"{path}: weights do not match the {cls.__name__} architecture: {error}; "
+                                f"{RECALIBRATE}") from error
     model.eval()
     logger.info("loaded %s twin from %s", artifact["kind"], path)
     return model, artifact["metadata"]

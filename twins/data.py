@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from twins.artifact import atomic_write
+from twins.artifact import RECALIBRATE, CorruptFileError, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,10 @@ _RESERVED_ATTRS = ("format", "checksum")
 MetadataValue = str | int | float
 
 
-class TwinDataError(Exception):
+REMEASURE = f"{RECALIBRATE} (it measures the twin data anew)"
+
+
+class TwinDataError(CorruptFileError):
     """A twin data file cannot be loaded; the message starts with the file's path and says why."""
 
 
@@ -144,34 +147,37 @@ def load_twin_data(path: str | os.PathLike) -> TwinData:
     path = Path(path)
     if not path.is_file():
         raise TwinDataError(f"{path}: no such twin data file")
+    if path.stat().st_size == 0:
+        raise TwinDataError(f"{path}: not a readable HDF5 file: the file is empty; {REMEASURE}")
     try:
         with h5py.File(path, "r") as f:
             missing = [name for name in ARRAYS if not isinstance(f.get(name), h5py.Dataset)]
             if missing:
-                raise TwinDataError(f"{path}: missing data set(s) {missing} (found: {sorted(f.keys())})")
+                raise TwinDataError(f"{path}: missing data set(s) {missing} (found: {sorted(f.keys())}); {REMEASURE}")
             arrays = {name: f[name][()] for name in ARRAYS}
             attrs = {key: _python_value(value) for key, value in f.attrs.items()}
     except TwinDataError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as error:  # h5py's ways of saying "corrupt"
-        raise TwinDataError(f"{path}: not a readable HDF5 file (truncated or corrupted?): {error}") from error
+    except Exception as error:  # noqa: BLE001 - h5py has many ways of saying "corrupt" (OSError, KeyError, ...)
+        raise TwinDataError(f"{path}: not a readable HDF5 file (truncated or corrupted?): {error}; "
+                            f"{REMEASURE}") from error
 
     shapes = {name: a.shape for name, a in arrays.items()}
     if any(len(s) != 2 for s in shapes.values()) or len({s[0] for s in shapes.values()}) != 1:
-        raise TwinDataError(f"{path}: x, theta, y must be 2-D with the same number of rows, got shapes {shapes}")
+        raise TwinDataError(f"{path}: x, theta, y must be 2-D with the same number of rows, got shapes {shapes}; "
+                            f"{REMEASURE}")
     stored = attrs.pop("checksum", None)
     attrs.pop("format", None)
     try:
         data = TwinData(arrays["x"], arrays["theta"], arrays["y"], attrs)
     except ValueError as error:
-        raise TwinDataError(f"{path}: {error}") from error
+        raise TwinDataError(f"{path}: {error}; {REMEASURE}") from error
     if stored is None:
-        raise TwinDataError(f"{path}: no checksum attribute; not written by save_twin_data")
+        raise TwinDataError(f"{path}: no checksum attribute; not written by save_twin_data; {REMEASURE}")
     actual = data.checksum()
     if stored != actual:
-        raise TwinDataError(
-            f"{path}: checksum mismatch (stored {stored}, computed {actual}): the data were modified or corrupted"
-        )
+        raise TwinDataError(f"{path}: checksum mismatch (stored {stored}, computed {actual}): the data were modified "
+                            f"or corrupted; {REMEASURE}")
     logger.info("loaded %d twin samples from %s (checksum %s…)", len(data), path, actual[:12])
     return data
 

@@ -3,12 +3,15 @@ by driving real (or simulated) instruments. See ``PhysicalSystem``."""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Annotated, Protocol, runtime_checkable
 
 import torch
+from pydantic import AfterValidator
+from pyvisa import rname
 from torch import Tensor
 
 from drivers.errors import LimitViolation
+from drivers.transport import _SERIAL_PORT, _SERIAL_URL, _is_visa  # open_link's rules for telling links apart
 
 
 @runtime_checkable
@@ -38,3 +41,42 @@ def check_batch(instrument: str, x: Tensor, theta: Tensor, n_inputs: int, param_
     low, high = (b.double() for b in param_bounds)
     if not torch.isfinite(theta).all() or (theta < low - 1e-6).any() or (theta > high + 1e-6).any():
         raise LimitViolation(instrument, None, "parameters outside param_bounds; refusing to drive the device")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation helpers for the setups' configuration sections
+
+
+class FieldError(ValueError):
+    """A validator's complaint about one field: ``field`` is a dotted path relative to the model being validated
+    (``"exposure_s"``, ``"network.width"``); the experiment loader reports it at that field's line."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def check_resource(resource: str) -> str:
+    """Refuse a resource string that ``drivers.transport.open_link`` cannot open: a VISA resource must parse
+    (``TCPIP0::host::5025::SOCKET`` with a port 1-65535, ``ASRL/dev/ttyUSB0::INSTR``, ...); anything else must be a
+    serial port (``/dev/...``, ``COMn``) or a pyserial URL (``socket://host:port``)."""
+    if not resource.strip():
+        raise ValueError("is empty; give a VISA resource, a serial port or a pyserial URL")
+    if _is_visa(resource):
+        try:
+            parsed = rname.parse_resource_name(resource)
+        except rname.InvalidResourceName as err:
+            raise ValueError(f"not a valid VISA resource: {err}") from None
+        port = getattr(parsed, "port", None)
+        if isinstance(parsed, rname.TCPIPSocket) and not (str(port).isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"{resource!r}: the port must be a number from 1 to 65535, got {port!r}")
+        return resource
+    if _SERIAL_URL.match(resource) or _SERIAL_PORT.match(resource):
+        return resource
+    raise ValueError(f"cannot tell how to open {resource!r}; expected a VISA resource ('TCPIP0::host::5025::SOCKET', "
+                     f"'USB0::...::INSTR', 'ASRL/dev/ttyUSB0::INSTR'), a serial port ('/dev/ttyUSB0', 'COM3') or a "
+                     f"pyserial URL ('socket://host:port')")
+
+
+Resource = Annotated[str, AfterValidator(check_resource)]
+"""A resource string that ``open_link`` can open (checked when the experiment file is loaded)."""

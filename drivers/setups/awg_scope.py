@@ -16,15 +16,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 from torch import Tensor
 
+from drivers.awg import LOAD_MAX_OHM, LOAD_MIN_OHM
 from drivers.errors import LimitViolation
-from drivers.setups import check_batch
+from drivers.scope import _TRIGGER_SOURCES
+from drivers.setups import Resource, check_batch
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +35,21 @@ CLIP_FRACTION = 0.999  # a point this close to the screen edge counts as clipped
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+LoadOhm = Annotated[float, Field(ge=LOAD_MIN_OHM, le=LOAD_MAX_OHM)] | Literal["INF"]
+"""The 33500B's output load setting: 1 ohm to 10 kohm, or INF (High-Z)."""
 
 
 class AWGConfig(_Strict):
     """How to reach and drive the arbitrary waveform generator (Keysight 33500B series)."""
 
-    resource: str = Field(description="VISA resource, e.g. TCPIP0::192.168.1.20::5025::SOCKET")
+    resource: Resource = Field(description="VISA resource, e.g. TCPIP0::192.168.1.20::5025::SOCKET")
     visa_library: str = "@py"
     timeout_s: PositiveFloat = 10.0
     channel: Literal[1, 2] = 1
-    load_ohm: float | Literal["INF"] = 50.0
+    load_ohm: LoadOhm = 50.0
     max_abs_volts: float = Field(gt=0, le=10, description="safety limit on the programmed |offset| + amplitude/2 (V "
                                  "into the configured load); the driver refuses anything above it")
     max_abs_offset_volts: float | None = Field(None, ge=0, description="safety limit on |offset|, V (0: no DC offset)")
@@ -53,7 +59,7 @@ class AWGConfig(_Strict):
 class ScopeConfig(_Strict):
     """How to reach and set up the oscilloscope (Keysight InfiniiVision)."""
 
-    resource: str
+    resource: Resource
     visa_library: str = "@py"
     timeout_s: PositiveFloat = 10.0
     channel: int = Field(1, ge=1, le=4)
@@ -64,6 +70,13 @@ class ScopeConfig(_Strict):
     trigger_level_v: float = 1.0
     max_points: PositiveInt = 1_000_000
     waveform_format: Literal["WORD", "BYTE"] = "WORD"
+
+    @field_validator("trigger_source")
+    @classmethod
+    def _known_source(cls, source: str) -> str:
+        if source.upper() not in _TRIGGER_SOURCES:
+            raise ValueError(f"{source!r} is not one of {', '.join(sorted(set(_TRIGGER_SOURCES.values())))}")
+        return source
 
 
 @dataclass
@@ -131,6 +144,8 @@ class AwgScopeSetup:
     def configure(self) -> None:
         """Put both instruments in the state every forward pass relies on."""
         scope, sc = self.scope, self.cfg.scope
+        for inst in (self.awg, self.scope):
+            inst.clear()  # *CLS: an old power-on bit or error must not fail the first batch
         scope.set_channel(sc.channel, scale_v_per_div=sc.volts_per_div, offset_v=0.0, coupling="DC", display=True)
         # the reference channel is switched on only for the delay calibration: one channel per acquisition
         # halves what the scope digitizes and sends
@@ -142,10 +157,15 @@ class AwgScopeSetup:
         self.configure_awg()
 
     def recover(self) -> None:
-        """After a failed forward: reopen both links and put the instruments back in their set-up state."""
+        """After a failed forward: reopen both links, put the instruments back in their set-up state and read the
+        settings back."""
         for inst in (self.awg, self.scope):
             inst.link.reconnect()
+            if inst.was_reset():
+                log.warning("%s had reset itself: applying its settings again", inst.name)
         self.configure()
+        for inst in (self.awg, self.scope):
+            inst.verify_settings()
 
     def items_per_upload(self) -> int:
         """How many batch items fit in one waveform (AWG memory and scope record both limit it)."""
@@ -168,6 +188,8 @@ class AwgScopeSetup:
         units = self.drive(x, theta)
         t0 = time.perf_counter()
         chunks = [self._play_and_record(part) for part in torch.split(units, self.items_per_upload())]
+        for inst in (self.awg, self.scope):
+            inst.check_status()  # a reset or an error during the batch makes its outputs worthless
         self.counters.record(x.shape[0], len(chunks), time.perf_counter() - t0)
         return torch.cat(chunks).float()
 

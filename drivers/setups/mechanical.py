@@ -39,8 +39,8 @@ from scipy import signal
 from torch import Tensor
 
 from drivers.errors import LimitViolation
-from drivers.setups.awg_scope import (AWGConfig, AwgScopeSetup, ScopeConfig, _Strict, bin_outputs, interleave,
-                                      sample_averages)
+from drivers.setups.awg_scope import (AWGConfig, AwgScopeSetup, LoadOhm, ScopeConfig, _Strict, bin_outputs,
+                                      interleave, sample_averages)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ EARLY_CUT_SAMPLES = 2  # items are cut this many samples before that onset (twin
 class SpeakerAWGConfig(AWGConfig):
     """The AWG driving the amplifier: High-Z load (the amplifier input is 10 kohm), amplitude ramp on switch-on."""
 
-    load_ohm: float | Literal["INF"] = "INF"
+    load_ohm: LoadOhm = "INF"
     max_abs_offset_volts: Literal[0.0] = Field(0.0, description="fixed: the driver refuses any DC offset")
     ramp_steps: PositiveInt = Field(8, description="amplitude steps when the output is switched on")
     ramp_s: float = Field(0.2, ge=0, description="duration of the switch-on ramp, s")

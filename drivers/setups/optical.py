@@ -40,9 +40,9 @@ import torch
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, model_validator
 from torch import Tensor
 
-from drivers.camera import ADC_MAX_COUNTS, ELECTRONS_PER_COUNT_AT_GAIN_1
+from drivers.camera import ADC_MAX_COUNTS, ELECTRONS_PER_COUNT_AT_GAIN_1, EXPOSURE_MAX_S, EXPOSURE_MIN_S
 from drivers.errors import InstrumentError, LimitViolation, ProtocolError
-from drivers.setups import check_batch
+from drivers.setups import FieldError, Resource, check_batch
 from drivers.setups.awg_scope import Counters, _Strict
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class SerialInstrumentConfig(_Strict):
     """How to reach a serial instrument: a port (``/dev/ttyUSB0``, ``COM3``), a pyserial URL (``socket://host:port``)
     or a VISA ASRL resource (``ASRL/dev/ttyUSB0::INSTR``)."""
 
-    resource: str
+    resource: Resource
     visa_library: str = "@py"
     timeout_s: PositiveFloat = 10.0
     baud_rate: PositiveInt = 3_000_000
@@ -71,16 +71,25 @@ class SLMConfig(SerialInstrumentConfig):
     @model_validator(mode="after")
     def _ordered(self) -> "SLMConfig":
         if self.gray_min >= self.gray_max:
-            raise ValueError("gray_min must be below gray_max")
+            field = "gray_min" if "gray_max" not in self.model_fields_set else "gray_max"
+            raise FieldError(field, f"gray_min {self.gray_min} must be below gray_max {self.gray_max}")
         return self
 
 
 class CameraConfig(SerialInstrumentConfig):
-    exposure_s: float = Field(1e-3, gt=0, le=10.0, description="exposure per frame, s")
-    max_exposure_s: float = Field(0.1, gt=0, le=10.0, description="safety limit on the exposure, s (the driver "
-                                                                     "refuses longer ones)")
+    exposure_s: float = Field(1e-3, ge=EXPOSURE_MIN_S, le=EXPOSURE_MAX_S, description="exposure per frame, s")
+    max_exposure_s: float = Field(0.1, ge=EXPOSURE_MIN_S, le=EXPOSURE_MAX_S, description="safety limit on the "
+                                  "exposure, s (the driver refuses longer ones)")
     gain: Literal[1, 2, 4] = 1
     dark_frames: PositiveInt = Field(32, description="frames averaged for the dark frame and the reference")
+
+    @model_validator(mode="after")
+    def _exposure_within_limit(self) -> "CameraConfig":
+        if self.exposure_s > self.max_exposure_s:
+            field = "max_exposure_s" if "exposure_s" not in self.model_fields_set else "exposure_s"
+            raise FieldError(field, f"exposure_s {self.exposure_s:g} s is above the safety limit max_exposure_s "
+                                    f"{self.max_exposure_s:g} s")
+        return self
 
 
 class OpticalInstruments(_Strict):
@@ -132,7 +141,8 @@ class OpticalEncoding(_Strict):
     def _pixels(self) -> "OpticalEncoding":
         first, end = self.active_pixels
         if not 0 <= first < end <= self.shaper.n_pixels:
-            raise ValueError(f"active_pixels must satisfy 0 <= first < end <= {self.shaper.n_pixels}")
+            raise FieldError("active_pixels", f"[{first}, {end}] must satisfy 0 <= first < end <= "
+                                              f"{self.shaper.n_pixels} (shaper.n_pixels)")
         return self
 
     def n_outputs(self, n_inputs: int) -> int:
@@ -262,6 +272,8 @@ class OpticalSetup:
         """Read the SLM's size and lookup table, check the phase range, set the camera and the sequence timing."""
         slm, cam, sc, cc = self.slm, self.camera, self.cfg.slm, self.cfg.camera
         cam.abort()  # a series left armed by a failed batch refuses new settings
+        for inst in (slm, cam):
+            inst.clear()  # *CLS: an old power-on bit or error must not fail the first batch
         n_pixels = slm.n_pixels
         if n_pixels != self.enc.shaper.n_pixels:
             raise LimitViolation(slm.name, "PIX?", f"the SLM has {n_pixels} pixels, the encoding expects "
@@ -302,7 +314,11 @@ class OpticalSetup:
         """After a failed forward: reopen both links and restore the set-up state (calibration kept)."""
         for inst in (self.slm, self.camera):
             inst.link.reconnect()
+            if inst.was_reset():
+                log.warning("%s had reset itself: applying its settings again", inst.name)
         self.configure()
+        for inst in (self.slm, self.camera):
+            inst.verify_settings()
 
     def sequence_room(self) -> int:
         """Patterns per sequence upload."""
@@ -336,6 +352,8 @@ class OpticalSetup:
         gray = self.patterns(x, theta)
         t0 = time.perf_counter()
         chunks = [self.measure(gray[i:i + self.sequence_room()]) for i in range(0, len(gray), self.sequence_room())]
+        for inst in (self.slm, self.camera):
+            inst.check_status()  # a reset or an error during the batch makes its outputs worthless
         self.counters.record(x.shape[0], len(chunks), time.perf_counter() - t0)
         spectra = torch.as_tensor(np.concatenate(chunks) - self.dark)
         return output_units(spectra @ self._weights.T, self.enc, self.calibration.reference_mean).float()

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 SOURCE_OHM = 50.0
 BUILTIN_EXP_RISE = "INT:\\BUILTIN\\EXP_RISE.ARB"
 _ARB_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,11}")
+MAX_VALUE_CHARS = 64  # longest ASCII arb value accepted (``+1.000000000000000E+00`` has 22)
 
 
 class AwgListener(Protocol):
@@ -340,7 +341,7 @@ class SimKeysight33522B(SCPIInstrument):
 
     # -- arbitrary waveform memory -----------------------------------------------------------------------------------
 
-    @scpi("[SOURce#:]DATA:ARBitrary", nargs=(2, None))
+    @scpi("[SOURce#:]DATA:ARBitrary", nargs=(2, memory_points + 1))
     def _data_arb(self, call: Call) -> None:
         order = ">" if self.byte_order == "NORM" else "<"
         if call.is_block(1):
@@ -351,7 +352,7 @@ class SimKeysight33522B(SCPIInstrument):
             raise SCPIError(-222, "arb values must lie in [-1, 1]")
         self._store(call, np.round(values * 32767).astype(np.int16))
 
-    @scpi("[SOURce#:]DATA:ARBitrary:DAC", nargs=(2, None))
+    @scpi("[SOURce#:]DATA:ARBitrary:DAC", nargs=(2, memory_points + 1))
     def _data_dac(self, call: Call) -> None:
         order = ">" if self.byte_order == "NORM" else "<"
         if call.is_block(1):
@@ -376,6 +377,10 @@ class SimKeysight33522B(SCPIInstrument):
 
     @staticmethod
     def _ascii_values(call: Call) -> np.ndarray:
+        # hostile input: numpy pads every value to the longest one, so one 100 kB "value" among 100k short ones
+        # would take 10 GB; no number needs more than MAX_VALUE_CHARS characters
+        if max(map(len, call.parts[1:])) > MAX_VALUE_CHARS:
+            raise SCPIError(-104, f"arb data value longer than {MAX_VALUE_CHARS} characters")
         try:
             return np.array(call.parts[1:], dtype=np.bytes_).astype(np.float64)
         except ValueError:

@@ -55,7 +55,7 @@ TYPE_CODES = {"NORM": 0, "PEAK": 1, "AVER": 2, "HRES": 3}
 FORMAT_CODES = {"BYTE": 0, "WORD": 1, "ASC": 4}
 HRES_BITS = 12
 TRIGGER_HYSTERESIS_DIV = 0.05
-_CHANNEL = re.compile(r"CHAN(?:NEL)?([0-9]+)")
+_CHANNEL = re.compile(r"CHAN(?:NEL)?([0-9]{1,9})")  # bounded: int() refuses thousands of digits
 
 
 def _nr3(value: float) -> str:

@@ -1,0 +1,106 @@
+"""Train on a simulated bench whose instruments misbehave, and compare with a clean run.
+
+    python experiments/faults.py experiments/electronic_digits.yaml --rate 0.002 [--out runs/faults] [--set K=V ...]
+
+Both runs calibrate and fit the twin on the clean bench (as a lab does before a long run); then every instrument
+injects every kind of fault (late replies, no reply, dropped connections or a pulled serial cable, garbled and short
+binary blocks, errors in the error queue, spontaneous resets, a frozen instrument), each with probability ``--rate``
+per reply, while the network trains and is evaluated. A run that stops (a batch still failing after
+``training.max_retries`` retries) is resumed with ``--resume``, as an operator would, up to ``--max-resumes`` times.
+
+Writes ``faults.json`` and ``faults.md`` in ``--out``: faults injected per kind, failed physical forwards (detected
+faults), batches retried, run stops and resumes, epochs lost (planned epochs missing from metrics.csv or counted twice),
+and the test accuracy of both runs. The links' timeouts are cut to ``--timeout`` seconds so that a silent instrument
+costs seconds, not the lab's 10 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from pathlib import Path
+
+from drivers.errors import InstrumentError
+from orchestrator.config import ExperimentConfig, data_dir, load_experiment
+from orchestrator.experiment import get_twin, load_task, train_on_setup
+from orchestrator.lab import device_width, fault_plans, open_setup, start_simulated_bench
+from orchestrator.trainer import atomic_write_bytes
+
+log = logging.getLogger("faults")
+
+
+def train(cfg: ExperimentConfig, faulty: ExperimentConfig | None, out: Path, max_resumes: int) -> dict:
+    """One training run on a fresh simulated bench; with ``faulty``, its faults are switched on after calibration.
+    Returns the summary plus the faults injected, the stops and the epochs in metrics.csv."""
+    data = load_task(cfg, data_dir())
+    n = device_width(cfg, data.x_train.shape[1])
+    stops, resume = [], False
+    with start_simulated_bench(cfg) as bench, open_setup(cfg, n, bench=bench) as setup:
+        twin = get_twin(cfg, cfg.twin.kind, setup, bench, cfg.artifacts_path(True))
+        if faulty is not None:
+            for role, plan in fault_plans(faulty).items():
+                bench.servers[role].injector.plan = plan
+        while True:
+            try:
+                summary = train_on_setup(cfg, data, setup, twin, out, resume=resume, bench=bench)
+                break
+            except InstrumentError as err:
+                stops.append(str(err))
+                log.warning("the run stopped (%s); resuming (%d of %d)", err, len(stops), max_resumes)
+                if len(stops) > max_resumes:
+                    raise
+                resume = True  # the first batch's retry reconnects and sets the instruments up again
+        injected = {role: dict(server.injector.counts) for role, server in bench.servers.items()}
+    with (out / "metrics.csv").open() as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    return {**summary, "faults_injected": injected, "stops": stops, "metric_epochs": epochs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment")
+    parser.add_argument("--rate", type=float, default=0.002, help="probability per reply of each kind of fault")
+    parser.add_argument("--out", type=Path, default=Path("runs/faults"))
+    parser.add_argument("--timeout", type=float, default=2.0, help="the instruments' link timeout, s")
+    parser.add_argument("--max-resumes", type=int, default=5)
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+
+    overrides = dict(pair.split("=", 1) for pair in args.sets)
+    cfg = load_experiment(args.experiment, overrides=overrides or None)
+    for role, _ in cfg.instruments:
+        overrides[f"instruments.{role}.timeout_s"] = str(args.timeout)
+    cfg = load_experiment(args.experiment, overrides=overrides)
+    faulty = load_experiment(args.experiment, overrides={**overrides, "simulate.faults.all.rate": str(args.rate)})
+
+    clean = train(cfg, None, args.out / "clean", args.max_resumes)
+    hit = train(cfg, faulty, args.out / "faults", args.max_resumes)
+    planned = list(range(1, cfg.training.epochs + 1))  # metrics.csv counts epochs from 1
+    kinds: dict[str, int] = {}
+    for counts in hit["faults_injected"].values():
+        for kind, count in counts.items():
+            kinds[kind] = kinds.get(kind, 0) + count
+    report = {
+        "experiment": cfg.experiment, "rate_per_reply_and_kind": args.rate, "link_timeout_s": args.timeout,
+        "faults_injected": sum(kinds.values()), "faults_injected_by_kind": kinds,
+        "faults_injected_by_instrument": hit["faults_injected"],
+        "failed_forwards": hit.get("forward_failures"), "batches_retried": hit.get("batches_retried"),
+        "run_stops_resumed": len(hit["stops"]), "stop_messages": hit["stops"],
+        "epochs_lost": len(set(planned) - set(hit["metric_epochs"])),
+        "epochs_counted_twice": len(hit["metric_epochs"]) - len(set(hit["metric_epochs"])),
+        "test_accuracy_clean": clean["test_accuracy"], "test_accuracy_with_faults": hit["test_accuracy"],
+        "wall_time_clean_s": clean["wall_time_s"], "wall_time_with_faults_s": hit["wall_time_s"],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out / "faults.json", json.dumps(report, indent=2).encode())
+    lines = [f"# Faults: {cfg.experiment}, rate {args.rate} per reply and kind", "", "| | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in report.items() if key not in ("stop_messages",)]
+    atomic_write_bytes(args.out / "faults.md", ("\n".join(lines) + "\n").encode())
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Faults injected by the simulated instruments, seen through the real drivers and setups: each kind is detected,
+named, and recovered from by the retry that the trainer uses (reconnect, set-up again, settings read back)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from drivers.errors import InstrumentError, InstrumentReportedError, InstrumentWasReset
+from orchestrator.config import load_experiment
+from orchestrator.lab import open_setup
+from orchestrator.trainer import retrying
+from simulators.benches import start_bench
+from simulators.server import FaultPlan
+from twins.fit import nmse
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+SHORT = {"latency_s": 0.1, "stuck_s": 0.3, "unplug_s": 0.3}  # faults shorter than the links' timeouts
+
+
+def _batch(b: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return 2 * torch.rand(b, n, generator=gen) - 1, 0.5 * (2 * torch.rand(n, generator=gen) - 1)
+
+
+@pytest.fixture(scope="module", params=["electronic", "optical"])
+def rig(request):
+    """A calibrated setup on its simulated bench, links with short timeouts so that a silent instrument is noticed
+    quickly; yields (bench, setup, clean outputs of a reference batch)."""
+    name = request.param
+    experiment = {"electronic": "electronic_digits.yaml", "optical": "optical_vowels.yaml"}[name]
+    roles = {"electronic": ("awg", "scope"), "optical": ("slm", "camera")}[name]
+    overrides = {"network.width": 12, **{f"instruments.{role}.timeout_s": 1.0 for role in roles}}
+    if name == "optical":
+        overrides["instruments.camera.dark_frames"] = 4
+    cfg = load_experiment(EXPERIMENTS / experiment, overrides=overrides)
+    with start_bench(name, seed=5) as bench, open_setup(cfg, 12, bench=bench) as setup:
+        x, theta = _batch(16, 12, seed=1)
+        yield bench, setup, roles, (x, theta, setup.forward(x, theta))
+
+
+@pytest.mark.parametrize("kind", FaultPlan.KINDS)
+def test_each_fault_is_detected_or_harmless_and_the_retry_recovers(rig, kind: str) -> None:
+    bench, setup, roles, (x, theta, clean) = rig
+    # binary blocks come back from the scope and the camera only
+    for role in roles[1:] if kind in ("garble_block", "short_block") else roles:
+        injector = bench.servers[role].injector
+        injector.plan = FaultPlan(**{kind: 1.0}, max_faults=1, seed=2, **SHORT)
+        injector.counts = dict.fromkeys(FaultPlan.KINDS, 0)
+        failures: list[InstrumentError] = []
+
+        def recover() -> None:
+            failures.append(None)
+            setup.recover()
+
+        y = retrying(setup.forward, max_retries=3, recover=recover)(x, theta)
+        assert injector.counts[kind] == 1, (role, injector.counts)
+        assert torch.isfinite(y).all()
+        # the batch that came through is a real measurement: as close to the clean one as two clean ones are
+        assert nmse(y, clean) < 0.05, (role, kind, float(nmse(y, clean)))
+        if kind in ("no_reply", "drop_connection", "stuck", "reset", "error"):
+            assert failures, f"{kind} on the {role} went unnoticed"
+        injector.plan = FaultPlan()
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_reset_is_noticed_and_the_settings_come_back(rig, which: int, caplog) -> None:
+    """A reset stops the batch in its tracks (a timeout, a refused command) or, if the batch still completes, is
+    reported by the power-on bit; recover() says which instrument reset and applies its settings again."""
+    bench, setup, roles, (x, theta, clean) = rig
+    role = roles[which]
+    injector = bench.servers[role].injector
+    injector.plan = FaultPlan(reset=1.0, max_faults=1)
+    injector.counts = dict.fromkeys(FaultPlan.KINDS, 0)
+    with pytest.raises(InstrumentError, match=role) as err:
+        setup.forward(x, theta)
+    if isinstance(err.value, InstrumentWasReset):
+        assert "the instrument reset itself" in str(err.value)
+    else:
+        setup.recover()  # re-applies the set-up and reads it back
+        assert f"{role} had reset itself" in caplog.text
+    assert nmse(setup.forward(x, theta), clean) < 0.05
+
+
+def test_an_instrument_error_during_a_batch_names_the_instrument_and_the_error(rig) -> None:
+    bench, setup, roles, (x, theta, _) = rig
+    role = roles[0]
+    injector = bench.servers[role].injector
+    injector.plan = FaultPlan(error=1.0, max_faults=1)
+    injector.counts = dict.fromkeys(FaultPlan.KINDS, 0)
+    with pytest.raises(InstrumentReportedError, match=rf'{role}, command .*: instrument reported error\(s\): -300,"Device-specific error"'):
+        setup.forward(x, theta)
+    injector.plan = FaultPlan()
