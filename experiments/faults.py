@@ -1,12 +1,13 @@
 """Train on a simulated bench whose instruments misbehave, and compare with a clean run.
 
-    python experiments/faults.py experiments/electronic_digits.yaml --rate 0.002 [--out runs/faults] [--set K=V ...]
+    python experiments/faults.py experiments/electronic_digits.yaml [--rate 0.0005] [--block-rate 0.02] [--out DIR]
 
 Both runs calibrate and fit the twin on the clean bench (as a lab does before a long run); then every instrument
 injects every kind of fault (late replies, no reply, dropped connections or a pulled serial cable, garbled and short
 binary blocks, errors in the error queue, spontaneous resets, a frozen instrument), each with probability ``--rate``
-per reply, while the network trains and is evaluated. A run that stops (a batch still failing after
-``training.max_retries`` retries) is resumed with ``--resume``, as an operator would, up to ``--max-resumes`` times.
+per reply (``--block-rate`` per binary block for the damaged blocks), while the network trains and is evaluated.
+A run that stops (a batch still failing after ``training.max_retries`` retries) is resumed with ``--resume``, as an
+operator would, up to ``--max-resumes`` times.
 
 Writes ``faults.json`` and ``faults.md`` in ``--out``: faults injected per kind, failed physical forwards (detected
 faults), batches retried, run stops and resumes, epochs lost (planned epochs missing from metrics.csv or counted twice),
@@ -61,7 +62,10 @@ def train(cfg: ExperimentConfig, faulty: ExperimentConfig | None, out: Path, max
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment")
-    parser.add_argument("--rate", type=float, default=0.002, help="probability per reply of each kind of fault")
+    parser.add_argument("--rate", type=float, default=0.0005, help="probability per reply of each kind of fault")
+    parser.add_argument("--block-rate", type=float, default=0.02,
+                        help="probability per binary block of garbling it and of cutting it short (a scope or "
+                             "camera sends one block per batch, so --rate alone would hardly ever damage one)")
     parser.add_argument("--out", type=Path, default=Path("runs/faults"))
     parser.add_argument("--timeout", type=float, default=2.0, help="the instruments' link timeout, s")
     parser.add_argument("--max-resumes", type=int, default=5)
@@ -74,7 +78,9 @@ def main() -> None:
     for role, _ in cfg.instruments:
         overrides[f"instruments.{role}.timeout_s"] = str(args.timeout)
     cfg = load_experiment(args.experiment, overrides=overrides)
-    faulty = load_experiment(args.experiment, overrides={**overrides, "simulate.faults.all.rate": str(args.rate)})
+    faulty = load_experiment(args.experiment, overrides={
+        **overrides, "simulate.faults.all.rate": str(args.rate),
+        "simulate.faults.all.garble_block": str(args.block_rate), "simulate.faults.all.short_block": str(args.block_rate)})
 
     clean = train(cfg, None, args.out / "clean", args.max_resumes)
     hit = train(cfg, faulty, args.out / "faults", args.max_resumes)
@@ -84,7 +90,8 @@ def main() -> None:
         for kind, count in counts.items():
             kinds[kind] = kinds.get(kind, 0) + count
     report = {
-        "experiment": cfg.experiment, "rate_per_reply_and_kind": args.rate, "link_timeout_s": args.timeout,
+        "experiment": cfg.experiment, "rate_per_reply_and_kind": args.rate, "rate_per_binary_block": args.block_rate,
+        "link_timeout_s": args.timeout,
         "faults_injected": sum(kinds.values()), "faults_injected_by_kind": kinds,
         "faults_injected_by_instrument": hit["faults_injected"],
         "failed_forwards": hit.get("forward_failures"), "batches_retried": hit.get("batches_retried"),

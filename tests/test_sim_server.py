@@ -439,8 +439,8 @@ def test_injected_reset_loses_the_settings_and_sets_the_power_on_bit(toy: Toy) -
         c = Client(srv)
         c.send(b"VOLT 2.5\n")
         assert c.query("VOLT?") == nr3(2.5)  # answered, then the instrument resets itself
-        assert toy.volt[1] == 1.0
         assert int(c.query("*ESR?")) & 128  # power-on bit: a driver can tell its settings are gone
+        assert toy.volt[1] == 1.0  # (checked after the next reply: the reset follows the reply it came with)
         c.close()
 
 

@@ -30,7 +30,8 @@ mode (``BUS`` source and ``*TRG``, or ``TRIG#``). ``listener.on_awg_stop(channel
 Deviations from the real instrument: out-of-range values are refused (error queued, setting unchanged) instead of
 clipped; an arb name that already exists is refused with -221 (clear with ``DATA:VOL:CLE`` first); memory errors use
 the generic -225; built-in functions play one period of 1000 samples (fewer above 250 kHz); PULS/PRBS/NOIS are rough
-stand-ins; the burst idle level, burst period, gated bursts and EXT/TIM triggers are not simulated.
+stand-ins; the burst idle level, burst period, gated bursts and EXT/TIM triggers are not simulated; a burst longer
+than ``max_burst_samples`` (4 Mi samples) is played to the bench for its first ``max_burst_samples`` only.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ class SimKeysight33522B(SCPIInstrument):
     sample_rate_range_hz = (1e-6, 250e6)
     max_block_bytes = 4 * memory_points + 64
     max_message_bytes = 32 << 20  # a million ASCII values
+    max_burst_samples = 1 << 22  # a burst is simulated for this many samples at most (see the module docstring)
     FUNCTIONS = ("SINusoid", "SQUare", "TRIangle", "RAMP", "PULSe", "PRBS", "NOISe", "ARBitrary", "DC")
 
     def __init__(self, lock=None, listener: AwgListener | None = None):
@@ -191,7 +193,12 @@ class SimKeysight33522B(SCPIInstrument):
             log.debug("awg: trigger on channel %d ignored (burst %s, output %s)", channel, st.burst, st.output)
             return
         w, fs = self.waveform(channel)
-        emf = self.emf(channel, np.tile(w, int(st.burst_cycles)))
+        # hostile input: NCYC 1E8 of a 1000-point waveform is 1e11 samples (745 GiB; 6 GiB and an hour of physics at
+        # 8 points): only the start of a long burst is simulated, far more than a scope record holds
+        cycles = min(int(st.burst_cycles), max(1, self.max_burst_samples // len(w)))
+        if cycles < st.burst_cycles:
+            log.warning("awg: burst of %d cycles simulated for its first %d", st.burst_cycles, cycles)
+        emf = self.emf(channel, np.tile(w, cycles))
         self.listener.on_awg_play(channel, emf, fs, False)
 
     # -- helpers -----------------------------------------------------------------------------------------------------
