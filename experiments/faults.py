@@ -42,7 +42,7 @@ def train(cfg: ExperimentConfig, faulty: ExperimentConfig | None, out: Path, max
         twin = get_twin(cfg, cfg.twin.kind, setup, bench, cfg.artifacts_path(True))
         if faulty is not None:
             for role, plan in fault_plans(faulty).items():
-                bench.servers[role].injector.plan = plan
+                bench.servers[role].injector.set_plan(plan)
         while True:
             try:
                 summary = train_on_setup(cfg, data, setup, twin, out, resume=resume, bench=bench)
@@ -96,6 +96,7 @@ def main() -> None:
         "faults_injected_by_instrument": hit["faults_injected"],
         "failed_forwards": hit.get("forward_failures"), "batches_retried": hit.get("batches_retried"),
         "run_stops_resumed": len(hit["stops"]), "stop_messages": hit["stops"],
+        "clean_run_stops_resumed": len(clean["stops"]),  # a clean run can time out too, on a loaded machine
         "epochs_lost": len(set(planned) - set(hit["metric_epochs"])),
         "epochs_counted_twice": len(hit["metric_epochs"]) - len(set(hit["metric_epochs"])),
         "test_accuracy_clean": clean["test_accuracy"], "test_accuracy_with_faults": hit["test_accuracy"],

@@ -26,6 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from drivers.errors import InstrumentError  # noqa: E402
 from orchestrator.config import data_dir, load_experiment  # noqa: E402
 from orchestrator.experiment import get_twin, load_task, train_on_setup  # noqa: E402
 from orchestrator.lab import device_width, fault_plans, open_setup, start_simulated_bench  # noqa: E402
@@ -58,7 +59,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     samples: list[dict] = []
-    state = {"runs": 0, "batches": 0, "first_run_end": None}
+    state = {"runs": 0, "failed_runs": 0, "batches": 0, "first_run_end": None}
     stop = threading.Event()
     start = time.monotonic()
 
@@ -77,24 +78,30 @@ def main() -> None:
     with start_simulated_bench(cfg) as bench, open_setup(cfg, n, bench=bench) as setup:
         twin = get_twin(cfg, cfg.twin.kind, setup, bench, cfg.artifacts_path(True))
         for role, plan in fault_plans(faulty).items() if args.rate else ():
-            bench.servers[role].injector.plan = plan
+            bench.servers[role].injector.set_plan(plan)
 
         def on_batch(*_: object) -> None:
             state["batches"] += 1
 
-        while time.monotonic() - start < args.minutes * 60:
-            train_on_setup(cfg, data, setup, twin, args.out / f"run_{state['runs'] % 2}", resume=False, bench=bench,
-                           on_batch=on_batch)
-            state["runs"] += 1
-            if state["first_run_end"] is None:
-                state["first_run_end"] = len(samples)
-            log.warning("soak: %d runs, %.1f min", state["runs"], (time.monotonic() - start) / 60)
-    stop.set()
-    sampler.join()
+        try:
+            while time.monotonic() - start < args.minutes * 60:
+                try:
+                    train_on_setup(cfg, data, setup, twin, args.out / f"run_{state['runs'] % 2}", resume=False,
+                                   bench=bench, on_batch=on_batch)
+                except InstrumentError as err:  # a run stopped by faults: note it and start the next one
+                    state["failed_runs"] += 1
+                    log.warning("soak: a run stopped: %s", err)
+                state["runs"] += 1
+                if state["first_run_end"] is None:
+                    state["first_run_end"] = len(samples)
+                log.warning("soak: %d runs, %.1f min", state["runs"], (time.monotonic() - start) / 60)
+        finally:  # whatever happened, the samples so far are written
+            stop.set()
+            sampler.join()
     sample_first = samples[min(state["first_run_end"] or 0, len(samples) - 1)]
     last = samples[-1]
     summary = {"experiment": cfg.experiment, "minutes": round(last["elapsed_s"] / 60, 1), "runs": state["runs"],
-               "batches": state["batches"], "fault_rate": args.rate,
+               "failed_runs": state["failed_runs"], "batches": state["batches"], "fault_rate": args.rate,
                "rss_mb_after_first_run": sample_first["rss_mb"], "rss_mb_last": last["rss_mb"],
                "rss_growth_mb": round(last["rss_mb"] - sample_first["rss_mb"], 1),
                "threads_after_first_run": sample_first["threads"], "threads_last": last["threads"],

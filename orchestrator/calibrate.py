@@ -25,7 +25,7 @@ from drivers.setups.electronic import emf_per_unit
 from drivers.setups.optical import OpticalCalibration, OpticalSetup, output_bin_edges
 from orchestrator import plots
 from orchestrator.config import ExperimentConfig
-from orchestrator.trainer import atomic_write_bytes
+from orchestrator.trainer import atomic_write_bytes, retrying
 from twins.artifact import load_twin, save_twin
 from twins.data import TwinData, load_twin_data, save_twin_data
 from twins.electronic import ElectronicPhysicsTwin
@@ -78,8 +78,11 @@ def adopt_cut(setup, instruments_json: str | None, source: str) -> bool:
 
 
 def collect_twin_data(setup: AwgScopeSetup, n_samples: int, repeats: int, seed: int,
-                      batch: int = 1024, progress: Callable[[int, int], None] | None = None) -> TwinData:
-    """Measure ``n_samples`` random (x, θ) pairs, uniform within the safe ranges, each ``repeats`` times averaged."""
+                      batch: int = 1024, progress: Callable[[int, int], None] | None = None,
+                      max_retries: int = 2) -> TwinData:
+    """Measure ``n_samples`` random (x, θ) pairs, uniform within the safe ranges, each ``repeats`` times averaged.
+    A failed batch is retried ``max_retries`` times, each after ``setup.recover()``, as in training."""
+    forward = retrying(setup.forward, max_retries, setup.recover)
     gen = torch.Generator().manual_seed(seed)
     n = setup.n_inputs
     low, high = setup.param_bounds
@@ -88,7 +91,7 @@ def collect_twin_data(setup: AwgScopeSetup, n_samples: int, repeats: int, seed: 
     ys = []
     for start in range(0, n_samples, batch):
         sl = slice(start, start + batch)
-        ys.append(torch.stack([setup.forward(x[sl], theta[sl]) for _ in range(repeats)]).mean(0))
+        ys.append(torch.stack([forward(x[sl], theta[sl]) for _ in range(repeats)]).mean(0))
         if progress:
             progress(min(start + batch, n_samples), n_samples)
     y = torch.cat(ys)
@@ -200,6 +203,7 @@ def calibrate(cfg: ExperimentConfig, setup: AwgScopeSetup, artifacts: Path, kind
             data = None
     if data is None:
         data = collect_twin_data(setup, cfg.twin.samples, cfg.twin.repeats, seed=cfg.seed + 7,
+                                 max_retries=cfg.training.max_retries,
                                  progress=(lambda i, n: progress("twin data", i, n)) if progress else None)
         save_twin_data(data_file, data)
     report_file = artifacts / "report.json"

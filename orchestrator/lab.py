@@ -10,11 +10,14 @@ offset and the lookup-table check).
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from drivers.awg import Keysight33500B
 from drivers.camera import SpectroscopyCamera
+from drivers.errors import InstrumentError
 from drivers.scope import KeysightInfiniiVision
 from drivers.setups.awg_scope import AwgScopeSetup
 from drivers.setups.electronic import ElectronicSetup
@@ -91,26 +94,41 @@ def open_setup(cfg: ExperimentConfig, n: int, *, bench=None, calibrate: bool = T
         if calibrate:
             setup.calibrate_instruments()
         yield setup
-    except BaseException:
-        # interrupted or failed mid-conversation: a reply may be on its way or a binary upload half sent, and an
+    except (InstrumentError, KeyboardInterrupt):
+        # failed or interrupted mid-conversation: a reply may be on its way or a binary upload half sent, and an
         # "output off" sent now would be read as part of it; fresh connections start the conversation over
-        for link in links:
-            try:
-                link.reconnect()
-            except Exception as err:  # noqa: BLE001 - try to make the others safe anyway
-                log.warning("reconnecting %s before making it safe: %s", link.name, err)
+        with _signals_held():
+            for link in links:
+                try:
+                    link.reconnect()
+                except Exception as err:  # noqa: BLE001 - try to make the others safe anyway
+                    log.warning("reconnecting %s before making it safe: %s", link.name, err)
         raise
     finally:
-        for action in make_safe:  # also when the setup refused its settings after an instrument was reached
-            try:
-                action()
-            except Exception as err:  # noqa: BLE001 - one instrument failing must not stop the others going safe
-                log.warning("making the instruments safe: %s", err)
-        for link in reversed(links):
-            try:
-                link.close()
-            except Exception as err:  # noqa: BLE001 - closing must not hide the original error
-                log.warning("closing %s: %s", link.name, err)
+        with _signals_held():  # a Ctrl-C now would leave an output on: it waits until everything is safe
+            for action in make_safe:  # also when the setup refused its settings after an instrument was reached
+                try:
+                    action()
+                except Exception as err:  # noqa: BLE001 - one instrument failing must not stop the others going safe
+                    log.warning("making the instruments safe: %s", err)
+            for link in reversed(links):
+                try:
+                    link.close()
+                except Exception as err:  # noqa: BLE001 - closing must not hide the original error
+                    log.warning("closing %s: %s", link.name, err)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold back SIGINT and SIGTERM inside the block (main thread only); they are delivered when it ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def serial_settings(section) -> dict:

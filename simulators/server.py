@@ -1015,10 +1015,16 @@ class FaultInjector:
     how many of each kind were injected."""
 
     def __init__(self, plan: FaultPlan | None):
-        self.plan = plan or FaultPlan()
-        self._rng = random.Random(self.plan.seed)
         self._lock = threading.Lock()
-        self.counts: dict[str, int] = {name: 0 for name in FaultPlan.KINDS}
+        self.set_plan(plan)
+
+    def set_plan(self, plan: FaultPlan | None) -> None:
+        """Inject ``plan`` from now on: its seed restarts the draws, the counts start from zero."""
+        with self._lock:
+            self.plan = plan or FaultPlan()
+            self._rng = random.Random(self.plan.seed)
+            self.counts: dict[str, int] = {name: 0 for name in FaultPlan.KINDS}
+            self.frozen_until = 0.0  # monotonic time until which the instrument ignores everything (``stuck``)
 
     def _count(self, kind: str) -> None:
         self.counts[kind] += 1
@@ -1094,7 +1100,6 @@ def serve_stream(stream: ByteStream, session: Session, injector: FaultInjector, 
     ended: ``"closed"`` (by the client), ``"dropped"`` (a fault) or ``"stopped"``."""
     session.stopping = stop
     session.peer_alive = stream.alive
-    frozen_until = 0.0  # a stuck instrument ignores everything until then
     try:
         while not stop.is_set():
             data = stream.read(0.2)
@@ -1102,13 +1107,13 @@ def serve_stream(stream: ByteStream, session: Session, injector: FaultInjector, 
                 continue
             if not data:
                 return "closed"
-            if time.monotonic() < frozen_until:
+            if time.monotonic() < injector.frozen_until:  # a stuck instrument: whichever connection asks
                 continue
             for reply in session.feed(data):
                 action = injector.apply(reply)
                 if action.stuck_s:
                     log.info("%s: fault injected: frozen for %.3g s", name, action.stuck_s)
-                    frozen_until = time.monotonic() + action.stuck_s
+                    injector.frozen_until = time.monotonic() + action.stuck_s
                     break  # the rest of this message is ignored as well
                 if action.delay_s and stop.wait(action.delay_s):
                     return "stopped"

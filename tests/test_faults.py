@@ -47,8 +47,7 @@ def test_each_fault_is_detected_or_harmless_and_the_retry_recovers(rig, kind: st
     # binary blocks come back from the scope and the camera only
     for role in roles[1:] if kind in ("garble_block", "short_block") else roles:
         injector = bench.servers[role].injector
-        injector.plan = FaultPlan(**{kind: 1.0}, max_faults=1, seed=2, **SHORT)
-        injector.counts = dict.fromkeys(FaultPlan.KINDS, 0)
+        injector.set_plan(FaultPlan(**{kind: 1.0}, max_faults=1, seed=2, **SHORT))
         failures: list[InstrumentError] = []
 
         def recover() -> None:
@@ -62,7 +61,7 @@ def test_each_fault_is_detected_or_harmless_and_the_retry_recovers(rig, kind: st
         assert nmse(y, clean) < 0.05, (role, kind, float(nmse(y, clean)))
         if kind in ("no_reply", "drop_connection", "stuck", "reset", "error"):
             assert failures, f"{kind} on the {role} went unnoticed"
-        injector.plan = FaultPlan()
+        injector.set_plan(FaultPlan())
 
 
 @pytest.mark.parametrize("which", [0, 1])
@@ -72,8 +71,7 @@ def test_a_reset_is_noticed_and_the_settings_come_back(rig, which: int, caplog) 
     bench, setup, roles, (x, theta, clean) = rig
     role = roles[which]
     injector = bench.servers[role].injector
-    injector.plan = FaultPlan(reset=1.0, max_faults=1)
-    injector.counts = dict.fromkeys(FaultPlan.KINDS, 0)
+    injector.set_plan(FaultPlan(reset=1.0, max_faults=1))
     with pytest.raises(InstrumentError, match=role) as err:
         setup.forward(x, theta)
     if isinstance(err.value, InstrumentWasReset):
@@ -88,8 +86,7 @@ def test_an_instrument_error_during_a_batch_names_the_instrument_and_the_error(r
     bench, setup, roles, (x, theta, _) = rig
     role = roles[0]
     injector = bench.servers[role].injector
-    injector.plan = FaultPlan(error=1.0, max_faults=1)
-    injector.counts = dict.fromkeys(FaultPlan.KINDS, 0)
+    injector.set_plan(FaultPlan(error=1.0, max_faults=1))
     with pytest.raises(InstrumentReportedError, match=rf'{role}, command .*: instrument reported error\(s\): -300,"Device-specific error"'):
         setup.forward(x, theta)
-    injector.plan = FaultPlan()
+    injector.set_plan(FaultPlan())

@@ -452,9 +452,9 @@ def test_a_stuck_instrument_ignores_everything_for_a_while_then_answers(toy: Toy
             c.query("*IDN?")
         c.send(b"VOLT 3\n")  # ignored while frozen
         time.sleep(0.5)
-        srv.injector.plan = FaultPlan()
-        assert c.query("VOLT?") == nr3(1.0)
         assert srv.injector.counts["stuck"] == 1
+        srv.injector.set_plan(FaultPlan())
+        assert c.query("VOLT?") == nr3(1.0)
         c.close()
 
 
@@ -468,10 +468,10 @@ def test_an_unplugged_serial_line_loses_what_is_sent_then_comes_back(toy: Toy) -
             with pytest.raises(InstrumentTimeout, match="slm.*IDN"):
                 link.query("*IDN?")
             link.write("VOLT 4")  # lost: the cable is out
-            pty.injector.plan = FaultPlan()
+            assert pty.injector.counts["drop_connection"] == 1
+            pty.injector.set_plan(FaultPlan())
             time.sleep(0.6)
             assert link.query("VOLT?") == nr3(1.0)
-        assert pty.injector.counts["drop_connection"] == 1
 
 
 def test_every_kind_of_fault_at_one_rate() -> None:
