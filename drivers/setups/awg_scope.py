@@ -157,12 +157,14 @@ class AwgScopeSetup:
         self.configure_awg()
 
     def recover(self) -> None:
-        """After a failed forward: reopen both links, put the instruments back in their set-up state and read the
-        settings back."""
+        """After a failed forward: reopen both links, put the instruments back in their set-up state and read back the
+        declared settings it applied (``verify_settings``; the scope driver declares none: its setters check their
+        own commands with the error queue)."""
         for inst in (self.awg, self.scope):
             inst.link.reconnect()
             if inst.was_reset():
                 log.warning("%s had reset itself: applying its settings again", inst.name)
+            inst.settings.clear()  # after a failure nothing the driver remembers is sure: configure() applies it anew
         self.configure()
         for inst in (self.awg, self.scope):
             inst.verify_settings()

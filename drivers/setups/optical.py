@@ -316,6 +316,7 @@ class OpticalSetup:
             inst.link.reconnect()
             if inst.was_reset():
                 log.warning("%s had reset itself: applying its settings again", inst.name)
+            inst.settings.clear()  # after a failure nothing the driver remembers is sure: configure() applies it anew
         self.configure()
         for inst in (self.slm, self.camera):
             inst.verify_settings()
