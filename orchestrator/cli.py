@@ -51,7 +51,22 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
 
 
 def _load(path: str, sets: tuple[str, ...] = ()) -> ExperimentConfig:
-    return load_experiment(path, overrides=_overrides(sets) or None)
+    overrides = _overrides(sets)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get("fault_rate") is not None:  # --faults RATE
+        overrides["simulate.faults.all.rate"] = str(ctx.meta["fault_rate"])
+    return load_experiment(path, overrides=overrides or None)
+
+
+def _remember_fault_rate(ctx: click.Context, param: click.Parameter, value: float | None) -> None:
+    ctx.meta["fault_rate"] = value
+
+
+faults_opt = click.option(
+    "--faults", type=click.FloatRange(0, 1), default=None, metavar="RATE", expose_value=False,
+    callback=_remember_fault_rate,
+    help="With --simulate: every instrument injects every kind of fault with probability RATE per reply "
+         "(same as --set simulate.faults.all.rate=RATE).")
 
 
 @contextmanager
@@ -220,6 +235,7 @@ def _bench_or_none(cfg: ExperimentConfig, simulate: bool):
 @click.option("--twin", type=click.Choice(["neural", "physics", "hybrid", "perfect"]), default=None,
               help="Override twin.kind.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override training.epochs.")
+@faults_opt
 def run(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | None, out: str | None,
         resume: bool, mode: str | None, twin: str | None, epochs: int | None) -> None:
     """Train a physical neural network and evaluate it on the device."""
@@ -267,6 +283,7 @@ def _print_summary(summary: dict) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder (default runs/<experiment>-bench).")
 @click.option("--rows", default=",".join(f"{m}:{t}" if m != "digital" else m for m, t in BENCH_ROWS), show_default=True,
               help="Which rows, as MODE:TWIN (and 'digital'), comma-separated.")
+@faults_opt
 def bench(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | None, out: str | None,
           rows: str) -> None:
     """Compare PAT (each twin), in-silico training, the perfect twin and a digital baseline."""
@@ -300,7 +317,9 @@ def sim() -> None:
 @click.option("--realtime", is_flag=True, help="Acquisitions take their physical duration.")
 @click.option("--serial", type=click.Choice(["pty", "socket"]), default="pty", show_default=True,
               help="Serial instruments (optical bench) on pseudo-terminals or on socket:// URLs.")
-def serve(bench_name: str, host: str, port: int, seed: int, realtime: bool, serial: str) -> None:
+@click.option("--faults", "fault_rate", type=click.FloatRange(0, 1), default=0.0, metavar="RATE",
+              help="Every instrument injects every kind of fault with probability RATE per reply.")
+def serve(bench_name: str, host: str, port: int, seed: int, realtime: bool, serial: str, fault_rate: float) -> None:
     """Serve BENCH's instruments and print '<role> <resource>' per instrument, until interrupted."""
     from simulators.benches import start_bench
 
@@ -309,7 +328,11 @@ def serve(bench_name: str, host: str, port: int, seed: int, realtime: bool, seri
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with start_bench(bench_name, host=host, seed=seed, realtime=realtime, ports=ports, serial=serial) as b:
+    from simulators.server import FaultPlan
+
+    faults = {role: FaultPlan.every_kind(fault_rate, seed=seed + i) for i, role in enumerate(roles)}
+    with start_bench(bench_name, host=host, seed=seed, realtime=realtime, ports=ports, serial=serial,
+                     faults=faults if fault_rate else None) as b:
         for role, res in b.resources.items():
             click.echo(f"{role} {res}")
         sys.stdout.flush()

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 from drivers.awg import Keysight33500B
 from drivers.camera import SpectroscopyCamera
-from drivers.errors import InstrumentError
+from drivers.errors import InstrumentError, LimitViolation
 from drivers.scope import KeysightInfiniiVision
 from drivers.setups.awg_scope import AwgScopeSetup
 from drivers.setups.electronic import ElectronicSetup
@@ -90,9 +90,7 @@ def open_setup(cfg: ExperimentConfig, n: int, *, bench=None, calibrate: bool = T
     try:
         build = _open_optical if cfg.setup == "optical" else _open_awg_scope
         setup = build(cfg, n, links, make_safe)
-        setup.configure()
-        if calibrate:
-            setup.calibrate_instruments()
+        _set_up(setup, calibrate, cfg.training.max_retries)
         yield setup
     except (InstrumentError, KeyboardInterrupt):
         # failed or interrupted mid-conversation: a reply may be on its way or a binary upload half sent, and an
@@ -116,6 +114,26 @@ def open_setup(cfg: ExperimentConfig, n: int, *, bench=None, calibrate: bool = T
                     link.close()
                 except Exception as err:  # noqa: BLE001 - closing must not hide the original error
                     log.warning("closing %s: %s", link.name, err)
+
+
+def _set_up(setup, calibrate: bool, max_retries: int) -> None:
+    """Configure the instruments and calibrate them; an instrument failure is retried ``max_retries`` times, each
+    after ``setup.recover()`` (reconnect, configure, read back). A refused setting (LimitViolation) is not retried."""
+    for attempt in range(max_retries + 1):
+        try:
+            if attempt == 0:
+                setup.configure()
+            else:
+                setup.recover()
+            if calibrate:
+                setup.calibrate_instruments()
+            return
+        except LimitViolation:
+            raise
+        except InstrumentError as err:
+            if attempt == max_retries:
+                raise
+            log.warning("setting up the instruments failed (%s); retry %d of %d", err, attempt + 1, max_retries)
 
 
 @contextmanager
