@@ -41,8 +41,7 @@ def train(cfg: ExperimentConfig, faulty: ExperimentConfig | None, out: Path, max
     with start_simulated_bench(cfg) as bench, open_setup(cfg, n, bench=bench) as setup:
         twin = get_twin(cfg, cfg.twin.kind, setup, bench, cfg.artifacts_path(True))
         if faulty is not None:
-            for role, plan in fault_plans(faulty).items():
-                bench.servers[role].injector.set_plan(plan)
+            bench.set_faults(fault_plans(faulty))
         while True:
             try:
                 summary = train_on_setup(cfg, data, setup, twin, out, resume=resume, bench=bench)

@@ -77,8 +77,8 @@ def main() -> None:
     n = device_width(cfg, data.x_train.shape[1])
     with start_simulated_bench(cfg) as bench, open_setup(cfg, n, bench=bench) as setup:
         twin = get_twin(cfg, cfg.twin.kind, setup, bench, cfg.artifacts_path(True))
-        for role, plan in fault_plans(faulty).items() if args.rate else ():
-            bench.servers[role].injector.set_plan(plan)
+        if args.rate:
+            bench.set_faults(fault_plans(faulty))
 
         def on_batch(*_: object) -> None:
             state["batches"] += 1

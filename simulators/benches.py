@@ -253,6 +253,12 @@ class RunningBench:
         """Older name of ``physics`` (the electronic bench's circuit)."""
         return self.bench.physics
 
+    def set_faults(self, plans: dict[str, FaultPlan]) -> None:
+        """From now on inject ``plans`` (keyed by role; instruments not named keep theirs), e.g. once the bench is
+        calibrated."""
+        for role, plan in plans.items():
+            self.servers[role].injector.set_plan(plan)
+
     def close(self) -> None:
         for server in self.servers.values():
             server.close()
