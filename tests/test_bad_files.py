@@ -24,7 +24,7 @@ from twins.artifact import CorruptFileError, TwinArtifactError, load_twin, save_
 from twins.data import TwinData, TwinDataError, load_twin_data, save_twin_data
 from twins.neural import NeuralTwin
 
-DATA = Path(os.environ.get("PNN_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = Path(os.environ.get("PNN_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")).resolve()  # tests chdir
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 needs_data = pytest.mark.skipif(not (DATA / "fsdd" / "recordings").is_dir(), reason="needs the shared data directory")
 
