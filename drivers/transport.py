@@ -292,6 +292,29 @@ def _drain_serial_input(waiting: Callable[[], int], discard: Callable[[], None],
     log.warning("serial input still arriving after %.1f s of draining", limit_s)
 
 
+def _drain_by_reading(inst: pyvisa.resources.MessageBasedResource, limit_s: float) -> None:
+    """Read and drop a VISA resource's input until nothing has arrived for ``_QUIET_S`` (at most ``limit_s``).
+
+    Not viFlush: pyvisa-py's TCP flush reads for as long as the socket is readable, and a socket the instrument has
+    closed is readable for ever (each read returns no bytes), so the flush would spin at 100 % CPU and never return.
+    A read with a short timeout ends in both cases; a closed connection then shows on the next command.
+    """
+    saved_ms = inst.timeout
+    inst.timeout = _QUIET_S * 1000.0
+    deadline = time.monotonic() + limit_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                inst.visalib.read(inst.session, 1 << 16)
+            except pyvisa.errors.VisaIOError as err:
+                if err.error_code == pyvisa.constants.StatusCode.error_timeout:
+                    return
+                raise
+        log.warning("input still arriving after %.1f s of draining", limit_s)
+    finally:
+        inst.timeout = saved_ms
+
+
 class VisaLink(Link):
     """A pyvisa message-based resource (TCPIP SOCKET/INSTR, USB, GPIB, ASRL)."""
 
@@ -365,8 +388,8 @@ class VisaLink(Link):
         if self.resource.upper().startswith("ASRL"):
             _drain_serial_input(lambda: inst.bytes_in_buffer, lambda: inst.flush(discard),
                                 max(_DRAIN_LIMIT_S, self._timeout_s))
-        else:  # pyvisa-py's TCP sessions already read until the socket has been quiet for 0.1 s
-            inst.flush(discard)
+        else:
+            _drain_by_reading(inst, max(_DRAIN_LIMIT_S, self._timeout_s))
 
     @contextmanager
     def _translated(self, cmd: str | None) -> Iterator[None]:

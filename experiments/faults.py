@@ -42,6 +42,7 @@ def train(cfg: ExperimentConfig, faulty: ExperimentConfig | None, out: Path, max
         twin = get_twin(cfg, cfg.twin.kind, setup, bench, cfg.artifacts_path(True))
         if faulty is not None:
             bench.set_faults(fault_plans(faulty))
+        calls0 = setup.counters.forward_calls  # successful physical forwards, of all sessions of this run
         while True:
             try:
                 summary = train_on_setup(cfg, data, setup, twin, out, resume=resume, bench=bench)
@@ -53,9 +54,10 @@ def train(cfg: ExperimentConfig, faulty: ExperimentConfig | None, out: Path, max
                     raise
                 resume = True  # the first batch's retry reconnects and sets the instruments up again
         injected = {role: dict(server.injector.counts) for role, server in bench.servers.items()}
+        forwards = setup.counters.forward_calls - calls0
     with (out / "metrics.csv").open() as f:
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
-    return {**summary, "faults_injected": injected, "stops": stops, "metric_epochs": epochs}
+    return {**summary, "faults_injected": injected, "stops": stops, "metric_epochs": epochs, "forwards": forwards}
 
 
 def main() -> None:
@@ -93,7 +95,11 @@ def main() -> None:
         "link_timeout_s": args.timeout,
         "faults_injected": sum(kinds.values()), "faults_injected_by_kind": kinds,
         "faults_injected_by_instrument": hit["faults_injected"],
-        "failed_forwards": hit.get("forward_failures"), "batches_retried": hit.get("batches_retried"),
+        "physical_forwards": hit["forwards"] + hit["forward_failures"],
+        "failed_forwards": hit["forward_failures"], "batches_retried": hit["batches_retried"],
+        # the share of physical forwards (one batch through one layer, each attempt counted) that a fault broke:
+        # the fault rate a lab sees, whatever the number of commands per forward
+        "failed_forward_share": round(hit["forward_failures"] / max(1, hit["forwards"] + hit["forward_failures"]), 4),
         "run_stops_resumed": len(hit["stops"]), "stop_messages": hit["stops"],
         "clean_run_stops_resumed": len(clean["stops"]),  # a clean run can time out too, on a loaded machine
         "epochs_lost": len(set(planned) - set(hit["metric_epochs"])),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import threading
 import time
 
 import numpy as np
@@ -141,6 +142,34 @@ def test_late_reply_after_a_timeout_is_discarded(wire_server, wire_link) -> None
         link.query("SLOW?")
     time.sleep(0.4)
     assert link.query("FAST?") == "fast"
+
+
+def test_a_command_after_a_timeout_and_a_hang_up_does_not_hang(wire_server, wire_link) -> None:
+    """The instrument closes the connection instead of answering: the link times out, and the next command (which
+    first discards late input) must end promptly. pyvisa-py's own flush spins for ever on a closed socket."""
+    server = wire_server({"MEAS?": WireReply([], close=True)})
+    link = wire_link(server, name="awg", timeout_s=0.3)
+    with pytest.raises(InstrumentTimeout, match="awg, command 'MEAS\\?'"):
+        link.query("MEAS?")
+    outcome: list = []
+
+    def next_commands() -> None:
+        try:
+            for _ in range(100):  # the first writes may still be accepted by the local TCP stack
+                link.write("OUTP1 OFF")
+                time.sleep(0.01)
+        except ConnectionLost as err:
+            outcome.append(err)
+
+    worker = threading.Thread(target=next_commands, daemon=True)
+    start = time.monotonic()
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "the command after the hang-up never returned"
+    assert time.monotonic() - start < 5
+    assert outcome and "awg, command 'OUTP1 OFF'" in str(outcome[0])
+    link.reconnect()
+    assert link.query("*OPC?") == "1"
 
 
 def test_timeout_property_changes_the_link_timeout(wire_server, wire_link) -> None:
