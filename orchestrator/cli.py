@@ -89,12 +89,19 @@ def _errors_to_exit_codes():
         sys.exit(4)
     except InstrumentError as err:
         console.print(f"[red]instrument error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
-        console.print("outputs were switched off; the completed batches are saved (resume with --resume).",
-                      soft_wrap=True)
+        saved = "; the completed batches are saved (resume with --resume)" if _trains() else ""
+        console.print(f"outputs were switched off{saved}.", soft_wrap=True)
         sys.exit(3)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]: outputs off; finished epochs are saved (resume with --resume).")
+        saved = "; finished epochs are saved (resume with --resume)" if _trains() else ""
+        console.print(f"[yellow]interrupted[/yellow]: outputs off{saved}.")
         sys.exit(130)
+
+
+def _trains() -> bool:
+    """True inside ``pnn run``, whose errors leave a checkpoint to resume from."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.command.name == "run"
 
 
 @contextmanager

@@ -357,6 +357,11 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load_checkpoint()
+        elif (self.out_dir / CHECKPOINT).exists():
+            # a fresh run into an old run's folder: a crash before this run's first checkpoint must not leave the
+            # old one there for --resume to continue
+            log.warning("removing the previous run's %s from %s", CHECKPOINT, self.out_dir)
+            (self.out_dir / CHECKPOINT).unlink()
         if self.stop is not None:
             self.stop.training = True
         try:

@@ -62,6 +62,9 @@ class Physics(Protocol):
     busy_s: float  # wall time spent computing physics, s
     bench_time_s: float
 
+    def steps_per_sample(self, sample_rate_hz: float) -> int:
+        """Internal time steps the physics takes per drive sample at this rate (its cost grows with their total)."""
+
 
 class AwgScopeBench:
     """An AWG and a scope wired to a physics model; every state change and all physics run under ``lock``.
@@ -74,6 +77,10 @@ class AwgScopeBench:
     max_padding = 1 << 16  # idle samples simulated around a burst at most; beyond, the scope holds the edge value
     max_periodic = 1 << 22  # samples simulated for a continuous waveform at most
     settle_s = 0.0  # how long the physics needs to forget its start from rest, s
+    # physics time steps simulated per acquisition at most (a few seconds of computing): an AWG told to play a
+    # waveform so slow that simulating the scope's window would take longer (e.g. FREQ MIN, 1 uHz) is not simulated,
+    # and the scope sees no trigger; otherwise one command could keep the bench lock, and every instrument, for hours
+    max_physics_steps = 1 << 24
 
     def __init__(self, realtime: bool = False):
         self.lock = threading.RLock()
@@ -134,6 +141,11 @@ class AwgScopeBench:
             idle = emf_v[0]
             drive = np.concatenate((np.full(pre, idle), emf_v, np.full(post, idle)))
             duration_s = n / fs
+        steps = drive.shape[0] * self.physics.steps_per_sample(fs)
+        if steps > self.max_physics_steps:
+            log.warning("not simulated: %d drive samples at %g Sa/s would take %d physics steps (at most %d); the "
+                        "scope sees no trigger", drive.shape[0], fs, steps, self.max_physics_steps)
+            return
         traces, rate = self.respond(drive, fs)
         self.scope.capture(traces, rate, start_s=-pre / fs, ready_in_s=duration_s if self.realtime else 0.0)
 

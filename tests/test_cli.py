@@ -207,6 +207,18 @@ def test_check_on_the_simulated_bench_prints_both_identities(tmp_path: Path, mon
     assert list(tmp_path.iterdir()) == []  # check writes nothing
 
 
+def test_an_instrument_that_cannot_be_reached_is_exit_3_without_a_resume_hint(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # a port that is surely closed once we let it go
+        port = listener.getsockname()[1]
+    result = pnn("calibrate", EXPERIMENT, "--set", f"instruments.awg.resource=TCPIP0::127.0.0.1::{port}::SOCKET",
+                 "--set", "instruments.awg.timeout_s=0.5")
+    assert result.exit_code == 3, result.output
+    text = plain(result.output)
+    assert "instrument error: awg" in text and f"127.0.0.1::{port}" in text and "Connection refused" in text
+    assert "resume" not in text  # calibrate trains nothing to resume
+
+
 # -- sim serve ---------------------------------------------------------------------------------------------------------
 
 def _pnn_executable() -> list[str]:

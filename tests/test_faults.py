@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from drivers.errors import InstrumentError, InstrumentReportedError, InstrumentWasReset
-from orchestrator.config import load_experiment
+from orchestrator.config import FAULT_KINDS, load_experiment
 from orchestrator.lab import open_setup
 from orchestrator.trainer import retrying
 from simulators.benches import start_bench
@@ -90,3 +90,8 @@ def test_an_instrument_error_during_a_batch_names_the_instrument_and_the_error(r
     with pytest.raises(InstrumentReportedError, match=rf'{role}, command .*: instrument reported error\(s\): -300,"Device-specific error"'):
         setup.forward(x, theta)
     injector.set_plan(FaultPlan())
+
+
+def test_the_experiment_file_knows_every_kind_of_fault_the_simulators_inject() -> None:
+    # listed twice on purpose (orchestrator.config may not import simulators): they must not drift apart
+    assert FAULT_KINDS == FaultPlan.KINDS

@@ -86,6 +86,18 @@ def start_second_epoch(tmp_path: Path, out: Path, batches: list[str]) -> PnnProc
     return run
 
 
+def resume_to_the_end(out: Path, rows: list[dict], batches_left: int) -> None:
+    """``pnn run --resume`` finishes the 2-epoch run in ``out``: epoch 1's row as it was, each epoch once, and this
+    session's physical forwards are the ``batches_left`` of epoch 2, its evaluation and the final one (test, train)."""
+    result = pnn("run", *RUN, *SMALL_BATCHES, "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    resumed = read_metrics(out / "metrics.csv")
+    assert [r["epoch"] for r in resumed] == ["1", "2"] and resumed[0] == rows[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["status"], summary["epochs"]) == ("finished", 2)
+    assert summary["physical_forward_calls"] == batches_left + 1 + 2
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_after_the_batch_and_resume_finishes_the_run(tmp_path: Path, monkeypatch, sig) -> None:
     monkeypatch.chdir(tmp_path)
@@ -109,14 +121,8 @@ def test_a_signal_stops_after_the_batch_and_resume_finishes_the_run(tmp_path: Pa
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch_progress"]["epoch"] == 1 and checkpoint["epoch_progress"]["batches_done"] == batch
 
-    result = pnn("run", *RUN, *SMALL_BATCHES, "--out", out, "--resume")
-    assert result.exit_code == 0, result.output
-    resumed = read_metrics(out / "metrics.csv")
-    assert [r["epoch"] for r in resumed] == ["1", "2"] and resumed[0] == rows[0]
-    summary = json.loads((out / "summary.json").read_text())
-    assert (summary["status"], summary["epochs"]) == ("finished", 2)
-    # this session: the batches that were left, the evaluation of epoch 2, the final evaluation (test and train set)
-    assert summary["physical_forward_calls"] == (N_BATCHES - batch) + 1 + 2
+    # the resumed session trains the batches that were left
+    resume_to_the_end(out, rows, N_BATCHES - batch)
 
 
 def test_a_second_ctrl_c_aborts_at_once_with_the_outputs_off(tmp_path: Path) -> None:
@@ -137,3 +143,21 @@ def test_a_second_ctrl_c_aborts_at_once_with_the_outputs_off(tmp_path: Path) -> 
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch_progress"] == \
         {"epoch": 1, "batches_done": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0,
          "retries_at_start": {"forward_failures": 0, "batches_retried": 0, "recoveries": 0}}
+
+
+def test_a_run_killed_with_sigkill_resumes_with_every_epoch_once(tmp_path: Path, monkeypatch) -> None:
+    """SIGKILL runs no handler: the run folder keeps what was saved before (epoch 1's row and checkpoint), and
+    ``--resume`` trains epoch 2 again from its start; metrics.csv still holds each epoch once."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    with start_second_epoch(tmp_path, out, SMALL_BATCHES) as run:
+        run.proc.send_signal(signal.SIGKILL)
+        code = run.finish()
+    assert code == -signal.SIGKILL
+    rows = read_metrics(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1"]
+    assert json.loads((out / "summary.json").read_text())["status"] == "running"  # nobody could say otherwise
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert (checkpoint["epoch_progress"]["epoch"], checkpoint["epoch_progress"]["batches_done"]) == (1, 0)
+
+    resume_to_the_end(out, rows, N_BATCHES)  # all of epoch 2: its batches before the kill were not saved

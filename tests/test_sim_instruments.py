@@ -24,6 +24,9 @@ class StubCircuit:
         emf = np.asarray(emf_v, dtype=np.float64)
         return {1: 0.25 * emf, 2: 0.5 * emf}
 
+    def steps_per_sample(self, sample_rate_hz: float) -> int:
+        return 1
+
 
 class Recorder:
     """Records what the AWG plays."""
@@ -431,6 +434,40 @@ def test_bench_continuous_output_is_captured_when_the_scope_arms(bench, visa) ->
     scope.write(":SING")
     assert scope.query(":OPER:COND?") == "+40"  # nothing plays: waiting
     assert not bench.instruments["awg"].output_enabled[1]
+
+
+@pytest.mark.parametrize("name", ["electronic", "mechanical"])
+def test_a_waveform_too_slow_to_simulate_leaves_the_bench_responsive(name: str) -> None:
+    """The real physics at 1 Hz is simulated (1 MSa/s steps on the circuit, 20 kSa/s on the plate); at 1 uHz
+    (FREQ MIN) the scope's window would take ~1e13 physics steps: it is not simulated, the scope does not trigger,
+    and both instruments answer at once, as does the bench's lock."""
+    with start_bench(name, seed=0) as b:
+        rm = pyvisa.ResourceManager("@py")
+        awg, scope = (rm.open_resource(b.resources[role], read_termination="\n", write_termination="\n",
+                                       timeout=20000) for role in ("awg", "scope"))
+        try:
+            _configure_scope(scope, 2.0)
+            start = time.monotonic()
+            awg.write("FUNC SIN;:FREQ 1;:VOLT 1;:VOLT:OFFS 0;:OUTP:LOAD 50;:OUTP ON")
+            assert awg.query("*OPC?") == "1"
+            scope.write(":SING")
+            assert scope.query(":OPER:COND?") == "+0"  # 1 Hz: simulated, triggered
+            assert time.monotonic() - start < 10
+            t, chan2 = _read_channel(scope, 2)
+            assert t[-1] - t[0] > 1.5 and np.ptp(chan2) > 0.5  # most of a period of the sine at the AWG terminal
+
+            start = time.monotonic()
+            awg.write("FREQ MIN")  # 1 uHz: a period of 11.6 days
+            assert awg.query("*OPC?") == "1"
+            scope.write(":SING")
+            assert scope.query(":OPER:COND?") == "+40"  # not simulated: still waiting for a trigger
+            assert awg.query("*IDN?").startswith("Agilent") and scope.query("*IDN?").startswith("KEYSIGHT")
+            assert time.monotonic() - start < 5
+        finally:
+            awg.write("OUTP OFF")
+            awg.close()
+            scope.close()
+            rm.close()
 
 
 def test_bench_realtime_acquisition_takes_the_waveform_duration() -> None:

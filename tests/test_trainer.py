@@ -195,3 +195,21 @@ def test_resume_inside_an_epoch_needs_the_same_batches(tmp_path: Path) -> None:
     other.s = other.s.model_copy(update={"batch_size": 8})
     with pytest.raises(CorruptFileError, match="stopped inside epoch 1 with batch size 16 and 60 training samples"):
         other.fit(resume=True)
+
+
+def test_a_fresh_run_into_an_old_folder_drops_the_old_checkpoint(tmp_path: Path, uninterrupted: Trainer) -> None:
+    """A new run (no resume) that crashes before its first checkpoint must not leave the previous run's checkpoint
+    for ``--resume`` to continue as if it were this run's."""
+    old = make_trainer(tmp_path)
+    old.fit()
+    assert (tmp_path / CHECKPOINT).exists()
+
+    def crashing_device(x, theta):
+        raise RuntimeError("the process dies here (a bug, a power cut)")
+
+    with pytest.raises(RuntimeError):
+        make_trainer(tmp_path, crashing_device).fit()
+    assert not (tmp_path / CHECKPOINT).exists()
+    resumed = make_trainer(tmp_path)
+    rows = resumed.fit(resume=True)  # nothing to resume: trains from the start, like an uninterrupted run
+    assert without(rows, "seconds") == without(uninterrupted.rows, "seconds")

@@ -467,6 +467,8 @@ class SpeakerPlate:
         """Internal samples per AWG sample: the smallest M with M * fs >= ``min_rate_hz``."""
         return max(1, math.ceil(self.min_rate_hz / sample_rate_hz - 1e-9))
 
+    steps_per_sample = oversampling
+
     def temperature_offset_k(self) -> float:
         """Temperature offset (K) from nominal at the current bench time: slow 10-minute wander."""
         t = self.bench_time_s
