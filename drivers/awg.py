@@ -220,18 +220,20 @@ class Keysight33500B(SCPIInstrument):
             self._check_levels(self._present("amplitude"), self._present("offset"), cmd)
         self.write(cmd)
 
-    def output_off(self) -> None:
-        """Switch the output off; never raises. On a failed link, reconnects once and retries, then logs."""
+    def output_off(self) -> bool:
+        """Switch the output off; never raises. On a failed link, reconnects once and retries, then logs.
+        Returns whether the instrument took the command (False: the output may still be on)."""
         cmd = f"{self._outp} OFF"
         for attempt in (1, 2):
             try:
                 if attempt == 2:
                     self.link.reconnect()
                 self.write(cmd)
-                return
+                return True
             except Exception as err:  # must never mask the error that brought us here
                 log.error("%s: could not switch output %d off (attempt %d): %s", self.name, self.channel,
                           attempt, err)
+        return False
 
     # -- arbitrary waveforms -------------------------------------------------------------------------------------
     def _check_arb(self, name: str, samples: np.ndarray, command: str) -> np.ndarray:

@@ -46,3 +46,7 @@ class LimitViolation(InstrumentError):
 
 class ConnectionLost(InstrumentError):
     """The link dropped and could not be re-established within the reconnect budget."""
+
+
+class NotMadeSafe(InstrumentError):
+    """Switching an output off (or blanking the SLM) failed on the way out: the instrument may still be driving."""

@@ -26,7 +26,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from drivers.errors import InstrumentError
+from drivers.errors import InstrumentError, NotMadeSafe
 from orchestrator.config import ConfigError, ExperimentConfig, load_experiment, task_data_error
 from orchestrator.config import data_dir as resolve_data_dir
 from orchestrator.datasets import DatasetError
@@ -90,12 +90,22 @@ def _errors_to_exit_codes():
     except InstrumentError as err:
         console.print(f"[red]instrument error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         saved = "; the completed batches are saved (resume with --resume)" if _trains() else ""
-        console.print(f"outputs were switched off{saved}.", soft_wrap=True)
+        console.print(f"{_outputs(err)}{saved}.", soft_wrap=True)
         sys.exit(3)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         saved = "; finished epochs are saved (resume with --resume)" if _trains() else ""
-        console.print(f"[yellow]interrupted[/yellow]: outputs off{saved}.")
+        console.print(f"[yellow]interrupted[/yellow]: {_outputs(err)}{saved}.")
         sys.exit(130)
+
+
+def _outputs(err: BaseException) -> str:
+    """What became of the outputs, as the lab's open_setup reported it on ``err``."""
+    if isinstance(err, NotMadeSafe):
+        return "[red]the outputs may still be on[/red]"
+    unsafe = getattr(err, "unsafe", None)
+    if unsafe:
+        return f"[red]the outputs may still be on[/red] ({escape('; '.join(unsafe))}): switch them off by hand"
+    return "outputs off"
 
 
 def _trains() -> bool:
@@ -133,7 +143,7 @@ def stop_on_signals(after_stop: str = ""):
     try:
         yield request
     except TrainingStopped as stopped:
-        console.print(f"[yellow]{escape(str(stopped))}[/yellow]; outputs off; {after_stop}", highlight=False,
+        console.print(f"[yellow]{escape(str(stopped))}[/yellow]; {_outputs(stopped)}; {after_stop}", highlight=False,
                       soft_wrap=True)
         sys.exit(128 + stopped.signal)
     finally:

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 from drivers.awg import Keysight33500B
 from drivers.camera import SpectroscopyCamera
-from drivers.errors import InstrumentError, LimitViolation
+from drivers.errors import InstrumentError, LimitViolation, NotMadeSafe
 from drivers.scope import KeysightInfiniiVision
 from drivers.setups.awg_scope import AwgScopeSetup
 from drivers.setups.electronic import ElectronicSetup
@@ -86,34 +86,56 @@ def open_setup(cfg: ExperimentConfig, n: int, *, bench=None, calibrate: bool = T
     if bench is not None:
         cfg = simulated_instruments(cfg, bench.resources)
     links: list[Link] = []
-    make_safe: list[Callable[[], None]] = []  # run on the way out, whatever happened
+    make_safe: list[tuple[str, Callable[[], object]]] = []  # (instrument, action) run on the way out, whatever happened
+    leaving: BaseException | None = None  # the error or interrupt on its way out, if any
     try:
         build = _open_optical if cfg.setup == "optical" else _open_awg_scope
         setup = build(cfg, n, links, make_safe)
         _set_up(setup, calibrate, cfg.training.max_retries)
         yield setup
-    except (InstrumentError, KeyboardInterrupt):
+    except (InstrumentError, KeyboardInterrupt) as err:
         # failed or interrupted mid-conversation: a reply may be on its way or a binary upload half sent, and an
         # "output off" sent now would be read as part of it; fresh connections start the conversation over
+        leaving = err
         with _signals_held():
             for link in links:
                 try:
                     link.reconnect()
-                except Exception as err:  # noqa: BLE001 - try to make the others safe anyway
-                    log.warning("reconnecting %s before making it safe: %s", link.name, err)
+                except Exception as problem:  # noqa: BLE001 - try to make the others safe anyway
+                    log.warning("reconnecting %s before making it safe: %s", link.name, problem)
+        raise
+    except BaseException as err:
+        leaving = err
         raise
     finally:
-        with _signals_held():  # a Ctrl-C now would leave an output on: it waits until everything is safe
-            for action in make_safe:  # also when the setup refused its settings after an instrument was reached
-                try:
-                    action()
-                except Exception as err:  # noqa: BLE001 - one instrument failing must not stop the others going safe
-                    log.warning("making the instruments safe: %s", err)
-            for link in reversed(links):
-                try:
-                    link.close()
-                except Exception as err:  # noqa: BLE001 - closing must not hide the original error
-                    log.warning("closing %s: %s", link.name, err)
+        unsafe = _make_safe(make_safe, links)
+        if unsafe:
+            # the operator must hear it: on the error on its way out (the CLI reads ``unsafe``), or as an error
+            if leaving is not None:
+                leaving.unsafe = unsafe  # type: ignore[attr-defined]
+            else:
+                raise NotMadeSafe("lab", None, "could not make the instruments safe: " + "; ".join(unsafe)
+                                  + "; switch their outputs off by hand")
+
+
+def _make_safe(actions: list[tuple[str, Callable[[], object]]], links: list[Link]) -> list[str]:
+    """Run the make-safe actions (outputs off, SLM blank), then close the links, with Ctrl-C and SIGTERM held: a
+    signal now would leave an output on. Returns the failures of the make-safe actions."""
+    unsafe = []
+    with _signals_held():
+        for name, action in actions:  # also when the setup refused its settings after an instrument was reached
+            try:
+                if action() is False:  # the AWG's output_off reports (and has logged) a failure instead of raising
+                    unsafe.append(f"{name}: the output could not be switched off")
+            except Exception as err:  # noqa: BLE001 - one instrument failing must not stop the others going safe
+                log.error("making the instruments safe: %s", err)
+                unsafe.append(str(err))
+        for link in reversed(links):
+            try:
+                link.close()
+            except Exception as err:  # noqa: BLE001 - closing must not hide the original error
+                log.warning("closing %s: %s", link.name, err)
+    return unsafe
 
 
 def _set_up(setup, calibrate: bool, max_retries: int) -> None:
@@ -167,7 +189,7 @@ def _open_awg_scope(cfg: ExperimentConfig, n: int, links: list[Link], make_safe:
     awg = Keysight33500B(_link(inst.awg, "awg", links), name="awg", channel=inst.awg.channel,
                          load_ohm=inst.awg.load_ohm, max_abs_volts=inst.awg.max_abs_volts,
                          max_abs_offset_volts=inst.awg.max_abs_offset_volts, memory_points=inst.awg.memory_points)
-    make_safe.append(awg.output_off)
+    make_safe.append(("awg", awg.output_off))
     scope = KeysightInfiniiVision(_link(inst.scope, "scope", links), name="scope", max_points=inst.scope.max_points)
     return SETUPS[cfg.setup](awg, scope, inst, cfg.encoding, n=n, param_bounds=cfg.network.theta_bounds)
 
@@ -176,8 +198,8 @@ def _open_optical(cfg: ExperimentConfig, n: int, links: list[Link], make_safe: l
     inst = cfg.instruments
     slm = PhaseSLM(_link(inst.slm, "slm", links), name="slm", gray_min=inst.slm.gray_min, gray_max=inst.slm.gray_max,
                    max_sequence=inst.slm.max_sequence, baud_rate=inst.slm.baud_rate)
-    make_safe.append(slm.blank)
+    make_safe.append(("slm", slm.blank))
     camera = SpectroscopyCamera(_link(inst.camera, "camera", links), name="camera",
                                 max_exposure_s=inst.camera.max_exposure_s, baud_rate=inst.camera.baud_rate)
-    make_safe.append(camera.abort)
+    make_safe.append(("camera", camera.abort))
     return OpticalSetup(slm, camera, inst, cfg.encoding, n, param_bounds=cfg.network.theta_bounds)

@@ -1251,7 +1251,9 @@ class SCPIServer:
             log.debug("%s: client %s disconnected", self.name, addr)
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Stop accepting, disconnect every client and join all threads."""
+        """Stop accepting, disconnect every client and join all threads (a second call does nothing)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._wake_w.send(b"x")
         self._accept_thread.join(timeout_s)

@@ -218,5 +218,5 @@ def test_output_off_on_a_dead_link_logs_and_does_not_raise(awg_rig, caplog) -> N
     awg.link.timeout_s = 0.2
     server.stop()
     with caplog.at_level(logging.ERROR, logger="drivers.awg"):
-        awg.output_off()
+        assert awg.output_off() is False
     assert "could not switch output 1 off" in caplog.text

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from drivers.errors import InstrumentError, InstrumentReportedError, InstrumentWasReset
+from drivers.errors import InstrumentError, InstrumentReportedError, InstrumentWasReset, NotMadeSafe
 from orchestrator.config import FAULT_KINDS, load_experiment
 from orchestrator.lab import open_setup
-from orchestrator.trainer import retrying
+from orchestrator.trainer import DeviceFailure, retrying
 from simulators.benches import start_bench
 from simulators.server import FaultPlan
 from twins.fit import nmse
@@ -95,3 +95,52 @@ def test_an_instrument_error_during_a_batch_names_the_instrument_and_the_error(r
 def test_the_experiment_file_knows_every_kind_of_fault_the_simulators_inject() -> None:
     # listed twice on purpose (orchestrator.config may not import simulators): they must not drift apart
     assert FAULT_KINDS == FaultPlan.KINDS
+
+
+@pytest.mark.parametrize("leaving", [None, "error", "interrupt"])
+def test_an_output_that_cannot_be_switched_off_is_reported(leaving: str | None) -> None:
+    """The AWG goes away (its server closes) while the setup is open: switching its output off on the way out fails.
+    A normal exit then raises NotMadeSafe; an error or Ctrl-C on its way out carries the failure as ``unsafe``,
+    which the CLI prints instead of "outputs off"."""
+    cfg = load_experiment(EXPERIMENTS / "electronic_digits.yaml", overrides={
+        "network.width": 12, "instruments.awg.timeout_s": 0.5, "instruments.scope.timeout_s": 0.5})
+    raised = {None: None, "error": InstrumentError("scope", ":WAV:DATA?", "no answer"),
+              "interrupt": KeyboardInterrupt()}[leaving]
+    with start_bench("electronic", seed=5) as bench:
+        with pytest.raises(NotMadeSafe if raised is None else type(raised)) as info:
+            with open_setup(cfg, 12, bench=bench, calibrate=False):
+                bench.servers["awg"].close()
+                if raised is not None:
+                    raise raised
+    if raised is None:
+        assert str(info.value).startswith("lab: could not make the instruments safe: awg")
+        assert str(info.value).endswith("switch their outputs off by hand")
+    else:
+        assert info.value is raised
+        assert len(info.value.unsafe) == 1 and info.value.unsafe[0].startswith("awg")
+
+
+@pytest.mark.parametrize("name", ["electronic", "optical"])
+def test_a_fatal_fault_leaves_the_awg_off_and_the_slm_blank(name: str) -> None:
+    """The sensor (scope or camera) stops answering for good mid-run: the retries run out (DeviceFailure), and on the
+    way out the drive is made safe: the simulated AWG's output is off, the SLM shows the blank pattern."""
+    experiment = {"electronic": "electronic_digits.yaml", "optical": "optical_vowels.yaml"}[name]
+    drive, sensor = {"electronic": ("awg", "scope"), "optical": ("slm", "camera")}[name]
+    overrides = {"network.width": 12, "training.max_retries": 1, f"instruments.{drive}.timeout_s": 0.5,
+                 f"instruments.{sensor}.timeout_s": 0.5}
+    if name == "optical":
+        overrides["instruments.camera.dark_frames"] = 4
+    cfg = load_experiment(EXPERIMENTS / experiment, overrides=overrides)
+    x, theta = _batch(16, 12, seed=1)
+    with start_bench(name, seed=5) as bench:
+        with pytest.raises(DeviceFailure, match=f"{sensor}.*failed on all 2 attempt"):
+            with open_setup(cfg, 12, bench=bench) as setup:
+                setup.forward(x, theta)
+                assert (bench.instruments["awg"].output_enabled[1] if name == "electronic"
+                        else not bench.instruments["slm"].is_blank)  # the drive is live
+                bench.set_faults({sensor: FaultPlan(no_reply=1.0)})
+                retrying(setup.forward, cfg.training.max_retries, setup.recover)(x, theta)
+        if name == "electronic":
+            assert bench.instruments["awg"].output_enabled[1] is False
+        else:
+            assert bench.instruments["slm"].is_blank
