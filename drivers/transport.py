@@ -310,7 +310,7 @@ def _drain_by_reading(inst: pyvisa.resources.MessageBasedResource, limit_s: floa
                 if err.error_code == pyvisa.constants.StatusCode.error_timeout:
                     return
                 raise
-        log.warning("input still arriving after %.1f s of draining", limit_s)
+        log.warning("%s: input still arriving after %.1f s of draining", inst.resource_name, limit_s)
     finally:
         inst.timeout = saved_ms
 
