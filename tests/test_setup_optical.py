@@ -5,6 +5,7 @@ measurements, never from hard-coded outputs."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from orchestrator.calibrate import adopt_cut
 from orchestrator.config import load_experiment
 from orchestrator.lab import open_setup
 from orchestrator.perfect_twin import perfect_twin
+from orchestrator.trainer import TrainingStopped
 from simulators.benches import start_bench
 from twins.fit import nmse
 
@@ -215,14 +217,16 @@ def test_a_phase_range_beyond_the_gray_limit_is_refused_and_the_slm_left_blank(b
     assert bench.instruments["slm"].is_blank
 
 
-def test_leaving_the_setup_on_an_error_blanks_the_slm(bench) -> None:
+@pytest.mark.parametrize("leaving", [RuntimeError("operator pressed stop"), KeyboardInterrupt(),
+                                     TrainingStopped(1, 3, 10, signal.SIGTERM)],
+                         ids=["error", "second Ctrl-C", "first Ctrl-C or SIGTERM"])
+def test_leaving_the_setup_on_an_error_or_a_signal_blanks_the_slm(bench, leaving: BaseException) -> None:
     cfg = config()
-    with pytest.raises(RuntimeError, match="operator"):
+    with pytest.raises(type(leaving)):
         with open_setup(cfg, N, bench=bench) as setup:
-            x, theta = batch(4, seed=5)
             setup.slm.show(np.full(640, 200, np.uint8))
             assert not bench.instruments["slm"].is_blank
-            raise RuntimeError("operator pressed stop")
+            raise leaving
     assert bench.instruments["slm"].is_blank
     assert bench.instruments["camera"].status == "IDLE"
 
