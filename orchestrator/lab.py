@@ -93,19 +93,17 @@ def open_setup(cfg: ExperimentConfig, n: int, *, bench=None, calibrate: bool = T
         setup = build(cfg, n, links, make_safe)
         _set_up(setup, calibrate, cfg.training.max_retries)
         yield setup
-    except (InstrumentError, KeyboardInterrupt) as err:
-        # failed or interrupted mid-conversation: a reply may be on its way or a binary upload half sent, and an
-        # "output off" sent now would be read as part of it; fresh connections start the conversation over
-        leaving = err
-        with _signals_held():
-            for link in links:
-                try:
-                    link.reconnect()
-                except Exception as problem:  # noqa: BLE001 - try to make the others safe anyway
-                    log.warning("reconnecting %s before making it safe: %s", link.name, problem)
-        raise
     except BaseException as err:
         leaving = err
+        if isinstance(err, (InstrumentError, KeyboardInterrupt)):
+            # failed or interrupted mid-conversation: a reply may be on its way or a binary upload half sent, and an
+            # "output off" sent now would be read as part of it; fresh connections start the conversation over
+            with _signals_held():
+                for link in links:
+                    try:
+                        link.reconnect()
+                    except Exception as problem:  # noqa: BLE001 - try to make the others safe anyway
+                        log.warning("reconnecting %s before making it safe: %s", link.name, problem)
         raise
     finally:
         unsafe = _make_safe(make_safe, links)
