@@ -182,6 +182,17 @@ def _link(section, name: str, links: list[Link]) -> Link:
     return link
 
 
+def _tidy(name: str, action: Callable[[], object]) -> Callable[[], None]:
+    """A step on the way out that is tidying, not safety (stopping a camera series): its failure is logged, and not
+    reported as an output that may still be on."""
+    def run() -> None:
+        try:
+            action()
+        except Exception as err:  # noqa: BLE001 - a camera left armed harms nothing
+            log.warning("%s, on the way out: %s", name, err)
+    return run
+
+
 def _open_awg_scope(cfg: ExperimentConfig, n: int, links: list[Link], make_safe: list) -> AwgScopeSetup:
     inst = cfg.instruments
     awg = Keysight33500B(_link(inst.awg, "awg", links), name="awg", channel=inst.awg.channel,
@@ -199,5 +210,5 @@ def _open_optical(cfg: ExperimentConfig, n: int, links: list[Link], make_safe: l
     make_safe.append(("slm", slm.blank))
     camera = SpectroscopyCamera(_link(inst.camera, "camera", links), name="camera",
                                 max_exposure_s=inst.camera.max_exposure_s, baud_rate=inst.camera.baud_rate)
-    make_safe.append(("camera", camera.abort))
+    make_safe.append(("camera", _tidy("camera", camera.abort)))
     return OpticalSetup(slm, camera, inst, cfg.encoding, n, param_bounds=cfg.network.theta_bounds)

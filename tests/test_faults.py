@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,6 +119,27 @@ def test_an_output_that_cannot_be_switched_off_is_reported(leaving: str | None) 
     else:
         assert info.value is raised
         assert len(info.value.unsafe) == 1 and info.value.unsafe[0].startswith("awg")
+
+
+@pytest.mark.parametrize("gone", ["slm", "camera"])
+def test_on_the_optical_bench_only_the_slm_can_leave_an_output_on(gone: str) -> None:
+    """The SLM's pattern is the optical bench's output: if it cannot be blanked on the way out, NotMadeSafe names it.
+    A camera that cannot stop its series is no safety matter: the exit is clean and the SLM blank."""
+    cfg = load_experiment(EXPERIMENTS / "optical_vowels.yaml", overrides={
+        "network.width": 12, "instruments.slm.timeout_s": 0.5, "instruments.camera.timeout_s": 0.5})
+    with start_bench("optical", seed=5) as bench:
+        slm = bench.instruments["slm"]
+        if gone == "slm":
+            with pytest.raises(NotMadeSafe, match="could not make the instruments safe: slm"):
+                with open_setup(cfg, 12, bench=bench, calibrate=False) as setup:
+                    setup.slm.show(np.full(setup.slm.n_pixels, 100, dtype=np.uint8))
+                    bench.servers["slm"].close()
+            assert not slm.is_blank
+        else:
+            with open_setup(cfg, 12, bench=bench, calibrate=False) as setup:
+                setup.slm.show(np.full(setup.slm.n_pixels, 100, dtype=np.uint8))
+                bench.servers["camera"].close()
+            assert slm.is_blank
 
 
 @pytest.mark.parametrize("name", ["electronic", "optical"])
