@@ -8,20 +8,16 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, RootModel, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, RootModel, model_validator
 
-from drivers.setups import FieldError
+from drivers.setups import FieldError, StrictModel
 from drivers.setups.electronic import ElectronicEncoding, ElectronicInstruments
 from drivers.setups.mechanical import MechanicalEncoding, MechanicalInstruments
 from drivers.setups.optical import OpticalEncoding, OpticalInstruments
 from orchestrator.yamlconfig import ConfigError, field_line, load_yaml_model
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class TaskConfig(_Strict):
+class TaskConfig(StrictModel):
     """The data set and how much of it to use."""
 
     dataset: Literal["digits", "mnist", "fashion_mnist", "vowels", "fsdd"]
@@ -32,7 +28,7 @@ class TaskConfig(_Strict):
     audio_rate_hz: PositiveInt | None = Field(None, description="fsdd: resample the 8 kHz clips to this rate, Sa/s")
 
 
-class NetworkConfig(_Strict):
+class NetworkConfig(StrictModel):
     """A stack of ``depth`` physical layers of width ``width`` with element-wise affine maps in between.
 
     ``readout: pool`` (fully physical): the last layer's output bins are assigned to the classes round-robin and
@@ -57,7 +53,7 @@ class NetworkConfig(_Strict):
         return self
 
 
-class NeuralTwinConfig(_Strict):
+class NeuralTwinConfig(StrictModel):
     """The neural twin: a causal temporal convolutional network over the time slots (default), or an MLP on
     [x, θ] (``hidden``, ``residual``), which needs many more measured samples for the same error."""
 
@@ -73,7 +69,7 @@ class NeuralTwinConfig(_Strict):
     patience: PositiveInt = 10
 
 
-class PhysicsTwinConfig(_Strict):
+class PhysicsTwinConfig(StrictModel):
     """The physics twin: the setup's nominal physics with fitted constants (fitted on ``samples`` measurements)."""
 
     samples: PositiveInt = 1500
@@ -85,7 +81,7 @@ class PhysicsTwinConfig(_Strict):
     patience: PositiveInt = 10
 
 
-class TwinConfig(_Strict):
+class TwinConfig(StrictModel):
     """Which twin supplies the gradients, and how twins are calibrated."""
 
     kind: Literal["neural", "physics", "hybrid", "perfect"] = "neural"
@@ -96,7 +92,7 @@ class TwinConfig(_Strict):
     physics: PhysicsTwinConfig = PhysicsTwinConfig()
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(StrictModel):
     mode: Literal["pat", "in_silico"] = "pat"
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: PositiveFloat = 0.02
@@ -115,7 +111,7 @@ FAULT_KINDS = ("latency", "no_reply", "drop_connection", "garble_block", "short_
 Probability = Annotated[float, Field(ge=0, le=1)]
 
 
-class FaultSettings(_Strict):
+class FaultSettings(StrictModel):
     """Faults one simulated instrument injects, each a probability per reply (see simulators.server.FaultPlan):
     ``rate`` for every kind at once, or a probability per kind (which wins over ``rate``)."""
 
@@ -139,7 +135,7 @@ class FaultSettings(_Strict):
         return {kind: self.rate if getattr(self, kind) is None else getattr(self, kind) for kind in FAULT_KINDS}
 
 
-class SimulateConfig(_Strict):
+class SimulateConfig(StrictModel):
     """Settings of the simulated bench used with --simulate."""
 
     seed: int = 1
@@ -148,7 +144,7 @@ class SimulateConfig(_Strict):
         {}, description="faults injected per instrument role (awg, scope, slm, camera), or 'all' for every instrument")
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(StrictModel):
     """What every experiment file holds; ``setup`` selects the instruments and encoding sections (subclasses)."""
 
     experiment: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")

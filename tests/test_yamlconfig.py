@@ -294,6 +294,15 @@ EXPERIMENT_CASES = {
     "wrong type": (
         "optical_vowels.yaml", "dark_frames: 32", "dark_frames: many", "dark_frames:", "instruments.camera.dark_frames",
         "Input should be a valid integer, unable to parse string as an integer"),
+    "yes for a number (YAML reads it as true)": (
+        "electronic_digits.yaml", "seed: 0\n", "seed: yes\n", "seed: yes", "seed",
+        "expected a number or a name, not yes/no/true/false"),
+    "no in a list of numbers": (
+        "electronic_digits.yaml", "theta_bounds: [-1.0, 1.0]", "theta_bounds: [no, 1.0]", "theta_bounds:",
+        "network.theta_bounds", "expected a number or a name, not yes/no/true/false"),
+    "true for a channel number": (
+        "electronic_mnist.yaml", "    channel: 1\n", "    channel: true\n", "    channel: true", "instruments.awg.channel",
+        "expected a number or a name, not yes/no/true/false"),
     "a section given as a value": (
         "electronic_digits.yaml", "task:\n  dataset: digits", "task: digits", "task: digits", "task",
         "Input should be a valid dictionary or instance of TaskConfig"),
@@ -346,6 +355,15 @@ FILE_CASES = {
                           "YAML syntax error: expected ',' or ']', but got '}' "
                           "(while parsing a flow sequence started on line 3)"),
 }
+
+
+def test_yes_and_no_still_set_the_switches(tmp_path):
+    """The yes/no check above refuses true/false only where the field has no use for it."""
+    from orchestrator.config import load_experiment
+
+    cfg = load_experiment(EXPERIMENTS / "optical_vowels.yaml",
+                          overrides={"simulate.realtime": "yes", "network.shuffle_slots": "no"})
+    assert cfg.simulate.realtime is True and cfg.network.shuffle_slots is False
 
 
 @pytest.mark.parametrize("text, line, message", FILE_CASES.values(), ids=FILE_CASES)

@@ -20,13 +20,13 @@ from typing import Annotated, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 from torch import Tensor
 
 from drivers.awg import LOAD_MAX_OHM, LOAD_MIN_OHM
 from drivers.errors import LimitViolation
 from drivers.scope import _TRIGGER_SOURCES
-from drivers.setups import Resource, check_batch
+from drivers.setups import Resource, StrictModel, check_batch
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,11 @@ SCREEN_DIVISIONS = 8  # vertical divisions of the InfiniiVision screen (its ADC 
 CLIP_FRACTION = 0.999  # a point this close to the screen edge counts as clipped
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
 LoadOhm = Annotated[float, Field(ge=LOAD_MIN_OHM, le=LOAD_MAX_OHM)] | Literal["INF"]
 """The 33500B's output load setting: 1 ohm to 10 kohm, or INF (High-Z)."""
 
 
-class AWGConfig(_Strict):
+class AWGConfig(StrictModel):
     """How to reach and drive the arbitrary waveform generator (Keysight 33500B series)."""
 
     resource: Resource = Field(description="VISA resource, e.g. TCPIP0::192.168.1.20::5025::SOCKET")
@@ -56,7 +52,7 @@ class AWGConfig(_Strict):
     memory_points: PositiveInt = 1_000_000
 
 
-class ScopeConfig(_Strict):
+class ScopeConfig(StrictModel):
     """How to reach and set up the oscilloscope (Keysight InfiniiVision)."""
 
     resource: Resource

@@ -18,15 +18,16 @@ from __future__ import annotations
 from pydantic import Field, PositiveFloat, PositiveInt
 from torch import Tensor
 
-from drivers.setups.awg_scope import AWGConfig, AwgScopeSetup, ScopeConfig, _Strict, bin_outputs, interleave, sample_averages
+from drivers.setups import StrictModel
+from drivers.setups.awg_scope import AWGConfig, AwgScopeSetup, ScopeConfig, bin_outputs, interleave, sample_averages
 
 
-class ElectronicInstruments(_Strict):
+class ElectronicInstruments(StrictModel):
     awg: AWGConfig
     scope: ScopeConfig
 
 
-class ElectronicEncoding(_Strict):
+class ElectronicEncoding(StrictModel):
     """Time-domain encoding of inputs, parameters and outputs (see module docstring)."""
 
     sample_rate_hz: float = Field(1e6, gt=0, le=250e6)

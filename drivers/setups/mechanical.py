@@ -39,7 +39,8 @@ from scipy import signal
 from torch import Tensor
 
 from drivers.errors import LimitViolation
-from drivers.setups.awg_scope import (AWGConfig, AwgScopeSetup, LoadOhm, ScopeConfig, _Strict, bin_outputs,
+from drivers.setups import StrictModel
+from drivers.setups.awg_scope import (AWGConfig, AwgScopeSetup, LoadOhm, ScopeConfig, bin_outputs,
                                       interleave, sample_averages)
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,12 @@ class MicScopeConfig(ScopeConfig):
     reference_volts_per_div: PositiveFloat = 0.2
 
 
-class MechanicalInstruments(_Strict):
+class MechanicalInstruments(StrictModel):
     awg: SpeakerAWGConfig
     scope: MicScopeConfig
 
 
-class MechanicalEncoding(_Strict):
+class MechanicalEncoding(StrictModel):
     """Time-domain encoding of inputs, parameters and outputs (see module docstring)."""
 
     sample_rate_hz: float = Field(20e3, gt=0, le=1e6)

@@ -42,8 +42,8 @@ from torch import Tensor
 
 from drivers.camera import ADC_MAX_COUNTS, ELECTRONS_PER_COUNT_AT_GAIN_1, EXPOSURE_MAX_S, EXPOSURE_MIN_S
 from drivers.errors import InstrumentError, LimitViolation, ProtocolError
-from drivers.setups import FieldError, Resource, check_batch
-from drivers.setups.awg_scope import Counters, _Strict
+from drivers.setups import FieldError, Resource, StrictModel, check_batch
+from drivers.setups.awg_scope import Counters
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ C_M_PER_S = 299_792_458.0
 CAMERA_GRACE_S = 1.0  # how long the camera may take beyond its cycles to finish a series once the SLM is done, s
 
 
-class SerialInstrumentConfig(_Strict):
+class SerialInstrumentConfig(StrictModel):
     """How to reach a serial instrument: a port (``/dev/ttyUSB0``, ``COM3``), a pyserial URL (``socket://host:port``)
     or a VISA ASRL resource (``ASRL/dev/ttyUSB0::INSTR``)."""
 
@@ -92,12 +92,12 @@ class CameraConfig(SerialInstrumentConfig):
         return self
 
 
-class OpticalInstruments(_Strict):
+class OpticalInstruments(StrictModel):
     slm: SLMConfig
     camera: CameraConfig
 
 
-class ShaperNominal(_Strict):
+class ShaperNominal(StrictModel):
     """The pulse shaper's nominal calibration: pixels linear in optical frequency."""
 
     n_pixels: PositiveInt = 640
@@ -114,7 +114,7 @@ class ShaperNominal(_Strict):
         return nu_c + (np.arange(self.n_pixels) - (self.n_pixels - 1) / 2) * dnu
 
 
-class SpectrometerNominal(_Strict):
+class SpectrometerNominal(StrictModel):
     """The spectrometer's nominal calibration: column k sees center_nm + (k - center_column) * nm_per_column."""
 
     center_nm: PositiveFloat = 400.0
@@ -123,7 +123,7 @@ class SpectrometerNominal(_Strict):
     line_spread_columns: PositiveFloat = Field(1.0, description="Gaussian sigma of the line spread, columns")
 
 
-class OpticalEncoding(_Strict):
+class OpticalEncoding(StrictModel):
     """Spectral encoding of inputs, parameters and outputs (see module docstring)."""
 
     active_pixels: tuple[int, int] = Field((150, 490), description="[first, end) SLM pixels carrying x and θ")
