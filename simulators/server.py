@@ -1180,7 +1180,8 @@ class SocketStream:
 
 
 class SCPIServer:
-    """A raw-socket SCPI server (like an instrument's LAN port 5025): one thread per client.
+    """A raw-socket SCPI server (like an instrument's LAN port 5025): one thread per client, at most ``max_clients``
+    at once (a further connection is closed at once, so that a flood of connections cannot exhaust threads).
 
     Args:
         handler_factory: makes the ``Session`` of a new client (e.g. ``instrument.session``).
@@ -1189,11 +1190,13 @@ class SCPIServer:
         faults: fault injection on this server's replies (default: none).
         serial_url: ``resource`` is the pyserial URL ``socket://host:port`` (a serial instrument reached over TCP)
             instead of a VISA SOCKET resource.
+        max_clients: connections served at once.
     """
 
     def __init__(self, handler_factory: Callable[[], Session], host: str = "127.0.0.1", port: int = 0,
-                 name: str = "scpi", faults: FaultPlan | None = None, serial_url: bool = False):
+                 name: str = "scpi", faults: FaultPlan | None = None, serial_url: bool = False, max_clients: int = 16):
         self.handler_factory = handler_factory
+        self.max_clients = max_clients
         self.serial_url = serial_url
         self.name = name
         self.injector = FaultInjector(faults)
@@ -1236,6 +1239,11 @@ class SCPIServer:
                 if self._stop.is_set():
                     conn.close()
                     break
+                if len(self._clients) >= self.max_clients:
+                    log.warning("%s: refused %s: %d clients are connected already", self.name, addr,
+                                len(self._clients))
+                    conn.close()
+                    continue
                 self._clients[thread] = conn
             thread.start()
 

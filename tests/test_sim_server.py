@@ -368,6 +368,30 @@ def test_server_survives_garbage_unterminated_lines_and_disconnects_mid_block(se
     assert server.client_count == 0  # client threads end when their clients leave
 
 
+def test_a_flood_of_connections_is_capped_and_the_server_serves_on(toy: Toy) -> None:
+    """Beyond ``max_clients`` a connection is closed at once (no thread for it); once a client leaves, the next
+    connection is served again."""
+    srv = SCPIServer(toy.session, name="toy", max_clients=3)
+    try:
+        clients = [Client(srv) for _ in range(3)]
+        assert all(c.query("*IDN?") == "PNN-LAB,TOY,0001,1.0" for c in clients)
+        extra = Client(srv)
+        with pytest.raises((ConnectionError, OSError)):
+            extra.query("*IDN?")
+        extra.close()
+        assert srv.client_count == 3 and len(_server_threads()) == 1 + 3  # the accept loop and one per client
+        clients.pop().close()
+        deadline = time.monotonic() + 2
+        while srv.client_count > 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        again = Client(srv)
+        assert again.query("*IDN?") == "PNN-LAB,TOY,0001,1.0"
+        for c in clients + [again]:
+            c.close()
+    finally:
+        srv.close()
+
+
 def test_close_joins_all_threads_even_with_connected_clients(toy: Toy) -> None:
     srv = SCPIServer(toy.session, name="toy")
     clients = [Client(srv) for _ in range(3)]
