@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 
 from drivers.errors import InstrumentTimeout, LimitViolation, ProtocolError
-from drivers.scpi import SCPIInstrument, check_choice, check_range, format_number, unpack_values
+from drivers.scpi import SCPIInstrument, check_choice, check_range, unpack_values
 from drivers.transport import Link
 
 log = logging.getLogger(__name__)
@@ -122,50 +122,47 @@ class KeysightInfiniiVision(SCPIInstrument):
                     coupling: str | None = None, probe: float | None = None, display: bool | None = None) -> None:
         """Set any of: vertical scale (V/div), offset (V), coupling DC|AC, probe attenuation (x), display on/off."""
         head = f":CHAN{self._channel(channel, ':CHAN')}"
-        cmds = []
+        settings: dict[str, float | str] = {}
         if scale_v_per_div is not None:
-            value = check_range(self.name, f"{head}:SCAL", scale_v_per_div, 1e-4, 1e3, "V/div")
-            cmds.append(f"{head}:SCAL {format_number(value)}")
+            settings[f"{head}:SCAL"] = check_range(self.name, f"{head}:SCAL", scale_v_per_div, 1e-4, 1e3, "V/div")
         if offset_v is not None:
-            cmds.append(f"{head}:OFFS {format_number(check_range(self.name, f'{head}:OFFS', offset_v, None, None))}")
+            settings[f"{head}:OFFS"] = check_range(self.name, f"{head}:OFFS", offset_v, None, None)
         if coupling is not None:
-            cmds.append(f"{head}:COUP {check_choice(self.name, f'{head}:COUP', coupling, _COUPLINGS)}")
+            settings[f"{head}:COUP"] = check_choice(self.name, f"{head}:COUP", coupling, _COUPLINGS)
         if probe is not None:
-            value = check_range(self.name, f"{head}:PROB", probe, 1e-3, 1e4, "x")
-            cmds.append(f"{head}:PROB {format_number(value)}")
+            settings[f"{head}:PROB"] = check_range(self.name, f"{head}:PROB", probe, 1e-3, 1e4, "x")
         if display is not None:
-            cmds.append(f"{head}:DISP {1 if display else 0}")
-        if cmds:
-            self.write_all(cmds)
+            settings[f"{head}:DISP"] = 1 if display else 0
+        if settings:
+            self.apply(settings)
 
     def set_range(self, channel: int, range_v: float) -> None:
         """Full-scale vertical range (8 divisions), V."""
-        head = f":CHAN{self._channel(channel, ':CHAN')}:RANG"
-        self.write(f"{head} {format_number(check_range(self.name, head, range_v, 8e-4, 8e3, 'V'))}")
+        head = f":CHAN{self._channel(channel, ':CHAN')}"
+        self.apply({f"{head}:RANG": check_range(self.name, f"{head}:RANG", range_v, 8e-4, 8e3, "V")})
+        self.settings.pop(f"{head}:SCAL", None)  # the range sets the scale
 
     def set_timebase(self, range_s: float, position_s: float = 0.0, reference: str = "LEFT") -> None:
         """Full-scale time range (10 divisions, s), trigger-to-reference delay (s) and reference LEFT|CENT|RIGH."""
-        cmds = [f":TIM:RANG {format_number(check_range(self.name, ':TIM:RANG', range_s, 1e-10, 1e4, 's'))}",
-                f":TIM:POS {format_number(check_range(self.name, ':TIM:POS', position_s, None, None, 's'))}",
-                f":TIM:REF {check_choice(self.name, ':TIM:REF', reference, _REFERENCES)}"]
-        self.write_all(cmds)
+        self.apply({":TIM:RANG": check_range(self.name, ":TIM:RANG", range_s, 1e-10, 1e4, "s"),
+                    ":TIM:POS": check_range(self.name, ":TIM:POS", position_s, None, None, "s"),
+                    ":TIM:REF": check_choice(self.name, ":TIM:REF", reference, _REFERENCES)})
 
     def set_edge_trigger(self, source: str | int = "EXT", level_v: float = 1.0, slope: str = "POS") -> None:
         """Edge trigger on ``source`` (EXT, LINE, WGEN, CHAN1..4 or a channel number) at ``level_v`` (V)."""
         src = f"CHAN{source}" if isinstance(source, int) else source
-        cmds = [":TRIG:MODE EDGE",
-                f":TRIG:EDGE:SOUR {check_choice(self.name, ':TRIG:EDGE:SOUR', src, _TRIGGER_SOURCES)}",
-                f":TRIG:EDGE:LEV {format_number(check_range(self.name, ':TRIG:EDGE:LEV', level_v, None, None, 'V'))}",
-                f":TRIG:EDGE:SLOP {check_choice(self.name, ':TRIG:EDGE:SLOP', slope, _SLOPES)}"]
-        self.write_all(cmds)
+        self.apply({":TRIG:MODE": "EDGE",
+                    ":TRIG:EDGE:SOUR": check_choice(self.name, ":TRIG:EDGE:SOUR", src, _TRIGGER_SOURCES),
+                    ":TRIG:EDGE:LEV": check_range(self.name, ":TRIG:EDGE:LEV", level_v, None, None, "V"),
+                    ":TRIG:EDGE:SLOP": check_choice(self.name, ":TRIG:EDGE:SLOP", slope, _SLOPES)})
 
     def set_acquisition(self, type: str = "NORM", count: int | None = None) -> None:
         """Acquisition type NORM|AVER|HRES|PEAK and, for AVER, the number of averages (2..65536)."""
-        cmds = [f":ACQ:TYPE {check_choice(self.name, ':ACQ:TYPE', type, _ACQ_TYPES)}"]
+        settings: dict[str, float | str] = {":ACQ:TYPE": check_choice(self.name, ":ACQ:TYPE", type, _ACQ_TYPES)}
         if count is not None:
-            value = check_range(self.name, ":ACQ:COUN", count, ACQ_COUNT_MIN, ACQ_COUNT_MAX, "acquisitions")
-            cmds.append(f":ACQ:COUN {int(value)}")
-        self.write_all(cmds)
+            settings[":ACQ:COUN"] = int(check_range(self.name, ":ACQ:COUN", count, ACQ_COUNT_MIN, ACQ_COUNT_MAX,
+                                                    "acquisitions"))
+        self.apply(settings)
 
     # -- acquisition control ---------------------------------------------------------------------------------------
     def run(self) -> None:

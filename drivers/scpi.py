@@ -300,6 +300,18 @@ class SCPIInstrument:
             self.link.write(cmd)
         self._check("; ".join(commands), check)
 
+    def apply(self, settings: dict[str, float | str]) -> None:
+        """Send ``<header> <value>`` for each setting (words as given, integers as integers, other numbers as
+        decimals), check the error queue
+        once, and remember each value under its header in ``settings`` for ``verify_settings`` to read back. For
+        setters that take several values at once; a single value is better declared as a ``Control``. Headers must
+        contain a colon (``:TIM:RANG``)."""
+        def text(value: float | str) -> str:
+            return value if isinstance(value, str) else str(value) if isinstance(value, int) else format_number(value)
+
+        self.write_all([f"{header} {text(value)}" for header, value in settings.items()])
+        self.settings.update(settings)
+
     def _check(self, cmd: str, check: bool | None) -> None:
         if self.check_errors if check is None else check:
             errors = self.errors()
@@ -396,18 +408,23 @@ class SCPIInstrument:
             raise InstrumentReportedError(self.name, f"SYST:ERR? (after {before!r})", errors)
 
     def verify_settings(self, rel_tol: float = 1e-3) -> None:
-        """Read back every declared setting this driver has applied (``settings``) and compare, e.g. after a reconnect
-        or a reset. InstrumentError naming the first setting the instrument does not hold."""
-        for attr, applied in list(self.settings.items()):
-            control = getattr(type(self), attr, None)
-            if not isinstance(control, Control):
+        """Read back every setting this driver has applied (``settings``: declared Controls, and headers sent by
+        ``apply``) and compare, e.g. after a reconnect or a reset. InstrumentError naming the first setting the
+        instrument does not hold."""
+        for key, applied in list(self.settings.items()):
+            control = getattr(type(self), key, None)
+            if isinstance(control, Control):
+                query, actual = control.command.format(**self.command_fields()) + "?", getattr(self, key)
+            elif ":" in key:  # a header sent by apply() (a Control's attribute name has no colon)
+                query = key + "?"
+                actual = self.query(query) if isinstance(applied, str) else self.query_float(query)
+                actual = actual.upper() if isinstance(actual, str) else actual
+            else:
                 continue  # settings kept by other means (ROI, waveform names, ...): their commands check them
-            actual = getattr(self, attr)
             same = (math.isclose(actual, applied, rel_tol=rel_tol, abs_tol=1e-12)
-                    if isinstance(applied, float) and isinstance(actual, float) else actual == applied)
+                    if isinstance(applied, (int, float)) and isinstance(actual, float) else actual == applied)
             if not same:
-                raise InstrumentError(self.name, control.command.format(**self.command_fields()) + "?",
-                                      f"reads back {actual!r}, {applied!r} was applied")
+                raise InstrumentError(self.name, query, f"reads back {actual!r}, {applied!r} was applied")
 
     def close(self) -> None:
         """Close the link."""

@@ -93,6 +93,21 @@ def test_an_instrument_error_during_a_batch_names_the_instrument_and_the_error(r
     injector.set_plan(FaultPlan())
 
 
+def test_after_a_reset_the_settings_read_back_wrong_until_the_recovery_applies_them(rig) -> None:
+    """Each instrument loses its settings in a power-on reset: verify_settings (the read-back after a recovery) names
+    the first one that differs; recover() applies them again, and they read back right."""
+    bench, setup, roles, (x, theta, clean) = rig
+    for role in roles:
+        with bench.instruments[role].lock:
+            bench.instruments[role].reset()  # back to the power-on settings, unasked
+        driver = getattr(setup, role)
+        with pytest.raises(InstrumentError, match=rf"^{role}, command '.*\?': reads back .*, .* was applied"):
+            driver.verify_settings()
+        setup.recover()
+        driver.verify_settings()
+    assert nmse(setup.forward(x, theta), clean) < 0.05
+
+
 def test_the_experiment_file_knows_every_kind_of_fault_the_simulators_inject() -> None:
     # listed twice on purpose (orchestrator.config may not import simulators): they must not drift apart
     assert FAULT_KINDS == FaultPlan.KINDS

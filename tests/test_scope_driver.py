@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from drivers.errors import ConnectionLost, InstrumentTimeout, LimitViolation, ProtocolError
+from drivers.errors import ConnectionLost, InstrumentError, InstrumentTimeout, LimitViolation, ProtocolError
 from drivers.scope import KeysightInfiniiVision, parse_preamble
 
 from conftest import WireReply
@@ -61,6 +61,23 @@ def test_setup_commands_bytes(scope_rig) -> None:
         b":TRIG:MODE EDGE\n:TRIG:EDGE:SOUR CHAN2\n:TRIG:EDGE:LEV -0.25\n:TRIG:EDGE:SLOP NEG\nSYST:ERR?\n"
         b":ACQ:TYPE AVER\n:ACQ:COUN 16\nSYST:ERR?\n"
         b":RUN\nSYST:ERR?\n:STOP\nSYST:ERR?\n:DIG CHAN1,CHAN2\nSYST:ERR?\n*OPC?\n")
+
+
+def test_verify_settings_reads_back_what_the_setters_applied(scope_rig) -> None:
+    """After a reconnect or a reset the setup calls verify_settings: one query per setting applied, numbers compared
+    as numbers, words as words; a setting the scope does not hold is an error naming its query and both values."""
+    script = {":CHAN1:SCAL?": "+5.00000E-01", ":CHAN1:COUP?": "DC", ":CHAN1:DISP?": "1",
+              ":TIM:RANG?": "+1.00000E-03", ":TIM:POS?": "+2.00000E-04", ":TIM:REF?": "CENT"}
+    server, scope = scope_rig(script)
+    scope.set_channel(1, scale_v_per_div=0.5, coupling="dc", display=True)
+    scope.set_timebase(1e-3, position_s=2e-4, reference="CENTER")
+    start = len(server.since(0))
+    scope.verify_settings()
+    assert server.since(start) == (b":CHAN1:SCAL?\n:CHAN1:COUP?\n:CHAN1:DISP?\n"
+                                   b":TIM:RANG?\n:TIM:POS?\n:TIM:REF?\n")
+    server.script[":TIM:REF?"] = "LEFT"  # e.g. a reset the power-on bit did not reveal
+    with pytest.raises(InstrumentError, match=r"scope, command ':TIM:REF\?': reads back 'LEFT', 'CENT' was applied"):
+        scope.verify_settings()
 
 
 def test_word_waveform_bytes_and_scaling(scope_rig) -> None:

@@ -154,8 +154,7 @@ class AwgScopeSetup:
 
     def recover(self) -> None:
         """After a failed forward: reopen both links, put the instruments back in their set-up state and read back the
-        declared settings it applied (``verify_settings``; the scope driver declares none: its setters check their
-        own commands with the error queue)."""
+        settings it applied (``verify_settings``)."""
         for inst in (self.awg, self.scope):
             inst.link.reconnect()
             if inst.was_reset():
