@@ -302,10 +302,9 @@ class SCPIInstrument:
 
     def apply(self, settings: dict[str, float | str]) -> None:
         """Send ``<header> <value>`` for each setting (words as given, integers as integers, other numbers as
-        decimals), check the error queue
-        once, and remember each value under its header in ``settings`` for ``verify_settings`` to read back. For
-        setters that take several values at once; a single value is better declared as a ``Control``. Headers must
-        contain a colon (``:TIM:RANG``)."""
+        decimals), check the error queue once, and remember each value under its header in ``settings`` for
+        ``verify_settings`` to read back. For setters that take several values at once; a single value is better
+        declared as a ``Control``. Headers must contain a colon (``:TIM:RANG``)."""
         def text(value: float | str) -> str:
             return value if isinstance(value, str) else str(value) if isinstance(value, int) else format_number(value)
 

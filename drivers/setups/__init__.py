@@ -36,7 +36,8 @@ class StrictModel(BaseModel):
         for name, value in data.items() if isinstance(data, dict) else ():
             items = value if isinstance(value, (list, tuple)) else [value]
             field = cls.model_fields.get(name)
-            if field is not None and any(isinstance(item, bool) for item in items) and not _takes_yes_no(field.annotation):
+            if (field is not None and any(isinstance(item, bool) for item in items)
+                    and not _takes_yes_no(field.annotation)):
                 raise FieldError(name, "expected a number or a name, not yes/no/true/false")
         return data
 
