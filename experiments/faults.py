@@ -121,7 +121,8 @@ def main() -> None:
                              "camera sends one block per batch, so --rate alone would hardly ever damage one)")
     parser.add_argument("--out", type=Path, default=Path("runs/faults"))
     parser.add_argument("--timeout", type=float, default=2.0, help="the instruments' link timeout, s")
-    parser.add_argument("--max-resumes", type=int, default=5)
+    parser.add_argument("--max-resumes", type=int, default=20,
+                        help="resumes of a stopped run before giving up (each is counted in the report)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                         help="repeat the clean/faulty pair for each seed (default: the experiment's seed only)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE")

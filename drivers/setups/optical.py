@@ -260,6 +260,7 @@ class OpticalSetup:
         self.dark_full: np.ndarray | None = None  # dark frame of all sensor columns, counts
         self.dark: np.ndarray | None = None  # dark frame over the ROI, counts [roi count]
         self.reference_spectrum: np.ndarray | None = None  # transform-limited SH spectrum, all columns, counts
+        self.lut: np.ndarray | None = None  # the SLM's gray-to-phase table, rad [256] (configure)
         self.lut_sweep: tuple[np.ndarray, np.ndarray] | None = None  # LUT check: gray levels, total SH counts
         self.lut_check: dict = {}
         self._weights: Tensor | None = None
@@ -269,11 +270,29 @@ class OpticalSetup:
 
     # -- set-up --------------------------------------------------------------------------------------------------
     def configure(self) -> None:
-        """Read the SLM's size and lookup table, check the phase range, set the camera and the sequence timing."""
-        slm, cam, sc, cc = self.slm, self.camera, self.cfg.slm, self.cfg.camera
+        """Read the SLM's size and lookup table (once: a reset or a reconnect does not change them), check the phase
+        range, set the camera and the sequence timing."""
+        slm, cam = self.slm, self.camera
+        cc = self.cfg.camera
         cam.abort()  # a series left armed by a failed batch refuses new settings
         for inst in (slm, cam):
             inst.clear()  # *CLS: an old power-on bit or error must not fail the first batch
+        if self.lut is None:
+            self.lut = self._checked_lut()
+        slm.blank()
+        slm.trigger_out = True
+        cam.exposure_s = cc.exposure_s
+        cam.gain = cc.gain
+        cam.shutter_open = True
+        cam.trigger_source = "EXT"
+        self._series = None
+        # a reconnect goes back to the calibrated columns; before the calibration, the whole sensor
+        self._set_roi(self.calibration.roi if self.calibration is not None else (0, cam.sensor_size[0]))
+
+    def _checked_lut(self) -> np.ndarray:
+        """The SLM's gray-to-phase table [256] (rad), refused unless the SLM has the encoding's pixel count and the
+        table rises strictly and reaches the phase span within gray_min .. gray_max."""
+        slm, sc = self.slm, self.cfg.slm
         n_pixels = slm.n_pixels
         if n_pixels != self.enc.shaper.n_pixels:
             raise LimitViolation(slm.name, "PIX?", f"the SLM has {n_pixels} pixels, the encoding expects "
@@ -286,16 +305,7 @@ class OpticalSetup:
             raise LimitViolation(slm.name, "LUT:DATA?", f"phases 0 .. {self.enc.phase_span_rad:.3f} rad need gray "
                                  f"levels outside gray_min {sc.gray_min} .. gray_max {sc.gray_max} (LUT: "
                                  f"{lut[sc.gray_min]:.3f} .. {top:.3f} rad)")
-        self.lut = lut.astype(np.float64)
-        slm.blank()
-        slm.trigger_out = True
-        cam.exposure_s = cc.exposure_s
-        cam.gain = cc.gain
-        cam.shutter_open = True
-        cam.trigger_source = "EXT"
-        self._series = None
-        # a reconnect goes back to the calibrated columns; before the calibration, the whole sensor
-        self._set_roi(self.calibration.roi if self.calibration is not None else (0, cam.sensor_size[0]))
+        return lut.astype(np.float64)
 
     def dwell_s(self) -> float:
         """Time each pattern is shown: LC settling, then the camera's exposure and read-out, plus a margin, s."""
