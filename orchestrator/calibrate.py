@@ -103,7 +103,14 @@ def collect_twin_data(setup: AwgScopeSetup, n_samples: int, repeats: int, seed: 
 
 
 def build_twin(kind: str, cfg: ExperimentConfig, n: int, n_outputs: int, setup: AwgScopeSetup | None = None):
-    """A fresh, untrained twin of the given kind for this experiment (the hybrid twin's residual part)."""
+    """A fresh, untrained twin of the given kind for this experiment (the hybrid twin's residual part). Its initial
+    weights follow ``cfg.seed`` alone (the caller's global torch random state is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return _untrained_twin(kind, cfg, n, n_outputs, setup)
+
+
+def _untrained_twin(kind: str, cfg: ExperimentConfig, n: int, n_outputs: int, setup: AwgScopeSetup | None):
     if kind in ("neural", "hybrid"):
         nc = cfg.twin.neural
         if nc.architecture == "temporal_conv":

@@ -76,3 +76,28 @@ def test_perfect_twin_gradient_equals_autograd_through_the_simulator_physics():
     emf.grad = None
     (circuit.noiseless(emf, 1e6) * grad_out).sum().backward()
     torch.testing.assert_close(emf.grad, reference)
+
+
+def test_a_new_twin_starts_from_weights_set_by_the_experiment_seed_alone() -> None:
+    """Calibration fits a freshly built twin: its initial weights must not depend on what used torch's global random
+    state before (that made the same `pnn run` give different twins in two processes), and building it must leave
+    that state alone."""
+    from pathlib import Path
+
+    from orchestrator.calibrate import build_twin
+    from orchestrator.config import load_experiment
+
+    cfg = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "electronic_digits.yaml")
+    torch.manual_seed(1)
+    first = build_twin("neural", cfg, 12, 12).state_dict()
+    torch.manual_seed(2)
+    torch.rand(100)
+    second = build_twin("neural", cfg, 12, 12).state_dict()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    other_seed = build_twin("neural", cfg.model_copy(update={"seed": cfg.seed + 1}), 12, 12).state_dict()
+    assert not all(torch.equal(first[name], other_seed[name]) for name in first)
+    torch.manual_seed(3)
+    build_twin("neural", cfg, 12, 12)
+    after = torch.rand(3)
+    torch.manual_seed(3)
+    assert torch.equal(after, torch.rand(3))
