@@ -125,12 +125,19 @@ def main() -> None:
                         help="resumes of a stopped run before giving up (each is counted in the report)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                         help="repeat the clean/faulty pair for each seed (default: the experiment's seed only)")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a field of the experiment; simulate.faults.* fields apply to the faulty run "
+                             "only (e.g. --set simulate.faults.camera.garble_block=1)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
 
     overrides = dict(pair.split("=", 1) for pair in args.sets)
+    # faults given with --set belong to the faulty run only: the clean run is the reference
+    fault_sets = {key: value for key, value in overrides.items() if key.startswith("simulate.faults")}
+    overrides = {key: value for key, value in overrides.items() if key not in fault_sets}
     cfg = load_experiment(args.experiment, overrides=overrides or None)
+    if cfg.simulate.faults:
+        parser.error(f"{args.experiment} injects faults (simulate.faults); the clean run must not")
     for role, _ in cfg.instruments:
         overrides[f"instruments.{role}.timeout_s"] = str(args.timeout)
     cfg = load_experiment(args.experiment, overrides=overrides)
@@ -142,7 +149,7 @@ def main() -> None:
         faulty = load_experiment(args.experiment, overrides={
             **seeded, "simulate.faults.all.seed": str(seed), "simulate.faults.all.rate": str(args.rate),
             "simulate.faults.all.garble_block": str(args.block_rate),
-            "simulate.faults.all.short_block": str(args.block_rate)})
+            "simulate.faults.all.short_block": str(args.block_rate), **fault_sets})
         out = args.out if args.seeds is None else args.out / f"seed-{seed}"
         pairs.append(compare(load_experiment(args.experiment, overrides=seeded), faulty, out, args.max_resumes))
         log.warning("seed %d: test accuracy %.3f clean, %.3f with faults", seed,
