@@ -16,7 +16,8 @@ and the test accuracy of both runs. The links' timeouts are cut to ``--timeout``
 costs seconds, not the lab's 10 s.
 
 One clean run against one faulty run cannot resolve a small accuracy difference: a retried batch is measured again,
-so every later batch sees another noise draw, and that alone moves a run by about 0.02 on the noisier benches.
+so every later batch sees another noise draw, and that alone moved an optical vowels run by up to 0.055
+(experiments/results_faults.md).
 ``--seeds`` repeats the pair for several seeds (each sets the experiment's ``seed``, i.e. the network's start and the
 batch order, and the faults' seed) and reports each pair and the mean and spread over the seeds. The twin is fitted
 once, on a bench of its own, before any run, so that every run starts from the same bench state.
