@@ -36,7 +36,7 @@ from drivers.errors import InstrumentError
 from orchestrator.config import ExperimentConfig, data_dir, load_experiment
 from orchestrator.experiment import get_twin, load_task, train_on_setup
 from orchestrator.lab import device_width, fault_plans, open_setup, start_simulated_bench
-from orchestrator.trainer import atomic_write_bytes
+from common.files import atomic_write_bytes
 
 log = logging.getLogger("faults")
 

@@ -25,7 +25,8 @@ from drivers.setups.electronic import emf_per_unit
 from drivers.setups.optical import OpticalCalibration, OpticalSetup, output_bin_edges
 from orchestrator import plots
 from orchestrator.config import ExperimentConfig
-from orchestrator.trainer import atomic_write_bytes, retrying
+from common.files import atomic_write_bytes
+from orchestrator.trainer import retrying
 from twins.artifact import load_twin, save_twin
 from twins.data import TwinData, load_twin_data, save_twin_data
 from twins.electronic import ElectronicPhysicsTwin

@@ -32,7 +32,7 @@ from orchestrator.config import data_dir as resolve_data_dir
 from orchestrator.datasets import DatasetError
 from orchestrator.experiment import BENCH_ROW_CHOICES, BENCH_ROWS
 from orchestrator.trainer import StopRequest, TrainingStopped
-from twins.artifact import CorruptFileError
+from common.files import CorruptFileError
 
 SIMULATED_BENCHES = ["electronic", "mechanical", "optical"]  # simulators.benches.BENCHES (a test checks they agree)
 

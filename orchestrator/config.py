@@ -10,7 +10,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 import yaml
 from pydantic import Field, PositiveFloat, PositiveInt, RootModel, model_validator
 
-from drivers.setups import FieldError, StrictModel
+from common.models import FieldError, StrictModel
 from drivers.setups.electronic import ElectronicEncoding, ElectronicInstruments
 from drivers.setups.mechanical import MechanicalEncoding, MechanicalInstruments
 from drivers.setups.optical import OpticalEncoding, OpticalInstruments

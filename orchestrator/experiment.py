@@ -26,7 +26,8 @@ from orchestrator.config import ExperimentConfig, dump_config
 from orchestrator.datasets import Dataset, load_dataset
 from orchestrator.lab import device_outputs, device_width, open_setup, start_simulated_bench
 from orchestrator.network import PhysicalNetwork, digital_baseline
-from orchestrator.trainer import (TRAIN_EVAL_SAMPLES, StopRequest, Trainer, TrainingStopped, atomic_write_bytes,
+from common.files import atomic_write_bytes
+from orchestrator.trainer import (TRAIN_EVAL_SAMPLES, StopRequest, Trainer, TrainingStopped,
                                   write_metrics)
 from twins.artifact import load_twin
 

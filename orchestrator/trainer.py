@@ -35,7 +35,7 @@ from orchestrator.config import TrainingConfig
 from orchestrator.datasets import Dataset
 from orchestrator.network import Layer, PhysicalNetwork
 from orchestrator.pat import physics_aware
-from twins.artifact import CorruptFileError, atomic_write
+from common.files import CorruptFileError, atomic_write_bytes, read_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,6 @@ CHECKPOINT = "checkpoint.pt"
 
 
 TRAIN_EVAL_SAMPLES = 2000  # training samples evaluated on the device at the end of a run
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that a crash leaves either the old or the new version, never a torn one."""
-    with atomic_write(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
@@ -227,8 +221,6 @@ class Trainer:
     def load_checkpoint(self) -> bool:
         """Restore the last checkpoint; False if there is none. Raises CorruptFileError naming the file, what is wrong
         and what to do, for a truncated, corrupted or foreign checkpoint or one of another network."""
-        from twins.artifact import CorruptFileError, read_torch_file
-
         path = self.out_dir / CHECKPOINT
         if not path.exists():
             return False

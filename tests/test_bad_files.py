@@ -20,7 +20,8 @@ from orchestrator.config import TrainingConfig
 from orchestrator.datasets import Dataset, DatasetError, load_dataset, read_idx
 from orchestrator.network import PhysicalNetwork
 from orchestrator.trainer import CHECKPOINT, Trainer
-from twins.artifact import CorruptFileError, TwinArtifactError, load_twin, save_twin
+from common.files import CorruptFileError
+from twins.artifact import TwinArtifactError, load_twin, save_twin
 from twins.data import TwinData, TwinDataError, load_twin_data, save_twin_data
 from twins.neural import NeuralTwin
 

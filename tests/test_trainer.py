@@ -20,7 +20,7 @@ from orchestrator.datasets import Dataset
 from orchestrator.network import PhysicalNetwork
 from orchestrator.trainer import (CHECKPOINT, DeviceFailure, RetryCounts, StopRequest, Trainer, TrainingStopped,
                                   retrying)
-from twins.artifact import CorruptFileError
+from common.files import CorruptFileError
 
 N_TRAIN, BATCH, EPOCHS, DEPTH = 60, 16, 3, 2
 N_BATCHES = 4  # ceil(60 / 16): the last batch of an epoch is short

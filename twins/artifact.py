@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-import re
-import tempfile
-import zipfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from common.files import CorruptFileError, atomic_write, read_torch_file
 from twins import twin_class
 
 logger = logging.getLogger(__name__)
@@ -37,78 +33,8 @@ FORMAT = "pnn-lab-twin/1"
 RECALIBRATE = "delete it and run pnn calibrate again"
 
 
-class CorruptFileError(Exception):
-    """A file the project wrote (twin artifact, twin data, checkpoint) cannot be used: missing, empty, truncated,
-    corrupted or of the wrong kind. The message starts with the file's path, says what is wrong and what to do."""
-
-
 class TwinArtifactError(CorruptFileError):
     """A twin artifact cannot be loaded; the message starts with the file's path and says why."""
-
-
-def read_torch_file(path: str | os.PathLike, what: str, remedy: str,
-                    error: type[CorruptFileError] = CorruptFileError) -> Any:
-    """``torch.load(path, weights_only=True)`` of a file written by ``torch.save``, after checking that it is whole:
-    a zip archive whose every member passes its CRC-32 check (``torch.load`` does not check, so flipped bytes in a
-    tensor would load silently).
-
-    Raises:
-        ``error`` with ``"<path>: not a readable <what>: <why>; <remedy>"``: missing, empty, truncated, corrupted or
-        foreign file, or one holding objects other than tensors and plain data.
-    """
-    path = Path(path)
-
-    def fail(why: str) -> CorruptFileError:
-        return error(f"{path}: not a readable {what}: {why}; {remedy}")
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            # torch.load's reader also takes a member with the DOS folder attribute (0x10) for a folder: no data
-            damaged = archive.testzip() or next((m.filename for m in archive.infolist() if m.external_attr & 0x10),
-                                                None)
-    except zipfile.BadZipFile:
-        empty = path.stat().st_size == 0
-        raise fail("the file is empty" if empty else "truncated, or not written by torch.save "
-                                                      "(no zip directory at its end)") from None
-    except OSError as err:
-        raise fail(f"cannot read it ({err})") from None
-    except Exception as err:  # noqa: BLE001 - a damaged zip header surfaces as many types
-        raise fail(f"corrupted ({type(err).__name__}: {err})") from None
-    if damaged is not None:
-        raise fail(f"corrupted (its part {damaged.split('/', 1)[-1]!r} fails the CRC check)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # weights_only refused something; torch's advice to drop it is unsafe
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        raise fail("it holds objects other than tensors and plain data"
-                   + (f" ({found.group(1)})" if found else "")) from None
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad content
-        raise fail(f"{type(err).__name__}: {err}") from err
-
-
-@contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Write a file all-or-nothing: yields a temporary path in the same folder to write to.
-
-    When the block finishes, the temporary file is flushed to disk and renamed over ``path``
-    (``os.replace``, atomic on POSIX and Windows), so readers see the old file or the complete new one,
-    never a partial one, even after a crash. If the block raises, the temporary file is removed and
-    ``path`` is untouched. Parent folders are created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; lab files are meant to be shared
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def check_json_able(value: Any, where: str) -> None:

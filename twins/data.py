@@ -19,7 +19,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from twins.artifact import RECALIBRATE, CorruptFileError, atomic_write
+from common.files import CorruptFileError, atomic_write
+from twins.artifact import RECALIBRATE
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from torch import Tensor
 from drivers.awg import LOAD_MAX_OHM, LOAD_MIN_OHM
 from drivers.errors import LimitViolation
 from drivers.scope import _TRIGGER_SOURCES
-from drivers.setups import Resource, StrictModel, check_batch
+from common.models import StrictModel
+from drivers.setups import Resource, check_batch
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pydantic import Field, PositiveFloat, PositiveInt
 from torch import Tensor
 
-from drivers.setups import StrictModel
+from common.models import StrictModel
 from drivers.setups.awg_scope import AWGConfig, AwgScopeSetup, ScopeConfig, bin_outputs, interleave, sample_averages
 
 

@@ -39,7 +39,7 @@ from scipy import signal
 from torch import Tensor
 
 from drivers.errors import LimitViolation
-from drivers.setups import StrictModel
+from common.models import StrictModel
 from drivers.setups.awg_scope import (AWGConfig, AwgScopeSetup, LoadOhm, ScopeConfig, bin_outputs,
                                       interleave, sample_averages)
 

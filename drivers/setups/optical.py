@@ -42,7 +42,8 @@ from torch import Tensor
 
 from drivers.camera import ADC_MAX_COUNTS, ELECTRONS_PER_COUNT_AT_GAIN_1, EXPOSURE_MAX_S, EXPOSURE_MIN_S
 from drivers.errors import InstrumentError, LimitViolation, ProtocolError
-from drivers.setups import FieldError, Resource, StrictModel, check_batch
+from common.models import FieldError, StrictModel
+from drivers.setups import Resource, check_batch
 from drivers.setups.awg_scope import Counters
 
 log = logging.getLogger(__name__)
