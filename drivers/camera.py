@@ -62,7 +62,8 @@ from typing import Any, Literal
 import numpy as np
 
 from drivers.errors import InstrumentError, InstrumentTimeout, LimitViolation, ProtocolError
-from drivers.scpi import SCPIInstrument, Control, _preview, check_choice, check_range, unpack_values
+from drivers.blocks import preview
+from drivers.scpi import SCPIInstrument, Control, check_choice, check_range, unpack_values
 from drivers.transport import Link
 
 log = logging.getLogger(__name__)
@@ -389,7 +390,7 @@ class SpectroscopyCamera(SCPIInstrument):
             payload = self.link.query_block("DATA?")
         if len(payload) != geometry.nbytes:
             raise ProtocolError(self.name, "DATA?", f"expected {geometry.describe()} = {geometry.nbytes} bytes, the "
-                                                    f"block holds {len(payload)} bytes (starts {_preview(payload)})")
+                                                    f"block holds {len(payload)} bytes (starts {preview(payload)})")
         codes = unpack_values(payload, "uint16", "little", instrument=self.name, command="DATA?").reshape(
             geometry.shape)
         if codes.max(initial=0) > ADC_MAX_COUNTS:  # a 12-bit ADC cannot send these: the data are garbled

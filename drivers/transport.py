@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -36,15 +35,14 @@ import pyvisa.constants
 import serial
 
 from drivers.errors import ConnectionLost, InstrumentError, InstrumentTimeout, ProtocolError
-from drivers.scpi import _preview, block_digit_count, block_length, encode_block
+from drivers.blocks import block_digit_count, block_length, encode_block, preview
+from drivers.resources import is_serial_resource, is_visa_resource
 
 log = logging.getLogger(__name__)
 
 _VISA_CHUNK_BYTES = 4096  # block payloads are read in chunks of this size
 _QUIET_S = 0.05  # a serial line silent this long has finished sending a stale reply, s
 _DRAIN_LIMIT_S = 10.0  # longest wait for a stale reply to end (1 MB of frames at 3 Mbaud take 3.5 s), s
-_SERIAL_URL = re.compile(r"^[a-z][a-z0-9+]*://", re.IGNORECASE)
-_SERIAL_PORT = re.compile(r"^(/dev/\S+|COM\d+)$", re.IGNORECASE)
 
 FlowControl = Literal["none", "rtscts", "xonxoff"]
 #: serial handshake -> pyvisa ASRL attribute value (VI_ATTR_ASRL_FLOW_CNTRL)
@@ -153,7 +151,7 @@ class Link(ABC):
 
     def write_raw(self, data: bytes) -> None:
         """Send bytes exactly as given."""
-        self._write(data, _preview(data))
+        self._write(data, preview(data))
 
     def _write(self, data: bytes, cmd: str) -> None:
         with self._lock, self._translated(cmd):
@@ -196,7 +194,7 @@ class Link(ABC):
             end = self._receive_exact(len(self._read_term)) if self._read_term else b""
         if end != self._read_term.encode("ascii"):
             self._stale_input = True
-            raise ProtocolError(self.name, cmd, f"binary block of {size} bytes is followed by {_preview(end)} "
+            raise ProtocolError(self.name, cmd, f"binary block of {size} bytes is followed by {preview(end)} "
                                                 f"instead of the terminator {self._read_term!r}")
         return payload
 
@@ -448,14 +446,14 @@ class SerialLink(Link):
         term = self._read_term.encode("ascii")
         data = self._serial().read_until(term)
         if not data.endswith(term):
-            raise self._timed_out(self._last_command, f" (partial reply {_preview(data)})" if data else "")
+            raise self._timed_out(self._last_command, f" (partial reply {preview(data)})" if data else "")
         return data[:-len(term)]
 
     def _receive_exact(self, count: int) -> bytes:
         data = self._serial().read(count)
         if len(data) < count:
             raise self._timed_out(self._last_command, f": expected {count} bytes, only {len(data)} arrived "
-                                                      f"({_preview(data)})")
+                                                      f"({preview(data)})")
         return data
 
     def _discard_input(self) -> None:
@@ -470,10 +468,6 @@ class SerialLink(Link):
             raise self._timed_out(cmd, f" (write: {err})") from None
         except (serial.SerialException, OSError) as err:
             raise self._lost(cmd, err) from None
-
-
-def _is_visa(resource: str) -> bool:
-    return "::" in resource
 
 
 def open_link(resource: str, *, name: str, visa_library: str = "@py", timeout_s: float = 10.0,
@@ -503,13 +497,13 @@ def open_link(resource: str, *, name: str, visa_library: str = "@py", timeout_s:
     link: Link
     if flow_control not in _VISA_FLOW:
         raise ValueError(f"{name}: flow_control must be one of {', '.join(_VISA_FLOW)}, got {flow_control!r}")
-    if not read_termination and (resource.upper().endswith("::SOCKET") or not _is_visa(resource)):
+    if not read_termination and (resource.upper().endswith("::SOCKET") or not is_visa_resource(resource)):
         raise ValueError(f"{name}: {resource} needs a read_termination (raw sockets and serial ports have no "
                          f"end-of-message signal)")
-    if _is_visa(resource):
+    if is_visa_resource(resource):
         link = VisaLink(resource, name, visa_library=visa_library, baud_rate=baud_rate, flow_control=flow_control,
                         **common)
-    elif _SERIAL_URL.match(resource) or _SERIAL_PORT.match(resource):
+    elif is_serial_resource(resource):
         link = SerialLink(resource, name, baud_rate=baud_rate, flow_control=flow_control, **common)
     else:
         raise ValueError(f"{name}: cannot tell how to open {resource!r}; expected a VISA resource "

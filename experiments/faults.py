@@ -33,9 +33,11 @@ import statistics
 from pathlib import Path
 
 from drivers.errors import InstrumentError
-from orchestrator.config import ExperimentConfig, data_dir, load_experiment
-from orchestrator.experiment import get_twin, load_task, train_on_setup
-from orchestrator.lab import device_width, fault_plans, open_setup, start_simulated_bench
+from orchestrator.config import ExperimentConfig, data_dir
+from orchestrator.experiment_file import load_experiment
+from orchestrator.experiment import load_task, train_on_setup
+from orchestrator.lab import device_width, fault_plans
+from orchestrator.session import open_session
 from common.files import atomic_write_bytes
 
 log = logging.getLogger("faults")
@@ -47,8 +49,8 @@ def train(cfg: ExperimentConfig, faulty: ExperimentConfig | None, out: Path, max
     data = load_task(cfg, data_dir())
     n = device_width(cfg, data.x_train.shape[1])
     stops, resume = [], False
-    with start_simulated_bench(cfg) as bench, open_setup(cfg, n, bench=bench) as setup:
-        twin = get_twin(cfg, cfg.twin.kind, setup, bench, cfg.artifacts_path(True))
+    with open_session(cfg, n, simulate=True) as session:
+        setup, bench, twin = session.setup, session.bench, session.twin()
         if faulty is not None:
             bench.set_faults(fault_plans(faulty))
         calls0 = setup.counters.forward_calls  # successful physical forwards, of all sessions of this run
@@ -74,8 +76,8 @@ def fit_twin_first(cfg: ExperimentConfig) -> None:
     that follow all load it and start from a fresh bench."""
     data = load_task(cfg, data_dir())
     n = device_width(cfg, data.x_train.shape[1])
-    with start_simulated_bench(cfg) as bench, open_setup(cfg, n, bench=bench) as setup:
-        get_twin(cfg, cfg.twin.kind, setup, bench, cfg.artifacts_path(True))
+    with open_session(cfg, n, simulate=True) as session:
+        session.twin()
 
 
 def compare(cfg: ExperimentConfig, faulty: ExperimentConfig, out: Path, max_resumes: int) -> dict:

@@ -16,7 +16,8 @@ import json
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from orchestrator.config import data_dir, load_experiment
+from orchestrator.config import data_dir
+from orchestrator.experiment_file import load_experiment
 from orchestrator.experiment import load_task
 
 

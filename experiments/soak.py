@@ -27,9 +27,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from drivers.errors import InstrumentError  # noqa: E402
-from orchestrator.config import data_dir, load_experiment  # noqa: E402
-from orchestrator.experiment import get_twin, load_task, train_on_setup  # noqa: E402
-from orchestrator.lab import device_width, fault_plans, open_setup, start_simulated_bench  # noqa: E402
+from orchestrator.config import data_dir  # noqa: E402
+from orchestrator.experiment_file import load_experiment  # noqa: E402
+from orchestrator.experiment import load_task, train_on_setup  # noqa: E402
+from orchestrator.lab import device_width, fault_plans  # noqa: E402
+from orchestrator.session import open_session  # noqa: E402
 
 log = logging.getLogger("soak")
 
@@ -75,8 +77,8 @@ def main() -> None:
     sampler.start()
     data = load_task(cfg, data_dir())
     n = device_width(cfg, data.x_train.shape[1])
-    with start_simulated_bench(cfg) as bench, open_setup(cfg, n, bench=bench) as setup:
-        twin = get_twin(cfg, cfg.twin.kind, setup, bench, cfg.artifacts_path(True))
+    with open_session(cfg, n, simulate=True) as session:
+        setup, bench, twin = session.setup, session.bench, session.twin()
         if args.rate:
             bench.set_faults(fault_plans(faulty))
 

@@ -16,9 +16,10 @@ import time
 
 import torch
 
-from orchestrator.config import load_experiment
+from orchestrator.experiment_file import load_experiment
 from orchestrator.datasets import load_dataset
-from orchestrator.lab import device_width, open_setup, start_simulated_bench
+from orchestrator.lab import device_width
+from orchestrator.session import open_session
 
 
 def main() -> None:
@@ -34,7 +35,8 @@ def main() -> None:
     n = device_width(cfg, data.x_train.shape[1]) if data is not None else cfg.network.width
     gen = torch.Generator().manual_seed(0)
     rows = []
-    with start_simulated_bench(cfg) as bench, open_setup(cfg, n, bench=bench) as setup:
+    with open_session(cfg, n, simulate=True) as session:
+        setup, bench = session.setup, session.bench
         theta = 2 * torch.rand(n, generator=gen) - 1
         for batch in args.batch:
             x = 2 * torch.rand(batch, n, generator=gen) - 1

@@ -2,8 +2,7 @@
 
 Files in the artifacts folder (``ExperimentConfig.artifacts_path``):
     calibration.json         delays (optical: dark level, spectrometer offset, LUT check) and instrument identities
-    frequency_response.csv   mechanical: the plate's measured response (and .png, with the fitted twins' responses)
-    optical_calibration.png  optical: the transform-limited spectrum with the output bins, the dark frame, the LUT check
+    (the setup's own)        written by its kit: the plate's frequency_response.csv and .png, optical_calibration.png
     twin_data.h5             measured (x, θ, y) with metadata (HDF5)
     twin_neural.pt           neural twin artifact    twin_physics.pt  physics twin    twin_hybrid.pt  physics + neural
     report.json, *.png       held-out errors and plots of twin vs device
@@ -20,30 +19,22 @@ from typing import Callable
 import numpy as np
 import torch
 
-from drivers.setups.awg_scope import AwgScopeSetup
-from drivers.setups.electronic import emf_per_unit
-from drivers.setups.optical import OpticalCalibration, OpticalSetup, output_bin_edges
+from common.files import atomic_write_bytes
+from drivers.setups.base import PhysicalSetup
 from orchestrator import plots
 from orchestrator.config import ExperimentConfig
-from common.files import atomic_write_bytes
-from orchestrator.trainer import retrying
-from twins.artifact import load_twin, save_twin
+from orchestrator.kits import setup_kit
+from orchestrator.retry import retrying
+from twins.artifact import TWIN_FILES, load_twin, save_twin, twin_path
 from twins.data import TwinData, load_twin_data, save_twin_data
-from twins.electronic import ElectronicPhysicsTwin
 from twins.fit import fit_twin, nmse
 from twins.hybrid import fit_hybrid
-from twins.mechanical import MechanicalPhysicsTwin
 from twins.neural import NeuralTwin, TemporalConvTwin
-from twins.optical import OpticalPhysicsTwin
 
 log = logging.getLogger(__name__)
 
-MODE_SEARCH_FROM_HZ = 100.0  # the mechanical twin's modes are searched in the measured response above this frequency
-TWIN_FILES = {"neural": "twin_neural.pt", "physics": "twin_physics.pt", "hybrid": "twin_hybrid.pt"}
-
-
-def twin_path(artifacts: Path, kind: str) -> Path:
-    return artifacts / TWIN_FILES[kind]
+__all__ = ["TWIN_FILES", "build_twin", "calibrate", "collect_twin_data", "encoding_key", "fit_and_save",
+           "reuse_calibration", "twin_path"]
 
 
 def encoding_key(encoding) -> str:
@@ -51,34 +42,14 @@ def encoding_key(encoding) -> str:
     return json.dumps(encoding.model_dump())
 
 
-def adopt_cut(setup, instruments_json: str | None, source: str) -> bool:
-    """Cut items where ``source`` (a twin or its data) was measured. The cut (``response_delay_s``) is a software
-    setting, re-derived from a noisy onset whenever the setup is opened; a twin's fitted delay is right only for the
-    cut it was fitted with. The optical setup likewise reads its output bins where ``source`` was measured (the
-    spectrometer offset, the camera columns and the reference level are re-measured, with noise, at every opening).
-
-    Returns False when ``source`` was measured with instrument settings that no longer hold (the optical camera's
-    exposure or gain, the SLM's lookup table): it must then be measured again."""
-    if isinstance(setup, OpticalSetup):
-        stored = json.loads(instruments_json).get("calibration") if instruments_json else None
-        if stored:
-            calibration = OpticalCalibration(**stored)
-            reason = setup.mismatch(calibration)
-            if reason:
-                log.warning("%s was measured with other instrument settings (%s)", source, reason)
-                return False
-            setup.adopt_calibration(calibration)
-            log.info("reading the optical outputs as for %s", source)
-        return True
-    stored = json.loads(instruments_json).get("response_delay_s") if instruments_json else None
-    if stored is not None and stored != setup.response_delay_s:
-        log.info("cutting items %.1f us after the trigger delay, as for %s (the new calibration said %.1f us)",
-                 stored * 1e6, source, setup.response_delay_s * 1e6)
-        setup.response_delay_s = stored
-    return True
+def reuse_calibration(setup: PhysicalSetup, instruments_json: str | None, source: str) -> bool:
+    """Read the setup's outputs as when ``source`` (a twin or its data, stored with the setup's snapshot
+    ``instruments_json``) was measured; False when it was measured under settings that no longer hold and must be
+    measured again (``PhysicalSetup.reuse_calibration``)."""
+    return setup.reuse_calibration(json.loads(instruments_json) if instruments_json else None, source)
 
 
-def collect_twin_data(setup: AwgScopeSetup, n_samples: int, repeats: int, seed: int,
+def collect_twin_data(setup: PhysicalSetup, n_samples: int, repeats: int, seed: int,
                       batch: int = 1024, progress: Callable[[int, int], None] | None = None,
                       max_retries: int = 2) -> TwinData:
     """Measure ``n_samples`` random (x, θ) pairs, uniform within the safe ranges, each ``repeats`` times averaged.
@@ -103,7 +74,7 @@ def collect_twin_data(setup: AwgScopeSetup, n_samples: int, repeats: int, seed: 
                     y=y.numpy().astype(np.float32), metadata=meta)
 
 
-def build_twin(kind: str, cfg: ExperimentConfig, n: int, n_outputs: int, setup: AwgScopeSetup | None = None):
+def build_twin(kind: str, cfg: ExperimentConfig, n: int, n_outputs: int, setup: PhysicalSetup | None = None):
     """A fresh, untrained twin of the given kind for this experiment (the hybrid twin's residual part). Its initial
     weights follow ``cfg.seed`` alone (the caller's global torch random state is left as it was)."""
     with torch.random.fork_rng(devices=[]):
@@ -111,34 +82,21 @@ def build_twin(kind: str, cfg: ExperimentConfig, n: int, n_outputs: int, setup: 
         return _untrained_twin(kind, cfg, n, n_outputs, setup)
 
 
-def _untrained_twin(kind: str, cfg: ExperimentConfig, n: int, n_outputs: int, setup: AwgScopeSetup | None):
+def _untrained_twin(kind: str, cfg: ExperimentConfig, n: int, n_outputs: int, setup: PhysicalSetup | None):
     if kind in ("neural", "hybrid"):
         nc = cfg.twin.neural
         if nc.architecture == "temporal_conv":
             return TemporalConvTwin(n, n, n_outputs, channels=nc.channels, kernel=nc.kernel,
                                     dilations=tuple(nc.dilations))
         return NeuralTwin(n, n, n_outputs, hidden=tuple(nc.hidden), residual=nc.residual)
-    if kind == "physics" and cfg.setup == "electronic":
-        return ElectronicPhysicsTwin(n, cfg.encoding.model_dump(), emf_per_unit(cfg.instruments.awg, cfg.encoding))
-    if kind == "physics" and cfg.setup == "optical":
-        if setup is None or setup.calibration is None:
-            raise ValueError("the optical physics twin needs the calibrated setup (lookup table, spectrometer offset)")
-        return OpticalPhysicsTwin(n, cfg.encoding.model_dump(), setup.calibration.model_dump(mode="json"),
-                                  n_outputs=n_outputs)
-    if kind == "physics" and cfg.setup == "mechanical":
-        pc = cfg.twin.physics
-        shape = dict(nonlinear_modes=pc.nonlinear_modes, n_outputs=n_outputs)
-        response = setup.frequency_response
-        if response is None:
-            return MechanicalPhysicsTwin(n, cfg.encoding.model_dump(), n_modes=pc.n_modes, **shape)
-        band = response.f_hz >= MODE_SEARCH_FROM_HZ  # below, mains hum and the high-passes, not the plate
-        return MechanicalPhysicsTwin.from_response(n, cfg.encoding.model_dump(), response.f_hz[band],
-                                                   response.as_cut(setup.response_delay_s)[band], n_modes=pc.n_modes,
-                                                   **shape)
-    raise ValueError(f"no trainable twin of kind {kind!r} for the {cfg.setup} setup")
+    if kind == "physics":
+        if setup is None:
+            raise ValueError("a physics twin is built for an open setup")
+        return setup_kit(cfg.setup).physics_twin(cfg, setup, n, n_outputs)
+    raise ValueError(f"no trainable twin of kind {kind!r}")
 
 
-def fit_and_save(kind: str, cfg: ExperimentConfig, data: TwinData, artifacts: Path, setup: AwgScopeSetup,
+def fit_and_save(kind: str, cfg: ExperimentConfig, data: TwinData, artifacts: Path, setup: PhysicalSetup,
                  progress: Callable[[int, float, float], None] | None = None,
                  report_entries: list[dict] | None = None) -> dict:
     """Fit a twin of ``kind`` to measured data, save the artifact, return its report entry. The hybrid twin is the
@@ -171,7 +129,7 @@ def fit_and_save(kind: str, cfg: ExperimentConfig, data: TwinData, artifacts: Pa
             "epochs": rep.epochs_run, "seconds": rep.seconds}
 
 
-def fitted_physics_twin(cfg: ExperimentConfig, data: TwinData, artifacts: Path, setup: AwgScopeSetup,
+def fitted_physics_twin(cfg: ExperimentConfig, data: TwinData, artifacts: Path, setup: PhysicalSetup,
                         report_entries: list[dict] | None) -> torch.nn.Module:
     """The saved physics twin if it was fitted to ``data``, else a new fit (saved; its entry appended)."""
     path = twin_path(artifacts, "physics")
@@ -185,28 +143,25 @@ def fitted_physics_twin(cfg: ExperimentConfig, data: TwinData, artifacts: Path, 
     return load_twin(path)[0].requires_grad_(False)
 
 
-def calibrate(cfg: ExperimentConfig, setup: AwgScopeSetup, artifacts: Path, kinds: list[str],
+def calibrate(cfg: ExperimentConfig, setup: PhysicalSetup, artifacts: Path, kinds: list[str],
               progress: Callable[[str, int, int], None] | None = None) -> dict:
     """The whole calibration: instruments (delays, the plate's response; done when the setup was opened), twin data
     (reused if present for the same encoding), twin fits, report."""
     artifacts.mkdir(parents=True, exist_ok=True)
-    if not instrument_calibration(setup):  # open_setup has usually calibrated the instruments already
+    kit = setup_kit(cfg.setup)
+    if not setup.calibration_summary():  # open_setup has usually calibrated the instruments already
         setup.calibrate_instruments()
     snapshot = setup.snapshot()
     atomic_write_bytes(artifacts / "calibration.json", json.dumps(
-        {**instrument_calibration(setup), "instruments": snapshot}, indent=2, default=str).encode())
-    response = getattr(setup, "frequency_response", None)
-    if response is not None:
-        save_frequency_response(artifacts / "frequency_response.csv", response)
-    if isinstance(setup, OpticalSetup) and setup.reference_spectrum is not None:
-        plot_optical_calibration(artifacts / "optical_calibration.png", setup)
+        {**setup.calibration_summary(), "instruments": snapshot}, indent=2, default=str).encode())
+    kit.save_calibration(setup, artifacts)
     data_file = artifacts / "twin_data.h5"
     data = None
     if data_file.exists():
         data = load_twin_data(data_file)
         if (data.metadata.get("encoding") != encoding_key(setup.enc) or data.x.shape[1] != setup.n_inputs
                 or len(data.y) < cfg.twin.samples
-                or not adopt_cut(setup, data.metadata.get("instruments"), str(data_file))):
+                or not reuse_calibration(setup, data.metadata.get("instruments"), str(data_file))):
             log.info("%s was measured with other settings; measuring again", data_file)
             data = None
     if data is None:
@@ -216,7 +171,7 @@ def calibrate(cfg: ExperimentConfig, setup: AwgScopeSetup, artifacts: Path, kind
         save_twin_data(data_file, data)
     report_file = artifacts / "report.json"
     earlier = json.loads(report_file.read_text()).get("twins", []) if report_file.exists() else []
-    report = {**instrument_calibration(setup), "twin_data": str(data_file),
+    report = {**setup.calibration_summary(), "twin_data": str(data_file),
               "samples": int(len(data.y)), "dataset_checksum": data.checksum(),
               "twins": [t for t in earlier if t.get("kind") not in kinds and t.get("dataset_checksum") == data.checksum()]}
     for kind in kinds:
@@ -225,54 +180,9 @@ def calibrate(cfg: ExperimentConfig, setup: AwgScopeSetup, artifacts: Path, kind
         report["twins"] = [t for t in report["twins"] if t["kind"] != kind]  # a refit replaces the earlier entry
         report["twins"].append({**entry, "dataset_checksum": report["dataset_checksum"]})
         plot_twin_vs_device(kind, artifacts, data, cfg)
-    if response is not None:
-        plot_frequency_response(artifacts, response, setup.response_delay_s)
+    kit.plot_fitted(setup, artifacts)
     atomic_write_bytes(report_file, json.dumps(report, indent=2).encode())
     return report
-
-
-def instrument_calibration(setup) -> dict:
-    """What the instrument calibration found (empty if it has not run): delays, or the optical calibration."""
-    if isinstance(setup, OpticalSetup):
-        if setup.calibration is None:
-            return {}
-        return {"optical": setup.calibration.model_dump(mode="json") | {"lut": "(256 values, see instruments)"},
-                "lut_check": setup.lut_check}
-    if not setup.delay_s:
-        return {}
-    return {"delay_s": setup.delay_s, "response_delay_s": setup.response_delay_s}
-
-
-def plot_optical_calibration(path: Path, setup: OpticalSetup) -> Path:
-    """The transform-limited spectrum with the output bins, the dark frame, and the lookup-table check."""
-    cal, check = setup.calibration, setup.lut_check
-    gray, power = setup.lut_sweep if setup.lut_sweep is not None else (np.zeros(0), np.zeros(0))
-    return plots.plot_optical_calibration(
-        setup.reference_spectrum, setup.dark_full, output_bin_edges(setup.enc, setup.n_outputs, cal.column_offset),
-        gray, power, check.get("pi_gray_measured"), check.get("pi_gray_table", float("nan")), path,
-        f"optical calibration: spectrometer offset {cal.column_offset:+.2f} columns; {check.get('message', '')}")
-
-
-def save_frequency_response(path: Path, response) -> None:
-    """The measured frequency response as CSV: f_hz, magnitude (V/V), phase (rad), coherence."""
-    rows = ["f_hz,magnitude,phase_rad,coherence"] + [
-        f"{f:.3f},{abs(h):.6g},{np.angle(h):.6f},{c:.4f}"
-        for f, h, c in zip(response.f_hz, response.response, response.coherence)]
-    atomic_write_bytes(path, ("\n".join(rows) + "\n").encode())
-
-
-def plot_frequency_response(artifacts: Path, response, response_delay_s: float) -> Path:
-    """The plate's measured response with the fitted twins' small-signal responses on top."""
-    curves = {}
-    for kind in ("physics", "hybrid"):
-        path = twin_path(artifacts, kind)
-        if path.exists():
-            model = load_twin(path)[0]
-            physics = getattr(model, "physics", model)
-            if hasattr(physics, "frequency_response"):
-                curves[f"{kind} twin"] = physics.frequency_response(response.f_hz)
-    return plots.plot_frequency_response(response.f_hz, response.as_cut(response_delay_s), curves, artifacts / "frequency_response.png",
-                                         f"plate response (items cut {response_delay_s * 1e3:.2f} ms after the trigger)")
 
 
 def plot_twin_vs_device(kind: str, artifacts: Path, data: TwinData, cfg: ExperimentConfig, n_show: int = 512) -> Path:

@@ -27,14 +27,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from drivers.errors import InstrumentError, NotMadeSafe
-from orchestrator.config import ConfigError, ExperimentConfig, load_experiment, task_data_error
+from orchestrator.config import ConfigError, ExperimentConfig, task_data_error
+from orchestrator.experiment_file import load_experiment
 from orchestrator.config import data_dir as resolve_data_dir
 from orchestrator.datasets import DatasetError
 from orchestrator.experiment import BENCH_ROW_CHOICES, BENCH_ROWS
+from orchestrator.kits import KitError
 from orchestrator.trainer import StopRequest, TrainingStopped
+from simulators.benches import BENCHES  # what `pnn sim serve` serves
 from common.files import CorruptFileError
 
-SIMULATED_BENCHES = ["electronic", "mechanical", "optical"]  # simulators.benches.BENCHES (a test checks they agree)
 
 console = Console(stderr=True)
 out_console = Console()
@@ -83,6 +85,9 @@ def _errors_to_exit_codes():
         ctx = click.get_current_context(silent=True)
         problem = task_data_error(ctx.params.get("experiment") if ctx else None, err)
         console.print(str(problem), style="red", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KitError as err:  # e.g. --twin perfect without --simulate
+        console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except CorruptFileError as err:
         console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
@@ -163,12 +168,24 @@ def _progress() -> Progress:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@click.option("--setup-file", "setup_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A Python file that registers a setup of your own (register_setup); may be repeated.")
+def main(verbose: int, setup_files: tuple[str, ...]) -> None:
     """pnn-lab: physics-aware training of physical neural networks."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if verbose == 0:
         logging.getLogger("orchestrator").setLevel(logging.INFO)
+    from orchestrator.kits import load_setup_file
+
+    for path in setup_files:
+        try:
+            load_setup_file(path)
+        except Exception as err:  # noqa: BLE001 - the lab's own code: say which file, keep the details for -vv
+            logging.getLogger(__name__).debug("loading %s", path, exc_info=True)
+            console.print(f"[red]error:[/red] setup file {escape(path)}: {type(err).__name__}: {escape(str(err))}",
+                          highlight=False, soft_wrap=True)
+            sys.exit(2)
 
 
 simulate_opt = click.option("--simulate", is_flag=True, help="Start the experiment's simulated bench in-process.")
@@ -208,7 +225,8 @@ def calibrate(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: 
     """Calibrate instruments, measure twin data (HDF5), fit twins and write a report with plots."""
     from orchestrator.calibrate import TWIN_FILES, calibrate as run_calibration
     from orchestrator.experiment import load_task
-    from orchestrator.lab import device_width, open_setup
+    from orchestrator.lab import device_width
+    from orchestrator.session import open_session
 
     with _errors_to_exit_codes():
         cfg = _load(experiment, sets)
@@ -220,25 +238,13 @@ def calibrate(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: 
         # the device width: configured, else the data set's number of features (then the data set is needed)
         n = cfg.network.width or device_width(cfg, load_task(cfg, resolve_data_dir(data_dir)).x_train.shape[1])
         artifacts = cfg.artifacts_path(simulate)
-        with stop_on_signals(), _bench_or_none(cfg, simulate) as bench, open_setup(cfg, n, bench=bench) as setup, \
-                _progress() as bar:
+        with stop_on_signals(), open_session(cfg, n, simulate=simulate) as session, _progress() as bar:
             task = bar.add_task("calibrating", total=None)
-            report = run_calibration(cfg, setup, artifacts, kinds,
+            report = run_calibration(cfg, session.setup, artifacts, kinds,
                                      progress=lambda what, i, n: bar.update(task, description=what, completed=i,
                                                                             total=n or None))
         out_console.print_json(json.dumps(report))
         out_console.print(f"artifacts in {artifacts}")
-
-
-@contextmanager
-def _bench_or_none(cfg: ExperimentConfig, simulate: bool):
-    if not simulate:
-        yield None
-        return
-    from orchestrator.lab import start_simulated_bench
-
-    with start_simulated_bench(cfg) as bench:
-        yield bench
 
 
 @main.command()
@@ -326,7 +332,7 @@ def sim() -> None:
 
 
 @sim.command()
-@click.argument("bench_name", metavar="BENCH", type=click.Choice(SIMULATED_BENCHES))
+@click.argument("bench_name", metavar="BENCH", type=click.Choice(sorted(BENCHES)))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="First port (0: free ports); instruments use consecutive ports.")
@@ -339,14 +345,13 @@ def sim() -> None:
 def serve(bench_name: str, host: str, port: int, seed: int, realtime: bool, serial: str, fault_rate: float) -> None:
     """Serve BENCH's instruments and print '<role> <resource>' per instrument, until interrupted."""
     from simulators.benches import start_bench
+    from common.faults import FaultPlan
 
-    roles = ("slm", "camera") if bench_name == "optical" else ("awg", "scope")
+    roles = BENCHES[bench_name].roles
     ports = {role: (port + i if port else 0) for i, role in enumerate(roles)}
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    from simulators.server import FaultPlan
-
     faults = {role: FaultPlan.every_kind(fault_rate, seed=seed + i) for i, role in enumerate(roles)}
     with start_bench(bench_name, host=host, seed=seed, realtime=realtime, ports=ports, serial=serial,
                      faults=faults if fault_rate else None) as b:

@@ -1,20 +1,22 @@
 """The experiment file: what a lab operator writes. Validated strictly (unknown keys are errors) and reported as
-``file:line: field: message`` by ``load_experiment``."""
+``file:line: field: message`` by ``load_experiment``.
+
+The sections every experiment has are here; the ``instruments`` and ``encoding`` sections, and the checks that tie
+them to the rest, belong to the setup: ``orchestrator.experiment_file.load_experiment`` validates a file with the
+experiment model of the kit (``orchestrator.kits``) its ``setup`` names."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import Field, PositiveFloat, PositiveInt, RootModel, model_validator
+from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, model_validator
 
 from common.models import FieldError, StrictModel
-from drivers.setups.electronic import ElectronicEncoding, ElectronicInstruments
-from drivers.setups.mechanical import MechanicalEncoding, MechanicalInstruments
-from drivers.setups.optical import OpticalEncoding, OpticalInstruments
-from orchestrator.yamlconfig import ConfigError, field_line, load_yaml_model
+from orchestrator.yamlconfig import ConfigError, field_line
+from common.faults import FaultPlan
 
 
 class TaskConfig(StrictModel):
@@ -107,41 +109,14 @@ class TrainingConfig(StrictModel):
     max_retries: int = Field(2, ge=0, description="retries of a failed physical forward before the run stops")
 
 
-FAULT_KINDS = ("latency", "no_reply", "drop_connection", "garble_block", "short_block", "error", "reset", "stuck")
-Probability = Annotated[float, Field(ge=0, le=1)]
-
-
-class FaultSettings(StrictModel):
-    """Faults one simulated instrument injects, each a probability per reply (see simulators.server.FaultPlan):
-    ``rate`` for every kind at once, or a probability per kind (which wins over ``rate``)."""
-
-    rate: Probability = 0.0
-    latency: Probability | None = None
-    no_reply: Probability | None = None
-    drop_connection: Probability | None = None
-    garble_block: Probability | None = None
-    short_block: Probability | None = None
-    error: Probability | None = None
-    reset: Probability | None = None
-    stuck: Probability | None = None
-    seed: int = 0
-    latency_s: float = Field(0.5, ge=0, description="delay of a late reply, s")
-    stuck_s: float = Field(1.0, ge=0, description="how long a stuck instrument ignores everything, s")
-    unplug_s: float = Field(0.5, ge=0, description="how long a pulled serial cable stays out, s")
-    max_faults: PositiveInt | None = Field(None, description="stop injecting after this many faults")
-
-    def probabilities(self) -> dict[str, float]:
-        """Probability per reply of each kind of fault."""
-        return {kind: self.rate if getattr(self, kind) is None else getattr(self, kind) for kind in FAULT_KINDS}
-
-
 class SimulateConfig(StrictModel):
     """Settings of the simulated bench used with --simulate."""
 
     seed: int = 1
     realtime: bool = False
-    faults: dict[Literal["all", "awg", "scope", "slm", "camera"], FaultSettings] = Field(
-        {}, description="faults injected per instrument role (awg, scope, slm, camera), or 'all' for every instrument")
+    faults: dict[str, FaultPlan] = Field(
+        {}, description="faults injected per instrument role (e.g. awg, scope, slm, camera: the experiment's "
+                        "instruments), or 'all' for every instrument")
 
 
 class ExperimentConfig(StrictModel):
@@ -171,64 +146,18 @@ class ExperimentConfig(StrictModel):
                              f"the {self.setup} setup")
         return self
 
+    @model_validator(mode="after")
+    def _faults_name_instruments(self) -> "ExperimentConfig":
+        roles = list(type(self.instruments).model_fields) if isinstance(self.instruments, BaseModel) else []
+        for role in self.simulate.faults:
+            if role != "all" and role not in roles:
+                raise FieldError(f"simulate.faults.{role}", f"this {self.setup} experiment has no instrument {role!r}; "
+                                 f"its instruments are {', '.join(roles) or 'none'} (or all)")
+        return self
+
     def artifacts_path(self, simulated: bool) -> Path:
         base = Path(self.artifacts_dir) if self.artifacts_dir else Path("artifacts") / self.experiment
         return base.with_name(base.name + "-sim") if simulated else base
-
-
-class _AwgScopeExperiment(ExperimentConfig):
-    """Checks shared by the setups an AWG drives and a scope records (electronic, mechanical)."""
-
-    @model_validator(mode="after")
-    def _fits_the_instruments(self) -> "_AwgScopeExperiment":
-        awg, scope, enc, width = self.instruments.awg, self.instruments.scope, self.encoding, self.network.width
-        if enc.drive_volts_per_unit > awg.max_abs_volts:
-            raise FieldError("encoding.drive_volts_per_unit", f"{enc.drive_volts_per_unit:g} V is above the "
-                             f"safety limit instruments.awg.max_abs_volts {awg.max_abs_volts:g} V")
-        room = min(awg.memory_points, scope.max_points) - 2 * enc.lead_samples
-        if width is not None and enc.samples_per_item(width) > room:
-            raise FieldError("network.width", f"one item of width {width} needs {enc.samples_per_item(width)} AWG "
-                             f"samples; instruments.awg.memory_points and instruments.scope.max_points leave room "
-                             f"for {room}")
-        return self
-
-
-class ElectronicExperiment(_AwgScopeExperiment):
-    setup: Literal["electronic"]
-    instruments: ElectronicInstruments
-    encoding: ElectronicEncoding = ElectronicEncoding()
-
-
-class MechanicalExperiment(_AwgScopeExperiment):
-    setup: Literal["mechanical"]
-    instruments: MechanicalInstruments
-    encoding: MechanicalEncoding = MechanicalEncoding()
-
-
-class OpticalExperiment(ExperimentConfig):
-    setup: Literal["optical"]
-    instruments: OpticalInstruments
-    encoding: OpticalEncoding = OpticalEncoding()
-
-    @model_validator(mode="after")
-    def _fits_the_slm(self) -> "OpticalExperiment":
-        first, end = self.encoding.active_pixels
-        width = self.network.width
-        if width is not None and 2 * width > end - first:
-            raise FieldError("network.width", f"width {width} needs {2 * width} spectral bins (x and θ); "
-                             f"encoding.active_pixels [{first}, {end}] holds {end - first} pixels")
-        return self
-
-
-class ExperimentFile(RootModel):
-    """An experiment file: one of the setups' experiment models, chosen by its ``setup`` field."""
-
-    root: Annotated[Union[ElectronicExperiment, MechanicalExperiment, OpticalExperiment], Field(discriminator="setup")]
-
-
-def load_experiment(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
-    """Read and validate an experiment file; raises ConfigError (``file:line: field: message``)."""
-    return load_yaml_model(path, ExperimentFile, overrides=overrides).root  # type: ignore[attr-defined]
 
 
 def task_data_error(path: str | Path | None, error: Exception) -> ConfigError:
@@ -247,4 +176,4 @@ def dump_config(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-__all__ = ["ExperimentConfig", "ElectronicExperiment", "MechanicalExperiment", "OpticalExperiment", "ConfigError", "load_experiment", "dump_config", "data_dir", "task_data_error"]
+__all__ = ["ExperimentConfig", "ConfigError", "dump_config", "data_dir", "task_data_error"]

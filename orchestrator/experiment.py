@@ -1,35 +1,27 @@
-"""What ``pnn run`` and ``pnn bench`` do: open the setup, get a twin, train, evaluate on the device, write the
-run folder (config.yaml, instruments.json, metrics.csv, checkpoint.pt, summary.json, PNG plots).
-
-summary.json always tells what state the folder is in: ``"status": "running"`` from the start, then ``"finished"``,
-or, when the run ended early, ``"stopped"`` (first Ctrl-C or SIGTERM), ``"failed"`` (the device kept failing, or
-another error) or ``"aborted"`` (a second Ctrl-C), with the position the checkpoint holds (resume continues after it).
-"""
+"""What ``pnn run`` and ``pnn bench`` do: open a session on the bench, get a twin, train, evaluate on the device,
+write the run folder (``orchestrator.run_folder``)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
-from orchestrator import plots
-from orchestrator.calibrate import adopt_cut, calibrate, encoding_key, twin_path
-from orchestrator.config import ExperimentConfig, dump_config
-from orchestrator.datasets import Dataset, load_dataset
-from orchestrator.lab import device_outputs, device_width, open_setup, start_simulated_bench
-from orchestrator.network import PhysicalNetwork, digital_baseline
 from common.files import atomic_write_bytes
-from orchestrator.trainer import (TRAIN_EVAL_SAMPLES, StopRequest, Trainer, TrainingStopped,
-                                  write_metrics)
-from twins.artifact import load_twin
+from drivers.setups.base import PhysicalSetup
+from orchestrator.config import ExperimentConfig
+from orchestrator.datasets import Dataset, load_dataset
+from orchestrator.lab import device_outputs, device_width
+from orchestrator.network import PhysicalNetwork, digital_baseline
+from orchestrator.run_folder import RunFolder, ended_early
+from orchestrator.session import open_session
+from orchestrator.trainer import TRAIN_EVAL_SAMPLES, StopRequest, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -41,34 +33,6 @@ def load_task(cfg: ExperimentConfig, data_dir: str | None) -> Dataset:
                         audio_rate_hz=t.audio_rate_hz)
 
 
-def get_twin(cfg: ExperimentConfig, kind: str, setup, bench, artifacts: Path,
-             progress: Callable | None = None) -> nn.Module:
-    """The twin of ``kind``: the perfect twin from the simulated bench, or a fitted artifact (calibrating first
-    when it does not exist yet or was made for another encoding)."""
-    if kind == "perfect":
-        if bench is None:
-            raise ValueError("the perfect twin exists only on a simulated bench (use --simulate)")
-        from orchestrator.perfect_twin import perfect_twin
-
-        return perfect_twin(cfg, bench, setup)
-    path = twin_path(artifacts, kind)
-    if path.exists():
-        model, meta = load_twin(path)
-        if (meta.get("encoding") != encoding_key(cfg.encoding) or meta.get("n") != setup.n_inputs
-                or not adopt_cut(setup, meta.get("instruments"), str(path))):
-            log.warning("%s was fitted for other settings; calibrating again", path)
-            model = None
-        else:
-            log.info("using %s twin %s (held-out NMSE %.4f)", kind, path, meta.get("val_nmse", float("nan")))
-    else:
-        log.info("no %s twin at %s yet; calibrating first", kind, path)
-        model = None
-    if model is None:
-        calibrate(cfg, setup, artifacts, [kind], progress=progress)
-        model = load_twin(path)[0]
-    return model.requires_grad_(False)  # PAT differentiates the twin in its inputs only, never trains it
-
-
 def build_network(cfg: ExperimentConfig, data: Dataset, width: int) -> PhysicalNetwork:
     """The experiment's physical network (untrained), for a device of the given width."""
     n = cfg.network
@@ -77,19 +41,10 @@ def build_network(cfg: ExperimentConfig, data: Dataset, width: int) -> PhysicalN
                            input_layer=n.input)
 
 
-def ended_early(err: BaseException) -> str:
-    """The summary status of a run that ended with ``err``."""
-    if isinstance(err, TrainingStopped):
-        return "stopped"
-    return "aborted" if isinstance(err, KeyboardInterrupt) else "failed"
-
-
-def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module, out: Path, *, resume: bool,
-                   bench=None, on_batch=None, on_epoch=None, stop: StopRequest | None = None) -> dict:
+def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, twin: nn.Module, out: Path, *,
+                   resume: bool, bench=None, on_batch=None, on_epoch=None, stop: StopRequest | None = None) -> dict:
     """Train and evaluate one network on an open setup; writes the run folder and returns the summary."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
-    atomic_write_bytes(out / "instruments.json", json.dumps(setup.snapshot(), indent=2, default=str).encode())
+    folder = RunFolder(out)
     torch.manual_seed(cfg.seed)
     net = build_network(cfg, data, setup.n_inputs)
     trainer = Trainer(net, data, setup.forward, twin, cfg.training, cfg.seed, out, recover=setup.recover,
@@ -98,7 +53,7 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module,
         "experiment": cfg.experiment, "setup": cfg.setup, "mode": cfg.training.mode, "twin": cfg.twin.kind,
         "network": "hybrid" if net.hybrid else "fully physical", "depth": cfg.network.depth,
         "width": setup.n_inputs, "trainable_parameters": net.n_trainable(), "dataset": cfg.task.dataset}
-    atomic_write_bytes(out / "summary.json", json.dumps({**about, "status": "running"}, indent=2).encode())
+    folder.start(cfg, setup.snapshot(), about)
     c = setup.counters
     calls0, samples0, inst0, clipped0 = c.forward_calls, c.samples, c.instrument_s, c.clipped_records
     physics0 = bench.physics.busy_s if bench is not None else 0.0
@@ -116,7 +71,7 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module,
                    "epochs": len(trainer.rows),
                    "checkpoint": {"epoch": epoch, "batch": batch, "batches_per_epoch": trainer.n_batches},
                    "wall_time_s": trainer.wall_s + trainer.at.seconds, **asdict(trainer.retries)}
-        atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+        folder.write_summary(summary)
         raise
     test_acc = float((test_pred == torch.as_tensor(data.y_test)).float().mean())
     wall = time.perf_counter() - t0
@@ -139,36 +94,9 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup, twin: nn.Module,
         summary["physics_share_of_wall"] = summary["physics_time_s"] / wall if wall > 0 else None
     if cfg.training.mode == "in_silico":
         summary["twin_test_accuracy"] = rows[-1].get("twin_test_accuracy") if rows else None
-    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
-    write_metrics(out / "metrics.csv", rows)
-    plots.plot_learning_curves(rows, out / "learning_curves.png")
-    plots.plot_confusion_matrix(np.asarray(data.y_test), test_pred.numpy(), data.class_names, out / "confusion_matrix.png")
-    plots.plot_physical_outputs([r[:4].numpy() for r in record], out / "physical_outputs.png",
-                                "device outputs of each layer (4 test samples)",
-                                labels=[f"layer {i + 1}" for i in range(len(record))])
+    folder.write_summary(summary)
+    folder.write_results(rows, data.y_test, test_pred.numpy(), data.class_names, [r[:4].numpy() for r in record])
     return summary
-
-
-def simulated_outputs(bench) -> dict[str, tuple[bool, str]]:
-    """What the simulated front panels show: role -> (safe, description); every AWG output off, the SLM blank."""
-    states = {}
-    for role, inst in bench.instruments.items():
-        if hasattr(inst, "output_enabled"):  # the AWG
-            on = [ch for ch, enabled in inst.output_enabled.items() if enabled]
-            states[role] = (not on, f"output(s) {on} ON" if on else "outputs off")
-        elif hasattr(inst, "is_blank"):  # the SLM
-            states[role] = (inst.is_blank, "blank" if inst.is_blank else "showing a pattern")
-    return states
-
-
-def report_simulated_outputs(bench, wait_s: float = 2.0) -> None:
-    """Log what the simulated instruments show once the setup is closed. They work through the commands they were
-    sent in their own threads (after an abort a command may still be queued), so give them ``wait_s`` to go safe."""
-    deadline = time.monotonic() + wait_s
-    while not all(safe for safe, _ in simulated_outputs(bench).values()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    for role, (safe, state) in simulated_outputs(bench).items():
-        log.log(logging.INFO if safe else logging.WARNING, "simulated %s after the run: %s", role, state)
 
 
 def run(cfg: ExperimentConfig, out: Path, *, simulate: bool, resume: bool, data_dir: str | None,
@@ -176,13 +104,9 @@ def run(cfg: ExperimentConfig, out: Path, *, simulate: bool, resume: bool, data_
     """``pnn run``: everything for one training run."""
     data = load_task(cfg, data_dir)
     n = device_width(cfg, data.x_train.shape[1])
-    with ExitStack() as stack:
-        bench = stack.enter_context(start_simulated_bench(cfg)) if simulate else None
-        if bench is not None:
-            stack.callback(report_simulated_outputs, bench)  # runs after the setup below has closed
-        setup = stack.enter_context(open_setup(cfg, n, bench=bench))
-        twin = get_twin(cfg, cfg.twin.kind, setup, bench, cfg.artifacts_path(simulate), progress=on_calibration)
-        return train_on_setup(cfg, data, setup, twin, out, resume=resume, bench=bench,
+    with open_session(cfg, n, simulate=simulate) as session:
+        twin = session.twin(progress=on_calibration)
+        return train_on_setup(cfg, data, session.setup, twin, out, resume=resume, bench=session.bench,
                               on_batch=on_batch, on_epoch=on_epoch, stop=stop)
 
 
@@ -219,11 +143,8 @@ def bench(cfg: ExperimentConfig, out: Path, *, simulate: bool, data_dir: str | N
     data = load_task(cfg, data_dir)
     n = device_width(cfg, data.x_train.shape[1])
     results: list[dict] = []
-    with ExitStack() as stack:
-        sim = stack.enter_context(start_simulated_bench(cfg)) if simulate else None
-        if sim is not None:
-            stack.callback(report_simulated_outputs, sim)  # runs after the setup below has closed
-        setup = stack.enter_context(open_setup(cfg, n, bench=sim))
+    with open_session(cfg, n, simulate=simulate) as session:
+        setup, sim = session.setup, session.bench
         for mode, kind in rows:
             if on_row:
                 on_row(mode, kind)
@@ -234,7 +155,7 @@ def bench(cfg: ExperimentConfig, out: Path, *, simulate: bool, data_dir: str | N
                     continue
                 row_cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"mode": mode}),
                                                  "twin": cfg.twin.model_copy(update={"kind": kind})})
-                twin = get_twin(row_cfg, kind, setup, sim, cfg.artifacts_path(simulate))
+                twin = session.twin(kind, cfg=row_cfg)
                 results.append(train_on_setup(row_cfg, data, setup, twin, out / f"{mode}_{kind}", resume=False,
                                               bench=sim, stop=stop, **callbacks))
             atomic_write_bytes(out / "bench.json", json.dumps(results, indent=2).encode())

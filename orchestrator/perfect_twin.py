@@ -1,7 +1,8 @@
 """The perfect twin (simulated benches only): the simulator's own noiseless physics, used as the twin.
 
-It is the upper bound of what any twin can do for PAT, so benchmarks compare the real twins against it. This is
-the one place besides ``--simulate`` where the orchestrator reaches into ``simulators``.
+It is the upper bound of what any twin can do for PAT, so benchmarks compare the real twins against it. The kits
+(``orchestrator.kits``) build these from the running simulated bench's physics: the one place besides ``--simulate``
+where the orchestrator reaches into ``simulators``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from drivers.setups import electronic
-from drivers.setups.electronic import emf_per_unit
-from drivers.setups.optical import gray_levels, output_units, pixel_values
+from encoding import electronic
+from encoding.awg_scope import bin_outputs
+from encoding.optical import gray_levels, output_units, pixel_values
 from twins.mechanical import delayed
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class PerfectOpticalTwin(nn.Module):
         self.n_inputs = self.n_params = setup.n_inputs
         self.n_outputs = setup.n_outputs
         self.register_buffer("lut", torch.tensor(self.cal.lut, dtype=torch.float64))
-        self.register_buffer("weights", setup._weights.double().clone())
+        self.register_buffer("weights", setup.output_weights.double().clone())
 
     def forward(self, x: Tensor, theta: Tensor) -> Tensor:
         gray = gray_levels(pixel_values(x.double(), theta.double(), self.enc), self.lut, self.enc.phase_span_rad)
@@ -101,26 +102,7 @@ class PerfectOpticalTwin(nn.Module):
         return output_units(counts @ self.weights.T, self.enc, cal.reference_mean).to(x.dtype)
 
 
-def perfect_twin(cfg, bench, setup) -> nn.Module:
-    """The perfect twin of ``setup`` on the running simulated ``bench``, with the setup's own encoding (``drive``,
-    ``outputs``). For the plate it also knows the true acoustic delay, and delays its output by what the setup's
-    (early) cut leaves of it."""
-    if cfg.setup == "optical":
-        return PerfectOpticalTwin(bench.physics, setup)
-    volts = emf_per_unit(cfg.instruments.awg, cfg.encoding)
-    if cfg.setup == "electronic":
-        return PerfectTwin(bench.physics, cfg.encoding, setup.n_inputs, setup.n_outputs, volts, setup.drive,
-                           setup.outputs)
-    plate, fs = bench.physics, cfg.encoding.sample_rate_hz
-    left = (plate.trigger_delay_s + plate.acoustic_delay_s - setup.delay_s - setup.response_delay_s) * fs
-    if left < -0.1:
-        log.warning("the setup cuts items %.2f samples after the sound arrives; the perfect twin cannot look ahead",
-                    -left)
-    return PerfectMechanicalTwin(plate, cfg.encoding, setup.n_inputs, setup.n_outputs, volts, setup.drive,
-                                 setup.outputs, delay_samples=max(0.0, left))
-
-
 def PerfectElectronicTwin(circuit, encoding: electronic.ElectronicEncoding, n: int, volts_per_unit: float) -> PerfectTwin:  # noqa: N802
     """The electronic bench's perfect twin from its circuit (for tests and scripts that hold a circuit)."""
     return PerfectTwin(circuit, encoding, n, n, volts_per_unit, lambda x, t: electronic.drive_units(x, t, encoding),
-                       lambda v: electronic.bin_outputs(v, n) / encoding.output_volts_per_unit)
+                       lambda v: bin_outputs(v, n) / encoding.output_volts_per_unit)

@@ -51,7 +51,10 @@ from simulators.instruments.camera import SimSpectroscopyCamera
 from simulators.instruments.slm import SimPhaseSLM
 from simulators.physics.mechanical import SpeakerPlate
 from simulators.physics.optical import SHGPulseShaper
-from simulators.server import FaultPlan, PtyServer, SCPIInstrument, SCPIServer
+from simulators.scpi import SCPIInstrument
+from common.faults import FaultPlan
+from simulators.scpi.pty import PtyServer
+from simulators.scpi.tcp import SCPIServer
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,7 @@ class AwgScopeBench:
     traces the scope sees for an AWG EMF (V) held at ``fs`` that starts at the trigger, sample k at k / trace rate.
     """
 
+    roles = ("awg", "scope")  # the instruments' roles, as in ``instruments``
     drive_channel = 1
     max_padding = 1 << 16  # idle samples simulated around a burst at most; beyond, the scope holds the edge value
     max_periodic = 1 << 22  # samples simulated for a continuous waveform at most
@@ -186,6 +190,7 @@ class MechanicalBench(AwgScopeBench):
 class OpticalBench:
     """SLM, SHG physics and camera of the optical setup; all state changes and the physics run under ``lock``."""
 
+    roles = ("slm", "camera")  # the instruments' roles, as in ``instruments``
     serial = True  # served on serial ports
     baud_rate = 3_000_000  # line speed of both instruments in realtime mode, bit/s
 

@@ -16,7 +16,9 @@ from drivers.camera import SeriesGeometry, SpectroscopyCamera
 from drivers.errors import InstrumentError, InstrumentReportedError, InstrumentTimeout, LimitViolation, ProtocolError
 from drivers.transport import open_link
 from simulators.instruments import SimSpectroscopyCamera
-from simulators.server import FaultPlan, PtyServer, SCPIServer
+from common.faults import FaultPlan
+from simulators.scpi.pty import PtyServer
+from simulators.scpi.tcp import SCPIServer
 
 from conftest import WireReply
 

@@ -30,7 +30,7 @@ import yaml
 from click.testing import CliRunner
 
 from orchestrator.cli import main
-from orchestrator.config import load_experiment
+from orchestrator.experiment_file import load_experiment
 from simulators.instruments import SimInfiniiVision, SimKeysight33522B
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "electronic_digits.yaml"

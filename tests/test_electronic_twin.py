@@ -3,7 +3,8 @@ brings it closer."""
 
 import torch
 
-from drivers.setups.electronic import AWGConfig, ElectronicEncoding, emf_per_unit
+from encoding.awg_scope import emf_per_unit
+from encoding.electronic import ElectronicEncoding
 from orchestrator.perfect_twin import PerfectElectronicTwin
 from simulators.physics.electronic import ElectronicCircuit
 from twins.data import TwinData
@@ -16,8 +17,7 @@ ENC = ElectronicEncoding(samples_per_value=2, guard_samples=64)
 
 def _data(n_samples: int, seed: int) -> TwinData:
     circuit = ElectronicCircuit(seed=3)  # values a few percent off nominal
-    awg = AWGConfig(resource="TCPIP0::127.0.0.1::5025::SOCKET", max_abs_volts=1.5)
-    truth = PerfectElectronicTwin(circuit, ENC, N, emf_per_unit(awg, ENC))
+    truth = PerfectElectronicTwin(circuit, ENC, N, emf_per_unit(ENC.drive_volts_per_unit, load_ohm=50.0))
     gen = torch.Generator().manual_seed(seed)
     x = 2 * torch.rand(n_samples, N, generator=gen) - 1
     theta = 2 * torch.rand(n_samples, N, generator=gen) - 1
@@ -85,7 +85,7 @@ def test_a_new_twin_starts_from_weights_set_by_the_experiment_seed_alone() -> No
     from pathlib import Path
 
     from orchestrator.calibrate import build_twin
-    from orchestrator.config import load_experiment
+    from orchestrator.experiment_file import load_experiment
 
     cfg = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "electronic_digits.yaml")
     torch.manual_seed(1)

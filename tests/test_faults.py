@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from drivers.errors import InstrumentError, InstrumentReportedError, InstrumentWasReset, NotMadeSafe
-from orchestrator.config import FAULT_KINDS, load_experiment
+from orchestrator.config import SimulateConfig
+from orchestrator.experiment_file import load_experiment
 from orchestrator.lab import open_setup
-from orchestrator.trainer import DeviceFailure, retrying
+from orchestrator.retry import DeviceFailure, retrying
 from simulators.benches import start_bench
-from simulators.server import FaultPlan
+from common.faults import FaultPlan
 from twins.fit import nmse
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -109,8 +110,27 @@ def test_after_a_reset_the_settings_read_back_wrong_until_the_recovery_applies_t
 
 
 def test_the_experiment_file_knows_every_kind_of_fault_the_simulators_inject() -> None:
-    # listed twice on purpose (orchestrator.config may not import simulators): they must not drift apart
-    assert FAULT_KINDS == FaultPlan.KINDS
+    # one description: the experiment file's simulate.faults entries are the simulators' own FaultPlan
+    plan = SimulateConfig.model_validate({"faults": {"all": {"rate": 0.1, "stuck": 0.5}}}).faults["all"]
+    assert isinstance(plan, FaultPlan)
+    assert plan.probabilities() == {**{kind: 0.1 for kind in FaultPlan.KINDS}, "stuck": 0.5}
+
+
+def test_faults_name_the_experiments_own_instruments() -> None:
+    """The roles of simulate.faults are the setup's instruments (or all); another role is an error at its field, and
+    each instrument's plan draws from its own seed."""
+    from orchestrator.lab import fault_plans
+    from orchestrator.yamlconfig import ConfigError
+
+    with pytest.raises(ConfigError, match=r"simulate\.faults\.slm: this electronic experiment has no instrument "
+                                          r"'slm'; its instruments are awg, scope \(or all\)"):
+        load_experiment(EXPERIMENTS / "electronic_digits.yaml", overrides={"simulate.faults.slm.rate": "0.1"})
+    cfg = load_experiment(EXPERIMENTS / "optical_vowels.yaml", overrides={
+        "simulate.faults.all.rate": "0.1", "simulate.faults.all.seed": "7", "simulate.faults.camera.stuck": "0.5"})
+    plans = fault_plans(cfg)
+    assert set(plans) == {"slm", "camera"}
+    assert (plans["slm"].seed, plans["camera"].seed) == (7, 1)  # the camera's own entry (seed 0), second role
+    assert plans["slm"].probabilities()["stuck"] == 0.1 and plans["camera"].probabilities()["stuck"] == 0.5
 
 
 @pytest.mark.parametrize("leaving", [None, "error", "interrupt"])

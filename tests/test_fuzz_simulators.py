@@ -34,7 +34,8 @@ from hypothesis import strategies as st
 
 from simulators.benches import RunningBench, start_bench
 from simulators.instruments import SimInfiniiVision, SimKeysight33522B, SimPhaseSLM, SimSpectroscopyCamera
-from simulators.server import PtyServer, SCPIServer
+from simulators.scpi.pty import PtyServer
+from simulators.scpi.tcp import SCPIServer
 
 FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None, print_blob=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,

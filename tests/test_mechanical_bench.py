@@ -40,9 +40,12 @@ def rig():
 
 def test_registered_and_physics_exposed() -> None:
     assert BENCHES["mechanical"] is MechanicalBench and BENCHES["electronic"] is ElectronicBench
-    from orchestrator.cli import SIMULATED_BENCHES
+    from orchestrator.cli import serve
 
-    assert sorted(SIMULATED_BENCHES) == sorted(BENCHES)  # pnn sim serve offers every bench
+    assert sorted(serve.params[0].type.choices) == sorted(BENCHES)  # pnn sim serve offers every bench
+    for name, bench_class in BENCHES.items():  # each bench says its instruments' roles before it is built
+        with start_bench(name, seed=1) as running:
+            assert tuple(running.resources) == bench_class.roles
     with start_bench("mechanical", seed=1) as b:
         assert isinstance(b.physics, SpeakerPlate) and b.circuit is b.physics
         assert set(b.resources) == {"awg", "scope"}

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from drivers.setups.mechanical import bin_outputs, drive_units
+from encoding.awg_scope import bin_outputs
+from encoding.mechanical import drive_units
 from twins.artifact import load_twin, save_twin
 from twins.data import TwinData
 from twins.fit import fit_twin, nmse

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import twins.optical as optical
-from drivers.setups.optical import OpticalCalibration, OpticalEncoding, gray_levels, output_roi, pixel_values
+from encoding.optical import OpticalCalibration, OpticalEncoding, gray_levels, output_roi, pixel_values
 from twins import twin_class
 from twins.artifact import load_twin, save_twin
 from twins.data import TwinData

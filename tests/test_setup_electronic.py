@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from drivers.errors import LimitViolation
-from drivers.setups.electronic import emf_per_unit
-from orchestrator.config import ExperimentConfig, load_experiment
+from orchestrator.config import ExperimentConfig
+from orchestrator.experiment_file import load_experiment
 from orchestrator.lab import open_setup
+from orchestrator.kits.electronic import awg_emf_per_unit
 from orchestrator.perfect_twin import PerfectElectronicTwin
 from simulators.benches import start_bench
 from simulators.physics.electronic import ElectronicCircuit
@@ -141,7 +142,7 @@ def test_calibrated_delay_is_the_bench_trigger_delay(bench) -> None:
 def test_device_agrees_with_the_perfect_twin(bench) -> None:
     cfg = config()
     x, theta = batch(32, seed=7)
-    twin = PerfectElectronicTwin(bench.circuit, cfg.encoding, N, emf_per_unit(cfg.instruments.awg, cfg.encoding))
+    twin = PerfectElectronicTwin(bench.circuit, cfg.encoding, N, awg_emf_per_unit(cfg))
     with open_setup(cfg, N, bench=bench) as setup:
         y = setup.forward(x, theta)
         y_theta_batch = setup.forward(x, theta.expand(32, -1).clone())  # θ per sample: the same thing
@@ -153,7 +154,7 @@ def test_device_agrees_with_the_perfect_twin(bench) -> None:
     assert nmse(y_theta_batch, y_twin) < 0.02
     # and a twin of another circuit would not pass: the comparison is sharp enough to matter
     wrong = PerfectElectronicTwin(ElectronicCircuit(seed=99), cfg.encoding, N,
-                                  emf_per_unit(cfg.instruments.awg, cfg.encoding))
+                                  awg_emf_per_unit(cfg))
     with torch.no_grad():
         assert nmse(y, wrong(x.double(), theta.double()).float()) > 2 * err
 

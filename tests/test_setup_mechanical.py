@@ -13,9 +13,9 @@ from scipy.signal import find_peaks
 
 from drivers.awg import Keysight33500B
 from drivers.errors import LimitViolation
-from orchestrator.config import load_experiment
+from orchestrator.experiment_file import load_experiment
 from orchestrator.lab import open_setup
-from orchestrator.perfect_twin import perfect_twin
+from orchestrator.kits import setup_kit
 from simulators.benches import start_bench
 from twins.fit import nmse
 
@@ -158,7 +158,7 @@ def test_the_perfect_twin_predicts_the_device_to_the_noise(bench) -> None:
     x, theta = batch(48, seed=3)
     with open_setup(cfg, N, bench=bench) as setup:
         y, y_again = setup.forward(x, theta), setup.forward(x, theta)
-        twin = perfect_twin(cfg, bench, setup)
+        twin = setup_kit("mechanical").perfect_twin(cfg, bench, setup)
         wrong_theta = setup.forward(x, torch.roll(theta, 3))
     with torch.no_grad():
         pred = twin(x, theta)
@@ -207,16 +207,15 @@ def test_with_keep_output_on_false_every_batch_is_ramped_up_and_measures_the_sam
 def test_a_reused_twin_brings_its_own_cut() -> None:
     """The cut is re-derived from a noisy onset at every opening; a reused twin (or twin data) sets it back to the
     cut it was fitted with, which its fitted delay assumes."""
-    import json
     from types import SimpleNamespace
 
-    from orchestrator.calibrate import adopt_cut
+    from drivers.setups.awg_scope import AwgScopeSetup
 
     setup = SimpleNamespace(response_delay_s=250e-6)
-    adopt_cut(setup, json.dumps({"response_delay_s": 300e-6, "delay_s": 6e-6}), "twin.pt")
+    assert AwgScopeSetup.reuse_calibration(setup, {"response_delay_s": 300e-6, "delay_s": 6e-6}, "twin.pt")
     assert setup.response_delay_s == 300e-6
-    adopt_cut(setup, json.dumps({"delay_s": 6e-6}), "an electronic twin")  # nothing stored: left alone
-    adopt_cut(setup, None, "data without metadata")
+    AwgScopeSetup.reuse_calibration(setup, {"delay_s": 6e-6}, "an electronic twin")  # nothing stored: left alone
+    AwgScopeSetup.reuse_calibration(setup, None, "data without metadata")
     assert setup.response_delay_s == 300e-6
 
 

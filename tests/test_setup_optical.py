@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from drivers.errors import InstrumentError, LimitViolation
-from drivers.setups.optical import (OpticalEncoding, bin_edges, centroid_column, gray_levels, mirror_axis, output_weights,
-                                    pixel_values)
+from drivers.setups.optical import mirror_axis
+from encoding.optical import OpticalEncoding, bin_edges, centroid_column, gray_levels, output_weights, pixel_values
 from drivers.slm import PhaseSLM
 from drivers.transport import open_link
-from orchestrator.calibrate import adopt_cut
-from orchestrator.config import load_experiment
+from orchestrator.calibrate import reuse_calibration
+from orchestrator.experiment_file import load_experiment
 from orchestrator.lab import open_setup
-from orchestrator.perfect_twin import perfect_twin
+from orchestrator.kits import setup_kit
 from orchestrator.trainer import TrainingStopped
 from simulators.benches import start_bench
 from twins.fit import nmse
@@ -141,7 +141,7 @@ def test_data_measured_with_other_camera_or_slm_settings_is_not_adopted(opened) 
     lut[200] += 0.01
     assert "lookup table" in setup.mismatch(cal.model_copy(update={"lut": lut}))
     other = cal.model_copy(update={"exposure_s": 2e-3, "roi": (0, 500)})
-    assert not adopt_cut(setup, json.dumps({"calibration": other.model_dump()}), "twin_neural.pt")
+    assert not reuse_calibration(setup, json.dumps({"calibration": other.model_dump()}), "twin_neural.pt")
     assert setup.calibration is cal  # still reading the outputs as calibrated
 
 
@@ -165,7 +165,7 @@ def test_forward_is_one_sequence_and_one_series_and_matches_the_perfect_twin(ope
     assert int(bench.instruments["slm"].sequence.shape[0]) == 96
     again = setup.forward(x, theta)
     noise = nmse(again, y)
-    perfect = perfect_twin(cfg, bench, setup)
+    perfect = setup_kit("optical").perfect_twin(cfg, bench, setup)
     with torch.no_grad():
         expected = perfect(x, theta)
     # the noiseless bench predicts the measured outputs up to the measurement noise

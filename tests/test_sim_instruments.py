@@ -12,7 +12,7 @@ import pyvisa
 
 from simulators.benches import start_bench
 from simulators.instruments import SimInfiniiVision, SimKeysight33522B
-from simulators.server import Session
+from simulators.scpi import Session
 
 
 class StubCircuit:

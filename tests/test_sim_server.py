@@ -8,8 +8,11 @@ import time
 
 import pytest
 
-from simulators.server import (Block, Call, FaultPlan, MessageReader, SCPIError, SCPIInstrument, SCPIServer, Session,
-                               compile_pattern, match_nodes, nr3, parse_header, parse_number, scpi, split_outside)
+from simulators.scpi import Block, Call, SCPIError, SCPIInstrument, Session, nr3, parse_number, scpi
+from simulators.scpi.commands import compile_pattern, match_nodes, parse_header
+from common.faults import FaultPlan
+from simulators.scpi.reader import MessageReader, split_outside
+from simulators.scpi.tcp import SCPIServer
 
 
 class Toy(SCPIInstrument):
@@ -485,7 +488,7 @@ def test_a_stuck_instrument_ignores_everything_for_a_while_then_answers(toy: Toy
 def test_an_unplugged_serial_line_loses_what_is_sent_then_comes_back(toy: Toy) -> None:
     from drivers.errors import InstrumentTimeout
     from drivers.transport import open_link
-    from simulators.server import PtyServer
+    from simulators.scpi.pty import PtyServer
 
     with PtyServer(toy.session, name="toy-serial", faults=FaultPlan(drop_connection=1.0, unplug_s=0.5)) as pty:
         with open_link(pty.port, name="slm", timeout_s=0.2) as link:
@@ -515,7 +518,7 @@ def test_an_instrument_on_a_pty_is_opened_by_pyserial_like_a_usb_serial_adapter(
     import serial
 
     from drivers.transport import open_link
-    from simulators.server import PtyServer
+    from simulators.scpi.pty import PtyServer
 
     with PtyServer(toy.session, name="toy-serial") as pty:
         assert pty.port.startswith("/dev/pts/")
@@ -547,7 +550,7 @@ def test_a_frame_cut_short_on_a_serial_line_is_reported_not_padded(toy: Toy) -> 
     timeout, then names the instrument, the command and how much arrived."""
     from drivers.errors import InstrumentTimeout
     from drivers.transport import open_link
-    from simulators.server import PtyServer
+    from simulators.scpi.pty import PtyServer
 
     toy.blocks["FRAME"] = bytes(range(256)) * 8
     with PtyServer(toy.session, name="toy-serial", faults=FaultPlan(short_block=1.0, seed=3)) as pty:
@@ -564,7 +567,7 @@ def test_a_frame_cut_short_on_a_serial_line_is_reported_not_padded(toy: Toy) -> 
 
 def test_a_paced_pty_sends_no_faster_than_its_baud_rate(toy: Toy) -> None:
     from drivers.transport import open_link
-    from simulators.server import PtyServer
+    from simulators.scpi.pty import PtyServer
 
     toy.blocks["FRAME"] = bytes(1000)
     with PtyServer(toy.session, name="toy-serial", baud_rate=38400) as pty:
@@ -580,7 +583,7 @@ def test_a_paced_pty_sends_no_faster_than_its_baud_rate(toy: Toy) -> None:
 
 def test_a_paced_pty_takes_in_no_faster_than_its_baud_rate(toy: Toy) -> None:
     from drivers.transport import open_link
-    from simulators.server import PtyServer
+    from simulators.scpi.pty import PtyServer
 
     payload = bytes(range(256)) * 4  # an upload of 1024 bytes, e.g. a pattern
     with PtyServer(toy.session, name="toy-serial", baud_rate=38400) as pty:
@@ -600,7 +603,7 @@ def test_a_pty_server_closes_while_a_reply_nobody_reads_fills_the_line(toy: Toy)
     """A client asks for a frame larger than the pty's buffer and walks away: the server must still stop."""
     import serial
 
-    from simulators.server import PtyServer
+    from simulators.scpi.pty import PtyServer
 
     toy.blocks["FRAME"] = bytes(4 << 20)  # 4 MiB: far beyond the kernel's pty buffer
     pty = PtyServer(toy.session, name="toy-serial")

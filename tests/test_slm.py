@@ -11,12 +11,15 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
+from drivers.blocks import encode_block
 from drivers.errors import InstrumentError, InstrumentReportedError, InstrumentTimeout, LimitViolation, ProtocolError
-from drivers.scpi import encode_block
 from drivers.slm import PhaseSLM
 from drivers.transport import open_link
 from simulators.instruments import SimPhaseSLM
-from simulators.server import FaultPlan, PtyServer, SCPIServer, Session
+from simulators.scpi import Session
+from common.faults import FaultPlan
+from simulators.scpi.pty import PtyServer
+from simulators.scpi.tcp import SCPIServer
 
 from conftest import WireReply
 

@@ -18,8 +18,8 @@ from drivers.errors import InstrumentError
 from orchestrator.config import TrainingConfig
 from orchestrator.datasets import Dataset
 from orchestrator.network import PhysicalNetwork
-from orchestrator.trainer import (CHECKPOINT, DeviceFailure, RetryCounts, StopRequest, Trainer, TrainingStopped,
-                                  retrying)
+from orchestrator.retry import DeviceFailure, RetryCounts, retrying
+from orchestrator.trainer import CHECKPOINT, StopRequest, Trainer, TrainingStopped
 from common.files import CorruptFileError
 
 N_TRAIN, BATCH, EPOCHS, DEPTH = 60, 16, 3, 2

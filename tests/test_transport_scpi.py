@@ -9,10 +9,9 @@ import time
 import numpy as np
 import pytest
 
+from drivers.blocks import decode_block, encode_block
 from drivers.errors import ConnectionLost, InstrumentReportedError, InstrumentTimeout, ProtocolError
-from drivers.scpi import (
-    Identity, SCPIInstrument, decode_block, encode_block, format_number, pack_values, unpack_values,
-)
+from drivers.scpi import Identity, SCPIInstrument, format_number, pack_values, unpack_values
 from drivers.transport import SerialLink, VisaLink, open_link
 from conftest import WireReply
 

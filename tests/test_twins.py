@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from twins import TWIN_KINDS, NeuralTwin, broadcast_theta, register_twin, twin_class
+from twins import TWIN_KINDS, broadcast_theta, register_twin, twin_class
+from twins.neural import NeuralTwin
 from twins.artifact import FORMAT, TwinArtifactError, load_twin, save_twin
 from twins.data import TwinData, TwinDataError, load_twin_data, save_twin_data
 from twins.fit import FitReport, fit_twin, nmse

@@ -200,14 +200,15 @@ def test_set_by_path_and_parse_override():
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_every_shipped_experiment_file_is_valid(path: Path) -> None:
-    from orchestrator.config import load_experiment
+    from orchestrator.experiment_file import load_experiment
 
     cfg = load_experiment(path)
     assert cfg.experiment == path.stem and cfg.setup in ("electronic", "mechanical", "optical")
 
 
 def test_an_unknown_setup_names_the_field_and_the_choices(tmp_path: Path) -> None:
-    from orchestrator.config import ConfigError, load_experiment
+    from orchestrator.config import ConfigError
+    from orchestrator.experiment_file import load_experiment
 
     source = (Path(__file__).resolve().parents[1] / "experiments" / "mechanical_digits.yaml").read_text()
     bad = tmp_path / "bad.yaml"
@@ -215,7 +216,8 @@ def test_an_unknown_setup_names_the_field_and_the_choices(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as err:
         load_experiment(bad)
     line = source.splitlines().index("setup: mechanical") + 1
-    assert str(err.value) == f"{bad}:{line}: setup: must be one of 'electronic', 'mechanical', 'optical'"
+    assert str(err.value) == (f"{bad}:{line}: setup: must be one of 'electronic', 'mechanical', 'optical' (a setup of "
+                              f"your own: pnn --setup-file FILE, or an entry point in the group 'pnn_lab.setups')")
     # the sections follow the setup: a mechanical-only field in an electronic file is an unknown field
     bad.write_text(source.replace("setup: mechanical", "setup: electronic"))
     with pytest.raises(ConfigError, match=r"instruments\.awg\.ramp_steps: unknown field"):
@@ -331,7 +333,7 @@ def _line_of(text: str, needle: str) -> int:
 
 @pytest.mark.parametrize("name, old, new, where, field, message", EXPERIMENT_CASES.values(), ids=EXPERIMENT_CASES)
 def test_one_mistake_in_an_experiment_file(tmp_path, name, old, new, where, field, message):
-    from orchestrator.config import load_experiment
+    from orchestrator.experiment_file import load_experiment
 
     text = (EXPERIMENTS / name).read_text()
     assert text.count(old) == 1
@@ -359,7 +361,7 @@ FILE_CASES = {
 
 def test_yes_and_no_still_set_the_switches(tmp_path):
     """The yes/no check above refuses true/false only where the field has no use for it."""
-    from orchestrator.config import load_experiment
+    from orchestrator.experiment_file import load_experiment
 
     cfg = load_experiment(EXPERIMENTS / "optical_vowels.yaml",
                           overrides={"simulate.realtime": "yes", "network.shuffle_slots": "no"})
@@ -368,7 +370,7 @@ def test_yes_and_no_still_set_the_switches(tmp_path):
 
 @pytest.mark.parametrize("text, line, message", FILE_CASES.values(), ids=FILE_CASES)
 def test_unusable_experiment_files(tmp_path, text, line, message):
-    from orchestrator.config import load_experiment
+    from orchestrator.experiment_file import load_experiment
 
     path = tmp_path / "exp.yaml"
     path.write_text(text)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from common.files import CorruptFileError, atomic_write, read_torch_file
-from twins import twin_class
+from twins.registry import twin_class
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,15 @@ def _plain(value: Any) -> Any:
         if isinstance(value, kind):
             return kind(value)
     return value
+
+
+TWIN_FILES = {"neural": "twin_neural.pt", "physics": "twin_physics.pt", "hybrid": "twin_hybrid.pt"}
+"""The file of each fitted twin kind in an experiment's artifacts folder."""
+
+
+def twin_path(artifacts: Path, kind: str) -> Path:
+    """Where the fitted twin of ``kind`` is kept in the ``artifacts`` folder."""
+    return Path(artifacts) / TWIN_FILES[kind]
 
 
 def save_twin(path: str | os.PathLike, model: nn.Module, metadata: Mapping[str, Any]) -> Path:

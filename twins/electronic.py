@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from drivers.setups.electronic import ElectronicEncoding, bin_outputs, drive_units
-from twins import register_twin
+from encoding.awg_scope import bin_outputs
+from encoding.electronic import ElectronicEncoding, drive_units
+from twins.registry import register_twin
 
 NOMINAL = {"r": 300.0, "l": 10e-3, "c": 1e-9, "r_d": 1000.0, "v_f_pos": 0.55, "v_f_neg": 0.55, "width": 0.045}
 

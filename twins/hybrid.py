@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from twins import register_twin, twin_class
+from twins.registry import register_twin, twin_class
 from twins.data import TwinData
 from twins.fit import FitReport, _predict, fit_twin, nmse
 

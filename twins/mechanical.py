@@ -62,8 +62,9 @@ import scipy.signal
 import torch
 from torch import Tensor, nn
 
-from drivers.setups.mechanical import MechanicalEncoding, bin_outputs, drive_units
-from twins import broadcast_theta, register_twin
+from encoding.awg_scope import bin_outputs
+from encoding.mechanical import MechanicalEncoding, drive_units
+from twins.registry import broadcast_theta, register_twin
 
 NOMINAL: dict[str, float] = {
     "amp_gain": 8.0,            # amplifier voltage gain

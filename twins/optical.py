@@ -78,9 +78,9 @@ import scipy.fft
 import torch
 from torch import Tensor, nn
 
-from drivers.setups.optical import (C_M_PER_S, OpticalCalibration, OpticalEncoding, centroid_column, gray_levels,
-                                    output_weights, pixel_values)
-from twins import broadcast_theta, register_twin
+from encoding.optical import (C_M_PER_S, OpticalCalibration, OpticalEncoding, centroid_column, gray_levels,
+                              output_weights, pixel_values)
+from twins.registry import broadcast_theta, register_twin
 
 OVERSAMPLE = 4
 """Points per SLM pixel of the fine grid the crosstalk-smoothed phase is evaluated on."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 import numpy as np
@@ -23,11 +22,14 @@ import torch
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 from torch import Tensor
 
+from encoding.awg_scope import sample_averages
+
 from drivers.awg import LOAD_MAX_OHM, LOAD_MIN_OHM
 from drivers.errors import LimitViolation
 from drivers.scope import _TRIGGER_SOURCES
 from common.models import StrictModel
-from drivers.setups import Resource, check_batch
+from drivers.resources import Resource
+from drivers.setups.base import PhysicalSetup, check_batch, uniform_bounds
 
 log = logging.getLogger(__name__)
 
@@ -76,27 +78,7 @@ class ScopeConfig(StrictModel):
         return source
 
 
-@dataclass
-class Counters:
-    """What the setup did so far (for throughput and overhead reports)."""
-
-    forward_calls: int = 0
-    samples: int = 0
-    uploads: int = 0
-    instrument_s: float = 0.0
-    history: list[int] = field(default_factory=list)  # uploads per forward call
-    clipped_records: int = 0  # records (scope) or spectra (camera) cut off at the instrument's full scale
-
-    def record(self, samples: int, uploads: int, seconds: float) -> None:
-        """Count one forward call of ``samples`` items in ``uploads`` uploads that took ``seconds`` on the instruments."""
-        self.instrument_s += seconds
-        self.forward_calls += 1
-        self.samples += samples
-        self.uploads += uploads
-        self.history.append(uploads)
-
-
-class AwgScopeSetup:
+class AwgScopeSetup(PhysicalSetup):
     """PhysicalSystem base: x [B, n_inputs] in [-1, 1], θ [n_params] or [B, n_params] in param_bounds -> y.
 
     ``instruments`` has ``awg`` and ``scope`` sections (``AWGConfig``, ``ScopeConfig``); ``encoding`` has
@@ -110,18 +92,17 @@ class AwgScopeSetup:
 
     def __init__(self, awg, scope, instruments, encoding, n_inputs: int, n_outputs: int,
                  param_bounds: tuple[float, float] = (-1.0, 1.0), delay_s: float = 0.0):
+        super().__init__()
         self.awg, self.scope = awg, scope
         self.cfg, self.enc = instruments, encoding
         self.n_inputs = self.n_params = n_inputs
         self.n_outputs = n_outputs
-        self.param_bounds = (torch.full((n_inputs,), float(param_bounds[0])),
-                             torch.full((n_inputs,), float(param_bounds[1])))
+        self.param_bounds = uniform_bounds(n_inputs, param_bounds)
         if encoding.drive_volts_per_unit > instruments.awg.max_abs_volts:
             raise LimitViolation(awg.name, None, f"drive_volts_per_unit {encoding.drive_volts_per_unit} V exceeds "
                                  f"the {self.device}'s safety limit max_abs_volts {instruments.awg.max_abs_volts} V")
         self.delay_s = delay_s  # AWG trigger to scope record (calibrate_delay)
         self.response_delay_s = 0.0  # the device's own delay on top (e.g. sound through air), measured by a subclass
-        self.counters = Counters()
         self._timebase: tuple[float, int] | None = None
 
     # -- what a subclass defines ------------------------------------------------------------------------------
@@ -138,6 +119,10 @@ class AwgScopeSetup:
         raise NotImplementedError
 
     # -- instrument set-up ------------------------------------------------------------------------------------
+    @property
+    def instruments(self) -> tuple:
+        return (self.awg, self.scope)
+
     def configure(self) -> None:
         """Put both instruments in the state every forward pass relies on."""
         scope, sc = self.scope, self.cfg.scope
@@ -152,18 +137,6 @@ class AwgScopeSetup:
         scope.set_acquisition(type="NORM")
         self._timebase = None
         self.configure_awg()
-
-    def recover(self) -> None:
-        """After a failed forward: reopen both links, put the instruments back in their set-up state and read back the
-        settings it applied (``verify_settings``)."""
-        for inst in (self.awg, self.scope):
-            inst.link.reconnect()
-            if inst.was_reset():
-                log.warning("%s had reset itself: applying its settings again", inst.name)
-            inst.settings.clear()  # after a failure nothing the driver remembers is sure: configure() applies it anew
-        self.configure()
-        for inst in (self.awg, self.scope):
-            inst.verify_settings()
 
     def items_per_upload(self) -> int:
         """How many batch items fit in one waveform (AWG memory and scope record both limit it)."""
@@ -284,6 +257,23 @@ class AwgScopeSetup:
         """The instrument calibration done whenever the setup is opened: the AWG-to-scope delay."""
         return {"delay_s": self.calibrate_delay()}
 
+    def calibration_summary(self) -> dict:
+        """The delays found (empty before the calibration ran)."""
+        if not self.delay_s:
+            return {}
+        return {"delay_s": self.delay_s, "response_delay_s": self.response_delay_s}
+
+    def reuse_calibration(self, snapshot: dict | None, source: str) -> bool:
+        """Cut items where ``source`` was measured. The cut (``response_delay_s``) is a software setting, re-derived
+        from a noisy onset whenever the setup is opened; a twin's fitted delay is right only for the cut it was fitted
+        with."""
+        stored = (snapshot or {}).get("response_delay_s")
+        if stored is not None and stored != self.response_delay_s:
+            log.info("cutting items %.1f us after the trigger delay, as for %s (the new calibration said %.1f us)",
+                     stored * 1e6, source, self.response_delay_s * 1e6)
+            self.response_delay_s = stored
+        return True
+
     def record_reference(self, wave: np.ndarray):
         """Play ``wave`` and return the scope's record of the reference channel (the AWG output)."""
         ref_ch = self.cfg.scope.reference_channel
@@ -304,32 +294,3 @@ class AwgScopeSetup:
                 "encoding": self.enc.model_dump(), "delay_s": self.delay_s, "response_delay_s": self.response_delay_s,
                 "n": self.n_inputs,
                 "n_outputs": self.n_outputs}
-
-
-def interleave(x: Tensor, theta: Tensor, samples_per_value: int) -> Tensor:
-    """x [B, n] and θ [n] or [B, n] -> [B, 2 n spv]: x_1 θ_1 x_2 θ_2 ..., each value held ``samples_per_value``."""
-    theta = theta.expand(x.shape[0], -1) if theta.dim() == 1 else theta
-    values = torch.stack([x, theta], dim=2).reshape(x.shape[0], -1)
-    return values.repeat_interleave(samples_per_value, dim=1)
-
-
-def bin_outputs(trace: Tensor, n_outputs: int, statistic: str = "mean") -> Tensor:
-    """trace [B, T] -> [B, n_outputs]: mean (or root mean square) over n_outputs equal consecutive bins; samples
-    beyond the last whole bin are dropped."""
-    per_bin = trace.shape[1] // n_outputs
-    bins = trace[:, : per_bin * n_outputs].reshape(trace.shape[0], n_outputs, per_bin)
-    if statistic == "rms":
-        return (bins.square().mean(dim=2) + 1e-12).sqrt()
-    return bins.mean(dim=2)
-
-
-def sample_averages(t: np.ndarray, volts: np.ndarray, n: int, fs: float, delay_s: float) -> np.ndarray:
-    """The scope record (t [N] s, volts [N]) averaged over each of n AWG sample periods, the k-th starting at
-    k / fs + delay_s. A box average of the piecewise-linear record, exact whatever the scope's point spacing, so
-    the result does not depend on how the scope's grid falls against the AWG's (that is, on the batch size).
-    Periods outside the record count as 0 V."""
-    t = np.concatenate([[t[0] - 1e-12], t, [t[-1] + 1e-12]])
-    v = np.concatenate([[0.0], volts, [0.0]])
-    integral = np.concatenate([[0.0], np.cumsum(0.5 * (v[1:] + v[:-1]) * np.diff(t))])  # V s at each t
-    edges = np.arange(n + 1) / fs + delay_s
-    return np.diff(np.interp(edges, t, integral)) * fs

@@ -44,7 +44,7 @@ from typing import Protocol
 
 import numpy as np
 
-from simulators.server import Call, SCPIError, SCPIInstrument, nr1, nr3, scpi, setting
+from simulators.scpi import Call, SCPIError, SCPIInstrument, nr1, nr3, scpi, setting
 
 log = logging.getLogger(__name__)
 

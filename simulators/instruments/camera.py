@@ -57,7 +57,7 @@ from typing import Protocol
 
 import numpy as np
 
-from simulators.server import Block, Call, SCPIError, SCPIInstrument, Setting, nr3, scpi, setting
+from simulators.scpi import Block, Call, SCPIError, SCPIInstrument, Setting, nr3, scpi, setting
 
 log = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ from typing import Protocol
 
 import numpy as np
 
-from simulators.server import Block, Call, SCPIError, SCPIInstrument, scpi, setting
+from simulators.scpi import Block, Call, SCPIError, SCPIInstrument, scpi, setting
 
 log = logging.getLogger(__name__)
 

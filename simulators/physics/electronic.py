@@ -1,6 +1,6 @@
 """Ground truth of the electronic bench: a driven RLC circuit with a diode-pair nonlinearity.
 
-This is "reality" for the simulated bench. The twins never import it (see DESIGN.md).
+This is "reality" for the simulated bench. The twins never import it (see docs/architecture.md).
 
 Circuit (all SI units)::
 

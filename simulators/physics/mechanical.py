@@ -1,6 +1,6 @@
 """Ground truth of the mechanical bench: audio amplifier -> speaker -> vibrating metal plate -> air -> microphone.
 
-This is "reality" for the simulated bench. The twins never import it (see DESIGN.md).
+This is "reality" for the simulated bench. The twins never import it (see docs/architecture.md).
 
 Signal chain (all SI units unless stated)::
 

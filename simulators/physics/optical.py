@@ -1,6 +1,6 @@
 """Ground truth of the optical bench: femtosecond laser -> 4f pulse shaper (phase SLM) -> SHG -> spectrometer -> CCD.
 
-This is "reality" for the simulated bench. The twins never import it (see DESIGN.md).
+This is "reality" for the simulated bench. The twins never import it (see docs/architecture.md).
 
 The chain, top to bottom (SI units; frequencies in Hz; nu_c = c / 800 nm, c = 299792458 m/s)::
 

@@ -1,0 +1,72 @@
+"""What the kits of the AWG-and-scope setups (electronic, mechanical) share: the experiment-file checks that tie the
+encoding to the instruments, opening a Keysight 33500B and an InfiniiVision scope, and the checks of ``pnn check``."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar
+
+from pydantic import model_validator
+
+from common.models import FieldError
+from drivers.awg import Keysight33500B
+from drivers.scope import KeysightInfiniiVision
+from drivers.setups.awg_scope import AwgScopeSetup
+from orchestrator.config import ExperimentConfig
+from orchestrator.kits import Row, SetupKit
+from orchestrator.kits.simulated import start_simulated_bench
+from orchestrator.connections import Connections
+
+AWG_MAX_SAMPLE_RATE = 250e6  # Sa/s, the fastest 33500B
+
+
+class AwgScopeExperiment(ExperimentConfig):
+    """Checks shared by the setups an AWG drives and a scope records (electronic, mechanical)."""
+
+    @model_validator(mode="after")
+    def _fits_the_instruments(self) -> "AwgScopeExperiment":
+        awg, scope, enc, width = self.instruments.awg, self.instruments.scope, self.encoding, self.network.width
+        if enc.drive_volts_per_unit > awg.max_abs_volts:
+            raise FieldError("encoding.drive_volts_per_unit", f"{enc.drive_volts_per_unit:g} V is above the "
+                             f"safety limit instruments.awg.max_abs_volts {awg.max_abs_volts:g} V")
+        room = min(awg.memory_points, scope.max_points) - 2 * enc.lead_samples
+        if width is not None and enc.samples_per_item(width) > room:
+            raise FieldError("network.width", f"one item of width {width} needs {enc.samples_per_item(width)} AWG "
+                             f"samples; instruments.awg.memory_points and instruments.scope.max_points leave room "
+                             f"for {room}")
+        return self
+
+
+class AwgScopeKit(SetupKit):
+    """A setup that an AWG drives and a scope records; a subclass names its ``setup_class`` and adds its own checks
+    (``check_device``) and twins."""
+
+    setup_class: ClassVar[type[AwgScopeSetup]]
+
+    def open(self, cfg: ExperimentConfig, n: int, connections: Connections, bench: Any | None) -> AwgScopeSetup:
+        inst = cfg.instruments
+        awg = Keysight33500B(connections.link("awg"), name="awg", channel=inst.awg.channel,
+                             load_ohm=inst.awg.load_ohm, max_abs_volts=inst.awg.max_abs_volts,
+                             max_abs_offset_volts=inst.awg.max_abs_offset_volts, memory_points=inst.awg.memory_points)
+        connections.on_exit("awg", awg.output_off)
+        scope = KeysightInfiniiVision(connections.link("scope"), name="scope", max_points=inst.scope.max_points)
+        return self.setup_class(awg, scope, inst, cfg.encoding, n=n, param_bounds=cfg.network.theta_bounds)
+
+    def start_bench(self, cfg: ExperimentConfig, faults: dict) -> AbstractContextManager[Any]:
+        return start_simulated_bench(cfg, faults)
+
+    def check_settings(self, cfg: ExperimentConfig, n: int | None, row: Row) -> None:
+        enc, awg, scope = cfg.encoding, cfg.instruments.awg, cfg.instruments.scope
+        row("drive amplitude", f"{enc.drive_volts_per_unit} V per unit (limit {awg.max_abs_volts} V)",
+            None if enc.drive_volts_per_unit <= awg.max_abs_volts else "exceeds awg.max_abs_volts")
+        row("sample rate", f"{enc.sample_rate_hz:g} Sa/s", None if enc.sample_rate_hz <= AWG_MAX_SAMPLE_RATE
+            else f"above the 33500B maximum {AWG_MAX_SAMPLE_RATE:g}")
+        if n is not None:
+            per_item = enc.samples_per_item(n)
+            room = min(awg.memory_points, scope.max_points) - 2 * enc.lead_samples
+            row("samples per item", f"{per_item} ({room // max(per_item, 1)} items per upload)",
+                None if per_item <= room else "one item does not fit in the AWG memory / scope record")
+        self.check_device(cfg, n, row)
+
+    def check_device(self, cfg: ExperimentConfig, n: int | None, row: Row) -> None:
+        """The setup's own checks, after the shared ones."""

@@ -1,0 +1,57 @@
+"""The electronic setup's kit: an AWG drives a nonlinear RLC circuit, a scope records it.
+
+    encoding        encoding/electronic.py          setup           drivers/setups/electronic.py
+    physics twin    twins/electronic.py              simulated bench simulators/physics/electronic.py
+    experiments     experiments/electronic_*.yaml
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from torch import nn
+
+from drivers.setups.base import PhysicalSetup
+from drivers.setups.electronic import ElectronicInstruments, ElectronicSetup
+from encoding.awg_scope import emf_per_unit
+from encoding.electronic import ElectronicEncoding
+from orchestrator.config import ExperimentConfig
+from orchestrator.kits import Row, register_setup
+from orchestrator.kits.awg_scope import AwgScopeExperiment, AwgScopeKit
+from orchestrator.perfect_twin import PerfectTwin
+from twins.electronic import ElectronicPhysicsTwin
+
+
+class ElectronicExperiment(AwgScopeExperiment):
+    setup: Literal["electronic"]
+    instruments: ElectronicInstruments
+    encoding: ElectronicEncoding = ElectronicEncoding()
+
+
+def awg_emf_per_unit(cfg: ExperimentConfig) -> float:
+    """The AWG's EMF (V) per drive unit for the experiment's encoding and AWG load."""
+    return emf_per_unit(cfg.encoding.drive_volts_per_unit, cfg.instruments.awg.load_ohm)
+
+
+class ElectronicKit(AwgScopeKit):
+    name = "electronic"
+    experiment = ElectronicExperiment
+    setup_class = ElectronicSetup
+
+    def physics_twin(self, cfg: ExperimentConfig, setup: PhysicalSetup, n: int, n_outputs: int) -> nn.Module:
+        return ElectronicPhysicsTwin(n, cfg.encoding.model_dump(), awg_emf_per_unit(cfg))
+
+    def perfect_twin(self, cfg: ExperimentConfig, bench: Any, setup: ElectronicSetup) -> nn.Module:
+        return PerfectTwin(bench.physics, cfg.encoding, setup.n_inputs, setup.n_outputs, awg_emf_per_unit(cfg),
+                           setup.drive, setup.outputs)
+
+    def check_device(self, cfg: ExperimentConfig, n: int | None, row: Row) -> None:
+        scope = cfg.instruments.scope
+        full_scale = 4 * scope.volts_per_div
+        emf_peak = awg_emf_per_unit(cfg)
+        row("scope range", f"+-{full_scale:g} V on CHAN{scope.channel} (drive EMF peak {emf_peak:g} V)",
+            None if full_scale >= 0.7 * emf_peak else "the circuit output may clip at the screen edge; raise "
+                                                       "volts_per_div")
+
+
+register_setup(ElectronicKit)
