@@ -7,7 +7,8 @@ benches only), the offline checks ``pnn check`` prints, and the files its calibr
 
 Where kits come from, in this order:
 
-- the built-in setups (``electronic``, ``mechanical``, ``optical``: the modules of this package, imported on first use);
+- the built-in setups (``electronic``, ``mechanical``, ``optical``: the kits in the modules of this package,
+  imported on first use);
 - a kit registered by ``register_setup(MyKit())``, e.g. in a file given to ``pnn --setup-file my_setup.py``
   (``load_setup_file``);
 - the entry point group ``pnn_lab.setups`` of any installed package: ``name = "module:KitClass"`` (or a kit object),
@@ -98,8 +99,10 @@ class SetupKit:
 
 
 _KITS: dict[str, SetupKit] = {}
-_BUILT_IN = {"electronic": "orchestrator.kits.electronic", "mechanical": "orchestrator.kits.mechanical",
-             "optical": "orchestrator.kits.optical"}
+_BUILT_IN = {"electronic": "orchestrator.kits.electronic:ElectronicKit",
+             "mechanical": "orchestrator.kits.mechanical:MechanicalKit",
+             "optical": "orchestrator.kits.optical:OpticalKit"}
+"""The built-in kits, as ``module:class`` (the form of an entry point), imported on first use."""
 
 
 def register_setup(kit: SetupKit | type[SetupKit]) -> SetupKit:
@@ -121,7 +124,8 @@ def setup_kit(name: str) -> SetupKit:
     """The kit registered for setup ``name``: a built-in one, one registered in this process, or an installed
     package's entry point. Raises KeyError listing the known setups."""
     if name not in _KITS and name in _BUILT_IN:
-        importlib.import_module(_BUILT_IN[name])
+        module, _, cls = _BUILT_IN[name].partition(":")
+        register_setup(getattr(importlib.import_module(module), cls))
     if name not in _KITS:
         _load_entry_point(name)
     if name not in _KITS:

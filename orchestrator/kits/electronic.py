@@ -16,7 +16,7 @@ from drivers.setups.electronic import ElectronicInstruments, ElectronicSetup
 from encoding.awg_scope import emf_per_unit
 from encoding.electronic import ElectronicEncoding
 from orchestrator.config import ExperimentConfig
-from orchestrator.kits import Row, register_setup
+from orchestrator.kits import Row
 from orchestrator.kits.awg_scope import AwgScopeExperiment, AwgScopeKit
 from orchestrator.perfect_twin import PerfectTwin
 from twins.electronic import ElectronicPhysicsTwin
@@ -53,5 +53,3 @@ class ElectronicKit(AwgScopeKit):
             None if full_scale >= 0.7 * emf_peak else "the circuit output may clip at the screen edge; raise "
                                                        "volts_per_div")
 
-
-register_setup(ElectronicKit)

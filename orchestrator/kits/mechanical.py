@@ -24,7 +24,7 @@ from encoding.awg_scope import emf_per_unit
 from encoding.mechanical import MechanicalEncoding
 from orchestrator import plots
 from orchestrator.config import ExperimentConfig
-from orchestrator.kits import Row, register_setup
+from orchestrator.kits import Row
 from orchestrator.kits.awg_scope import AwgScopeExperiment, AwgScopeKit
 from orchestrator.perfect_twin import PerfectMechanicalTwin
 from twins.artifact import load_twin, twin_path
@@ -115,5 +115,3 @@ def plot_frequency_response(artifacts: Path, response: FrequencyResponse, respon
         response.f_hz, response.as_cut(response_delay_s), curves, artifacts / "frequency_response.png",
         f"plate response (items cut {response_delay_s * 1e3:.2f} ms after the trigger)")
 
-
-register_setup(MechanicalKit)

@@ -27,7 +27,7 @@ from drivers.slm import PhaseSLM
 from encoding.optical import OpticalEncoding, output_bin_edges
 from orchestrator import plots
 from orchestrator.config import ExperimentConfig
-from orchestrator.kits import Row, SetupKit, register_setup
+from orchestrator.kits import Row, SetupKit
 from orchestrator.kits.simulated import start_simulated_bench
 from orchestrator.connections import Connections
 from orchestrator.perfect_twin import PerfectOpticalTwin
@@ -107,5 +107,3 @@ def plot_optical_calibration(path: Path, setup: OpticalSetup) -> Path:
         gray, power, check.get("pi_gray_measured"), check.get("pi_gray_table", float("nan")), path,
         f"optical calibration: spectrometer offset {cal.column_offset:+.2f} columns; {check.get('message', '')}")
 
-
-register_setup(OpticalKit)
