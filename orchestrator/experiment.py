@@ -21,7 +21,7 @@ from orchestrator.lab import device_outputs, device_width
 from orchestrator.network import PhysicalNetwork, digital_baseline
 from orchestrator.run_folder import RunFolder, ended_early
 from orchestrator.session import open_session
-from orchestrator.trainer import TRAIN_EVAL_SAMPLES, StopRequest, Trainer
+from orchestrator.trainer import TRAIN_EVAL_SAMPLES, StopRequest, Trainer, time_split
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, t
     t0 = time.perf_counter()
     try:
         rows = trainer.fit(resume=resume, progress=on_epoch)
-        t_eval = time.perf_counter()  # final evaluation on the device
+        t_eval, clock_eval = time.perf_counter(), dict(trainer.clock.seconds)  # final evaluation on the device
         record: list = []
         test_pred = trainer.predict(data.x_test, record=record)
         n_tr = min(len(data.y_train), TRAIN_EVAL_SAMPLES)
@@ -89,6 +89,10 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, t
         "simulated": bench is not None,
         **asdict(trainer.retries),  # device failures of all sessions (see trainer.RetryCounts)
     }
+    # the time split of all epochs (of all sessions, if resumed) and the final evaluation
+    parts = {part: sum(row.get(f"{part}_s", 0.0) for row in rows) + seconds
+             for part, seconds in trainer.clock.since(clock_eval).items()}
+    summary.update(time_split(parts, summary["wall_time_s"]))
     if bench is not None:
         summary["physics_time_s"] = bench.physics.busy_s - physics0
         summary["physics_share_of_wall"] = summary["physics_time_s"] / wall if wall > 0 else None
@@ -166,11 +170,16 @@ def bench(cfg: ExperimentConfig, out: Path, *, simulate: bool, data_dir: str | N
 def bench_table(cfg: ExperimentConfig, results: list[dict]) -> str:
     """The bench results as a Markdown table."""
     lines = [f"# {cfg.experiment}: benchmark", "",
-             "| mode | twin | network | test accuracy | train accuracy | parameters | wall time (s) | device samples/s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| mode | twin | network | test accuracy | train accuracy | parameters | wall time (s) | device samples/s "
+             "| device busy share |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         sps = r.get("samples_per_s")
         lines.append(f"| {r['mode']} | {r['twin']} | {r.get('network', '')} | {r['test_accuracy']:.3f} | "
                      f"{r['train_accuracy']:.3f} | {r.get('trainable_parameters', '')} | {r['wall_time_s']:.0f} | "
-                     f"{'' if sps is None else f'{sps:.0f}'} |")
+                     f"{'' if sps is None else f'{sps:.0f}'} | {_share(r.get('device_busy_share'))} |")
     return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"

@@ -3,14 +3,28 @@
 >>> layer = physics_aware(setup.forward, twin)      # setup: a PhysicalSystem, twin: a differentiable model
 >>> y = layer(x, theta)                             # y measured on the device
 >>> y.sum().backward()                              # gradients = the twin's vector-Jacobian product at (x, theta)
+
+The twin's forward pass at the device's inputs runs in a worker thread while the device measures, and its graph is
+kept for the backward pass, which then only differentiates it: the gradients are the same as running the twin again
+in the backward pass, and the device does not wait for the twin.
 """
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
 from torch import Tensor
+
+_TWIN_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pat-twin")
+"""Runs the twins' forward passes beside the device's (one at a time: layers are measured one after the other)."""
+
+
+def _twin_graph(twin: Callable[..., Tensor], leaves: tuple[Tensor, ...]) -> Tensor:
+    with torch.enable_grad():
+        return twin(*leaves)
 
 
 def physics_aware(physical: Callable[..., Tensor], twin: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -22,29 +36,42 @@ def physics_aware(physical: Callable[..., Tensor], twin: Callable[..., Tensor]) 
             inputs the device saw.
     Returns:
         A function (x, theta, *more) -> y whose value is the device's output and whose gradient with respect to
-        every tensor argument is the VJP of ``twin`` at those arguments.
+        every tensor argument is the VJP of ``twin`` at those arguments. Its attribute ``twin_wait_s`` adds up the
+        time the caller waited for the twin's forward pass after the device had finished, s.
     """
 
     class PhysicsAware(torch.autograd.Function):
         @staticmethod
         def forward(ctx, *inputs: Tensor) -> Tensor:
-            ctx.save_for_backward(*inputs)
-            with torch.no_grad():
-                y = physical(*inputs)
+            # the twin at exactly the inputs the device sees; detach() shares their version counter, so changing an
+            # input in place before the backward pass is an error, as with save_for_backward
+            leaves = tuple(t.detach().requires_grad_(need) for t, need in zip(inputs, ctx.needs_input_grad))
+            pending = _TWIN_WORKER.submit(_twin_graph, twin, leaves) if any(ctx.needs_input_grad) else None
+            try:
+                with torch.no_grad():
+                    y = physical(*inputs)
+            finally:
+                if pending is not None:  # also when the device failed: nothing may run on behind the caller's back
+                    t0 = time.perf_counter()
+                    failed = pending.exception()
+                    apply.twin_wait_s += time.perf_counter() - t0
+            if pending is not None:
+                if failed is not None:
+                    raise failed
+                ctx.leaves, ctx.y_twin = leaves, pending.result()
             return y.to(inputs[0].dtype)
 
         @staticmethod
         def backward(ctx, grad_y: Tensor) -> tuple[Tensor | None, ...]:
-            inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad)]
-            wanted = [t for t in inputs if t.requires_grad]
-            with torch.enable_grad():
-                y_twin = twin(*inputs)
-                grads = iter(torch.autograd.grad(y_twin, wanted, grad_y, allow_unused=True))
-            return tuple(next(grads) if t.requires_grad else None for t in inputs)
+            wanted = [t for t in ctx.leaves if t.requires_grad]
+            grads = iter(torch.autograd.grad(ctx.y_twin, wanted, grad_y, allow_unused=True))
+            del ctx.y_twin  # the graph is used once
+            return tuple(next(grads) if t.requires_grad else None for t in ctx.leaves)
 
     def apply(*inputs: Tensor) -> Tensor:
         return PhysicsAware.apply(*inputs)
 
     apply.physical = physical  # type: ignore[attr-defined]
     apply.twin = twin  # type: ignore[attr-defined]
+    apply.twin_wait_s = 0.0  # type: ignore[attr-defined]
     return apply

@@ -11,6 +11,12 @@ completed batch when training stops early:
   the checkpoint saved, then ``TrainingStopped`` is raised;
 - when the device keeps failing (``retrying``: a failed physical forward is retried ``max_retries`` times after
   recovering the instruments, then ``DeviceFailure`` is raised).
+Time is accounted for per epoch (metrics.csv) on the training thread: ``instrument_s`` (physical forwards, retries
+and recoveries included, and the device evaluation), ``twin_s`` (PAT: the backward pass, the twins' VJPs, and any
+wait for a twin's forward pass after the device finished; in silico: the twin's forward and backward passes),
+``optimizer_s`` (the step and the projection of θ), ``other_s`` (the rest: the digital layers, data, bookkeeping)
+and ``device_busy_share`` = instrument_s / seconds.
+
 ``resume=True`` continues from the checkpoint. The batch order of an epoch depends only on (seed, epoch), so a resumed
 run trains the same batches as an uninterrupted one and ends with the same epochs, each in metrics.csv once.
 """
@@ -81,6 +87,40 @@ class TrainingStopped(Exception):
         super().__init__(f"stopped after epoch {epoch} batch {batch} of {n_batches}")
 
 
+TIME_PARTS = ("instrument", "twin", "optimizer")
+"""What the training thread's time is split into (the rest is ``other``)."""
+
+
+class Stopwatch:
+    """Wall time on the training thread by what it was spent on (``TIME_PARTS``), s."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(TIME_PARTS, 0.0)
+
+    def timed(self, part: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        """``fn`` with the time of each call added to ``part``."""
+        def call(*args: Tensor) -> Tensor:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.seconds[part] += time.perf_counter() - t0
+        return call
+
+    def add(self, part: str, seconds: float) -> None:
+        self.seconds[part] += seconds
+
+    def since(self, before: dict[str, float]) -> dict[str, float]:
+        return {part: self.seconds[part] - before.get(part, 0.0) for part in TIME_PARTS}
+
+
+def time_split(parts: dict[str, float], wall_s: float) -> dict[str, float | None]:
+    """The columns of a time split: ``<part>_s`` for each part, ``other_s`` and ``device_busy_share``."""
+    return {**{f"{part}_s": parts.get(part, 0.0) for part in TIME_PARTS},
+            "other_s": max(0.0, wall_s - sum(parts.get(part, 0.0) for part in TIME_PARTS)),
+            "device_busy_share": parts.get("instrument", 0.0) / wall_s if wall_s > 0 else None}
+
+
 @dataclass
 class EpochProgress:
     """The epoch in progress (0-based) and how far it got: its first ``batches_done`` batches are trained; the sums
@@ -94,6 +134,7 @@ class EpochProgress:
     seen: int = 0
     seconds: float = 0.0
     retries_at_start: dict = field(default_factory=dict)
+    time_parts: dict = field(default_factory=dict)  # the epoch's seconds so far by TIME_PARTS
 
 
 # -- the trainer -----------------------------------------------------------------------------------------------------
@@ -109,7 +150,8 @@ class Trainer:
         self.net, self.data, self.twin, self.s, self.seed = net, data, twin, settings, seed
         self.out_dir = Path(out_dir)
         self.retries = RetryCounts()
-        self.device = retrying(device, settings.max_retries, recover, self.retries)
+        self.clock = Stopwatch()
+        self.device = self.clock.timed("instrument", retrying(device, settings.max_retries, recover, self.retries))
         self.on_batch = on_batch
         self.stop = stop
         params = [p for p in net.parameters() if p.requires_grad]
@@ -121,7 +163,8 @@ class Trainer:
         if twin is None or settings.mode not in ("pat", "in_silico"):
             raise ValueError(f"training mode {settings.mode!r} needs a twin; modes are 'pat' and 'in_silico'")
         # PAT: the device forward, the twin's gradient; in silico: the twin for both
-        self.train_layer: Layer = physics_aware(self.device, twin) if settings.mode == "pat" else twin
+        self.train_layer: Layer = (physics_aware(self.device, twin) if settings.mode == "pat"
+                                   else self.clock.timed("twin", twin))
         self.rows: list[dict] = []
         self.at = EpochProgress()
         self.saved_position = (0, 0)  # the position() the checkpoint file holds
@@ -213,14 +256,22 @@ class Trainer:
         x_all = torch.as_tensor(self.data.x_train)
         y_all = torch.as_tensor(self.data.y_train)
         batches = self.batches(at.epoch)
+        clock = self.clock
         for idx in batches[at.batches_done:]:
-            t0 = time.perf_counter()
+            t0, before = time.perf_counter(), dict(clock.seconds)
+            waited = getattr(self.train_layer, "twin_wait_s", 0.0)
             logits = self.net(x_all[idx], self.train_layer)
             loss = nn.functional.cross_entropy(logits, y_all[idx])
             self.opt.zero_grad()
+            t1 = time.perf_counter()
             loss.backward()
+            t2 = time.perf_counter()
             self.opt.step()
             self.net.project_()
+            clock.add("twin", t2 - t1 + getattr(self.train_layer, "twin_wait_s", 0.0) - waited)
+            clock.add("optimizer", time.perf_counter() - t2)
+            for part, seconds in clock.since(before).items():
+                at.time_parts[part] = at.time_parts.get(part, 0.0) + seconds
             at.loss_sum += loss.item() * len(idx)
             at.correct += int((logits.argmax(1) == y_all[idx]).sum())
             at.seen += len(idx)
@@ -234,7 +285,7 @@ class Trainer:
         """Evaluate the trained epoch on the device, add its row to metrics.csv and checkpoint: the next epoch is
         the one in progress now."""
         at = self.at
-        t0 = time.perf_counter()
+        t0, before = time.perf_counter(), dict(self.clock.seconds)
         row = {"epoch": at.epoch + 1, "train_loss": at.loss_sum / at.seen,
                "train_accuracy_running": at.correct / at.seen}
         k = self.s.epoch_test_samples or len(self.data.y_test)
@@ -243,6 +294,8 @@ class Trainer:
             row["twin_test_accuracy"] = self.accuracy(self.data.x_test[:k], self.data.y_test[:k], self.twin)
         row["lr"] = self.learning_rate(at.epoch)
         row["seconds"] = at.seconds + time.perf_counter() - t0
+        parts = {part: at.time_parts.get(part, 0.0) + s for part, s in self.clock.since(before).items()}
+        row.update(time_split(parts, row["seconds"]))
         row.update(self.retries.since(at.retries_at_start))
         self.wall_s += row["seconds"]
         self.rows.append(row)

@@ -114,3 +114,63 @@ def test_a_pool_readout_needs_a_bin_per_class():
     with pytest.raises(ValueError, match="at least one output bin per class"):
         PhysicalNetwork(6, 10, width=12, depth=1, n_outputs=4)
     assert PhysicalNetwork(6, 10, width=12, depth=1, n_outputs=4, readout="linear").linear.in_features == 4
+
+
+def sequential_physics_aware(physical, twin):
+    """PAT as it was first written: the twin runs again in the backward pass, after the device (the reference)."""
+
+    class Sequential(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            ctx.save_for_backward(*inputs)
+            with torch.no_grad():
+                return physical(*inputs).to(inputs[0].dtype)
+
+        @staticmethod
+        def backward(ctx, grad_y):
+            inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad)]
+            wanted = [t for t in inputs if t.requires_grad]
+            with torch.enable_grad():
+                grads = iter(torch.autograd.grad(twin(*inputs), wanted, grad_y, allow_unused=True))
+            return tuple(next(grads) if t.requires_grad else None for t in inputs)
+
+    return Sequential.apply
+
+
+def test_the_overlapped_twin_gives_the_gradients_of_the_sequential_computation():
+    """The twin's forward runs beside the device and its graph is kept: a 3-layer network with a temporal-conv twin
+    gets the same gradients, to the last bit, as when the twin runs again after the device."""
+    from twins.neural import TemporalConvTwin
+
+    torch.manual_seed(3)
+    twin_net = TemporalConvTwin(8, 8, 8, channels=8).requires_grad_(False)
+    noise = torch.Generator().manual_seed(0)
+
+    def noisy_device(x, theta):  # the twin plus a deterministic, input-dependent error
+        return twin_net(x, theta) + 0.05 * torch.sin(7 * x)
+
+    grads = []
+    for layer in (physics_aware(noisy_device, twin_net), sequential_physics_aware(noisy_device, twin_net)):
+        net = PhysicalNetwork(10, 3, 8, 3, (-1.0, 1.0), "pool", True, seed=0)
+        features = torch.randn(16, 10, generator=noise)
+        loss = net(features, layer).logsumexp(dim=1).sum()
+        loss.backward()
+        grads.append([p.grad.clone() for p in net.parameters() if p.grad is not None])
+        noise = torch.Generator().manual_seed(0)
+    assert len(grads[0]) == len(grads[1]) > 3
+    for overlapped, sequential in zip(*grads):
+        assert torch.equal(overlapped, sequential)
+
+
+def test_a_failed_measurement_leaves_no_twin_running_and_raises():
+    def failing_device(x, theta):
+        raise RuntimeError("scope: no answer")
+
+    f = physics_aware(failing_device, twin)
+    with pytest.raises(RuntimeError, match="no answer"):
+        f(torch.randn(2, 3), torch.randn(3, requires_grad=True))
+    assert f.twin_wait_s >= 0.0
+    x, theta = torch.randn(2, 3), torch.randn(3, requires_grad=True)  # the next call works as usual
+    f2 = physics_aware(device, twin)
+    f2(x, theta).sum().backward()
+    assert theta.grad is not None

@@ -8,6 +8,7 @@ resumed run can be compared with an uninterrupted one number for number.
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -64,8 +65,29 @@ def make_trainer(out: Path, device=device_fn, **kwargs) -> Trainer:
     return Trainer(net, make_data(), device, twin_fn, settings, seed=0, out_dir=out, **kwargs)
 
 
+TIME_COLUMNS = ("seconds", "instrument_s", "twin_s", "optimizer_s", "other_s", "device_busy_share")
+
+
 def without(rows: list[dict], *keys: str) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in keys} for row in rows]
+    """The rows without ``keys`` and without the wall times, which differ from run to run."""
+    return [{k: v for k, v in row.items() if k not in keys + TIME_COLUMNS} for row in rows]
+
+
+def test_each_epoch_accounts_for_its_time(tmp_path: Path) -> None:
+    """metrics.csv splits each epoch's wall time: the device's share is what it spent in the physical forwards
+    (here a device that takes 5 ms a call), the twin's the backward passes; the parts add up to the epoch."""
+    def slow_device(x, theta):
+        time.sleep(0.005)
+        return device_fn(x, theta)
+
+    rows = make_trainer(tmp_path, device=slow_device).fit()
+    for row in rows:
+        parts = row["instrument_s"] + row["twin_s"] + row["optimizer_s"] + row["other_s"]
+        assert parts == pytest.approx(row["seconds"], rel=1e-6)
+        calls = (N_BATCHES + 1) * DEPTH  # each layer of every training batch, and of the one evaluation batch
+        assert row["instrument_s"] >= 0.005 * calls
+        assert row["twin_s"] > 0 and row["optimizer_s"] > 0
+        assert row["device_busy_share"] == pytest.approx(row["instrument_s"] / row["seconds"])
 
 
 def assert_same_parameters(a: Trainer, b: Trainer) -> None:
