@@ -142,7 +142,7 @@ def test_a_second_ctrl_c_aborts_at_once_with_the_outputs_off(tmp_path: Path) -> 
     assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == ["1"]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch_progress"] == \
         {"epoch": 1, "batches_done": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0,
-         "retries_at_start": {"forward_failures": 0, "batches_retried": 0, "recoveries": 0}}
+         "retries_at_start": {"forward_failures": 0, "batches_retried": 0, "recoveries": 0}, "time_parts": {}}
 
 
 def test_a_run_killed_with_sigkill_resumes_with_every_epoch_once(tmp_path: Path, monkeypatch) -> None:
