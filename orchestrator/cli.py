@@ -281,8 +281,8 @@ def run(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | 
             summary = run_experiment(
                 cfg, out_dir, simulate=simulate, resume=resume, data_dir=resolve_data_dir(data_dir),
                 on_batch=lambda i, n: bar.update(task, completed=i, total=n),
-                on_epoch=lambda e, row: console.print(
-                    f"epoch {e}: loss {row['train_loss']:.3f}, device test accuracy {row['test_accuracy']:.3f}"),
+                on_epoch=lambda e, row: console.print(f"epoch {e}: loss {row['train_loss']:.3f}" + (
+                    "" if row["test_accuracy"] is None else f", device test accuracy {row['test_accuracy']:.3f}")),
                 on_calibration=lambda what, i, n: bar.update(task, description=what, completed=i, total=n or None),
                 stop=stop)
         _print_summary(summary)

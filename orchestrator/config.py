@@ -106,6 +106,9 @@ class TrainingConfig(StrictModel):
     epoch_test_samples: PositiveInt | None = Field(
         None, description="test samples evaluated on the device after each epoch (default all; the final evaluation "
                           "always uses the whole test set)")
+    eval_every: PositiveInt = Field(
+        1, description="evaluate on the device after every N-th epoch (and always after the last): the device's "
+                       "time goes to training in between; the other epochs' test accuracy is left empty")
     max_retries: int = Field(2, ge=0, description="retries of a failed physical forward before the run stops")
 
 

@@ -289,9 +289,11 @@ class Trainer:
         row = {"epoch": at.epoch + 1, "train_loss": at.loss_sum / at.seen,
                "train_accuracy_running": at.correct / at.seen}
         k = self.s.epoch_test_samples or len(self.data.y_test)
-        row["test_accuracy"] = self.accuracy(self.data.x_test[:k], self.data.y_test[:k])
+        evaluate = (at.epoch + 1) % self.s.eval_every == 0 or at.epoch + 1 >= self.s.epochs
+        row["test_accuracy"] = self.accuracy(self.data.x_test[:k], self.data.y_test[:k]) if evaluate else None
         if self.s.mode == "in_silico":
-            row["twin_test_accuracy"] = self.accuracy(self.data.x_test[:k], self.data.y_test[:k], self.twin)
+            row["twin_test_accuracy"] = (self.accuracy(self.data.x_test[:k], self.data.y_test[:k], self.twin)
+                                         if evaluate else None)
         row["lr"] = self.learning_rate(at.epoch)
         row["seconds"] = at.seconds + time.perf_counter() - t0
         parts = {part: at.time_parts.get(part, 0.0) + s for part, s in self.clock.since(before).items()}

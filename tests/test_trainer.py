@@ -235,3 +235,19 @@ def test_a_fresh_run_into_an_old_folder_drops_the_old_checkpoint(tmp_path: Path,
     resumed = make_trainer(tmp_path)
     rows = resumed.fit(resume=True)  # nothing to resume: trains from the start, like an uninterrupted run
     assert without(rows, "seconds") == without(uninterrupted.rows, "seconds")
+
+
+def test_evaluation_every_n_epochs_leaves_the_device_to_training_in_between(tmp_path: Path) -> None:
+    calls = []
+
+    def counting_device(x, theta):
+        calls.append(x.shape[0])
+        return device_fn(x, theta)
+
+    torch.manual_seed(0)
+    net = PhysicalNetwork(8, 4, width=8, depth=DEPTH, seed=0)
+    settings = TrainingConfig(epochs=3, batch_size=BATCH, lr=0.05, eval_every=2)
+    rows = Trainer(net, make_data(), counting_device, twin_fn, settings, seed=0, out_dir=tmp_path).fit()
+    assert [row["test_accuracy"] is None for row in rows] == [True, False, False]  # epoch 2, and the last
+    assert len(calls) == (3 * N_BATCHES + 2) * DEPTH  # two evaluations of one batch each, not three
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[1].split(",")[3] == ""  # an empty cell in the CSV
