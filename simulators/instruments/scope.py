@@ -19,11 +19,12 @@ Commands (every setting is also a query):
 Acquisition model: the record spans ``:TIM:RANG`` with up to 1,000,000 points (2 GSa/s with one channel on,
 1 GSa/s with two); ``:WAV:DATA?`` returns it decimated to at most ``:WAV:POIN`` points (62,500 at most in NORMal
 points mode). On a trigger the bench calls ``capture(traces, sample_rate_hz, start_s)``: each channel is linearly
-interpolated onto the record grid (edge values held outside the trace), AC coupling removes the mean, and the 8-bit
-ADC quantizes with a step of 8 div * V/div / 256 about the screen centre, clipping at the screen edges (codes 0 and
-255). HRES first averages the input over each record interval and keeps 12 bits; AVER averages ``:ACQ:COUN``
-triggered acquisitions of 8-bit codes. ``:WAV:DATA?`` is always an IEEE block with ``#8`` and 8 digits; ASCii data
-are comma-separated volts inside the same block. Preamble: y = (code - yreference) * yincrement + yorigin.
+interpolated onto the record grid (edge values held outside the trace; ``_resample``, compiled with numba), AC
+coupling removes the mean, and the 8-bit ADC quantizes with a step of 8 div * V/div / 256 about the screen centre,
+clipping at the screen edges (codes 0 and 255). HRES first averages the input over each record interval and keeps
+12 bits; AVER averages ``:ACQ:COUN`` triggered acquisitions of 8-bit codes. ``:WAV:DATA?`` is always an IEEE
+block with ``#8`` and 8 digits; ASCii data are comma-separated volts inside the same block. Preamble:
+y = (code - yreference) * yincrement + yorigin.
 
 The trigger is the AWG's sync (EXT source: time 0 of the traces) or an edge on a channel (first crossing of the level
 with a hysteresis of 0.05 div). With no edge, AUTO sweep triggers at time 0 and NORMal sweep keeps waiting.
@@ -42,6 +43,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numba
 import numpy as np
 
 from simulators.scpi import Block, Call, SCPIError, SCPIInstrument, nr1, nr3, scpi, setting
@@ -145,6 +147,13 @@ class SimInfiniiVision(SCPIInstrument):
         t0 = self.time_position_s - REFERENCE_FRACTION[self.time_reference] * self.time_range_s
         return t0, t0 + self.time_range_s
 
+    def channels_needed(self) -> tuple[int, ...]:
+        """The channels whose traces the next ``capture`` reads: those it acquires, and an edge trigger's source."""
+        needed = set(self._acquire_channels or (c for c, s in self.chan.items() if s.display))
+        if self.trigger_source != "EXT":
+            needed.add(int(self.trigger_source[4:]))
+        return tuple(sorted(needed))
+
     def sample_rate_hz(self) -> float:
         n_on = max(1, sum(c.display for c in self.chan.values()))
         return min(self.max_sample_rate_hz / n_on, self.max_points / self.time_range_s)
@@ -166,8 +175,7 @@ class SimInfiniiVision(SCPIInstrument):
             srate = self.sample_rate_hz()
             t0, _ = self.window_s()
             n = max(2, min(self.max_points, int(round(self.time_range_s * srate))))
-            times = t_trig + t0 + np.arange(n) / srate
-            index = (times - start_s) * sample_rate_hz  # fractional sample index into the traces
+            first = t_trig + t0  # record point k is at first + k / srate, fractional sample (k - start_s) fs
             channels = self._acquire_channels or tuple(c for c, s in self.chan.items() if s.display)
             if any(acc.shape[0] != n for acc in self._avg_sum.values()):  # the grid changed: restart averaging
                 self._avg_sum, self._avg_n = {}, 0
@@ -177,7 +185,9 @@ class SimInfiniiVision(SCPIInstrument):
                 trace = np.asarray(traces.get(ch, np.zeros(2)), dtype=np.float64)
                 if self.acq_type == "HRES":
                     trace = _box_average(trace, int(sample_rate_hz // srate))
-                volts = np.interp(index, np.arange(trace.shape[0], dtype=np.float64), trace)
+                if trace.shape[0] == 0:
+                    raise ValueError("capture: an empty trace")
+                volts = _resample(trace, first, srate, start_s, sample_rate_hz, n)
                 if cfg.probe != 1.0:
                     volts *= cfg.probe
                 if cfg.coupling == "AC":
@@ -519,6 +529,26 @@ class SimInfiniiVision(SCPIInstrument):
         else:
             data = (codes.astype(np.int32) - 32768).astype(order + "i2")
         return Block(data.tobytes(), digits=8)
+
+
+@numba.njit(cache=True, nogil=True)
+def _resample(trace: np.ndarray, first_s: float, srate: float, start_s: float, fs: float,
+              n: int) -> np.ndarray:  # pragma: no cover - compiled
+    """The trace (sample j at start_s + j / fs) at the record's n points, point k at first_s + k / srate: linear
+    interpolation, the edge values held outside the trace. The same numbers as ``np.interp(((first_s + arange(n) /
+    srate) - start_s) * fs, arange(len(trace)), trace)``, in one pass."""
+    last = trace.shape[0] - 1
+    out = np.empty(n)
+    for k in range(n):
+        x = ((first_s + k / srate) - start_s) * fs
+        if x < 0.0:
+            out[k] = trace[0]
+        elif x >= last:
+            out[k] = trace[last]
+        else:
+            j = int(x)
+            out[k] = (trace[j + 1] - trace[j]) * (x - j) + trace[j]
+    return out
 
 
 def _box_average(trace: np.ndarray, k: int) -> np.ndarray:

@@ -66,7 +66,8 @@ Numerics (the model of "reality"):
   where this model, still bounded by the amplifier's clipping, is no longer a Duffing plate;
 - the linear part of the microphone signal is one combined impulse response (all modes, computed from the discrete
   state space and truncated where it has decayed below 1e-6 of its peak), applied by FFT convolution; the
-  nonlinear modes and their corrections by IIR filters (scipy.signal.lfilter). The acoustic delay is exact: the
+  nonlinear modes and their corrections by IIR filters (``lfilter``'s direct form II transposed, compiled with
+  numba in ``simulators.physics.iir``: all modes in one pass over time). The acoustic delay is exact: the
   microphone is evaluated between the sample instants from the exact solution over the interval. The AWG terminal
   (CHAN2) is the held drive at the internal rate, delayed by the trigger delay with linear interpolation.
 """
@@ -82,6 +83,8 @@ import numpy as np
 import scipy.signal
 import torch
 from torch import Tensor
+
+from simulators.physics import iir
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +271,10 @@ def _poly(roots: np.ndarray) -> np.ndarray:
 
 
 def _lfilter(ba: tuple[np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """Causal filter from rest along the last axis."""
-    return scipy.signal.lfilter(ba[0], ba[1], x, axis=-1)
+    """Causal filter from rest along the last axis (``scipy.signal.lfilter``'s scheme, compiled: ``iir``)."""
+    b, a = iir.coefficients([ba])
+    rows = np.ascontiguousarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+    return iir.lfilter_rows(b[:, 0].copy(), a[:, 0].copy(), rows).reshape(x.shape)
 
 
 def _lfilter_adjoint(ba: tuple[np.ndarray, np.ndarray], g: np.ndarray) -> np.ndarray:
@@ -375,19 +380,15 @@ def _chain(u: np.ndarray, plan: _Plan, keep: bool = False, single: bool = False)
         y = _convolve(t, plan.kernel)
     cache: dict = {"t": t} if keep else {}
     if plan.q_filters:
-        q = [_lfilter(ba, t) for ba in plan.q_filters]  # K x [C, N] um
-        p = np.empty_like(t)
-        ks = np.zeros_like(t)
-        for qm in q:  # in place: these arrays are long
-            ks += np.multiply(qm, qm, out=p)
-        ks *= plan.kappa_ratio  # kappa_ratio * sum_n q_n^2
-        for qm, ba in zip(q, plan.n_filters):
-            np.multiply(qm, qm, out=p)
-            p += ks
-            p *= qm
-            y += _lfilter(ba, p)
+        # per sample: q_m = Q_m(t) (um), ks = kappa_ratio sum_n q_n^2, P_m = q_m (q_m^2 + ks), y += N_m(P_m), in one
+        # compiled pass over time for all K modes (``iir.plate_nonlinear``)
+        y = np.ascontiguousarray(y)
+        q = np.empty((len(plan.q_filters),) + t.shape if keep else (0, 0, 0))  # K x [C, N] um
+        ks = np.empty(t.shape if keep else (0, 0))
+        iir.plate_nonlinear(t, *iir.coefficients(plan.q_filters, 8), *iir.coefficients(plan.n_filters, 8),
+                            len(plan.q_filters), plan.kappa_ratio, y, q, ks, keep)
         if keep:
-            cache.update(q=q, ks=ks)
+            cache.update(q=list(q), ks=ks)
     if plan.shift:
         y = np.concatenate([np.zeros(y.shape[:-1] + (plan.shift,)), y], axis=-1)[..., : u.shape[-1]]
     return y, cache

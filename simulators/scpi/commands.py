@@ -115,8 +115,11 @@ class Command:
 class CommandTree:
     """The command set of an instrument: header patterns -> handlers."""
 
+    cache_size = 1024  # headers remembered (a program uses a few dozen; hostile input cannot grow it further)
+
     def __init__(self) -> None:
         self.commands: list[Command] = []
+        self._found: dict[tuple, tuple[Command, tuple[int, ...]] | None] = {}
 
     def add(self, pattern: str, handler: Callable, nargs: int | tuple[int, int | None] | None = None) -> None:
         nodes, query = compile_pattern(pattern)
@@ -125,14 +128,27 @@ class CommandTree:
         if isinstance(nargs, int):
             nargs = (nargs, nargs)
         self.commands.append(Command(pattern, nodes, query, handler, nargs))
+        self._found.clear()
 
     def find(self, words: Sequence[tuple[str, str]], query: bool) -> tuple[Command, tuple[int, ...]] | None:
+        """The first command whose pattern matches the header, and its suffixes (remembered per header: matching
+        every pattern in turn costs ~0.1 ms, and a bench program sends the same few dozen headers again and again)."""
+        key = (tuple(words), query)
+        try:
+            return self._found[key]
+        except KeyError:
+            pass
+        found = None
         for cmd in self.commands:
             if cmd.query == query:
                 suffixes = match_nodes(cmd.nodes, words)
                 if suffixes is not None:
-                    return cmd, suffixes
-        return None
+                    found = cmd, suffixes
+                    break
+        if len(self._found) >= self.cache_size:
+            self._found.clear()
+        self._found[key] = found
+        return found
 
 
 def scpi(pattern: str, nargs: int | tuple[int, int | None] | None = None) -> Callable:
