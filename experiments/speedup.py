@@ -88,10 +88,11 @@ def main() -> None:
         def mean(rows: list[dict], key: str) -> float:
             return sum(r[key] for r in rows) / len(rows)
 
-        lines.append(f"| {job} | {mean(base, 'wall_s'):.0f} | {mean(new, 'wall_s'):.0f} | "
-                     f"{mean(new, 'wall_s') / mean(base, 'wall_s'):.2f} | {mean(base, 'first_epoch_s'):.1f} -> "
-                     f"{mean(new, 'first_epoch_s'):.1f} | {mean(new, 'first_epoch_s') / mean(base, 'first_epoch_s'):.2f}"
-                     f" | {mean(base, 'test_accuracy'):.3f} / {mean(new, 'test_accuracy'):.3f} |")
+        wall, epoch = (mean(new, "wall_s"), mean(base, "wall_s")), (mean(new, "first_epoch_s"),
+                                                                     mean(base, "first_epoch_s"))
+        lines.append(f"| {job} | {wall[1]:.0f} | {wall[0]:.0f} | {wall[0] / wall[1]:.2f} | {epoch[1]:.1f} -> "
+                     f"{epoch[0]:.1f} | {epoch[0] / epoch[1]:.2f} | {mean(base, 'test_accuracy'):.3f} / "
+                     f"{mean(new, 'test_accuracy'):.3f} |")
     print("\n".join(lines))
 
 

@@ -25,6 +25,7 @@ from orchestrator.kits import setup_kit
 
 log = logging.getLogger(__name__)
 
+
 def device_width(cfg: ExperimentConfig, n_features: int) -> int:
     """The device width n: configured, or the number of input features."""
     return cfg.network.width or n_features

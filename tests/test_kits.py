@@ -1,5 +1,6 @@
-"""The registry of setups: built-in kits, a kit registered in a setup file, and a kit an installed package offers through
-the entry point group ``pnn_lab.setups`` (a real distribution's metadata on sys.path, found by importlib.metadata)."""
+"""The registry of setups: built-in kits, a kit registered in a setup file, and a kit an installed package offers
+through the entry point group ``pnn_lab.setups`` (a real distribution's metadata on sys.path, found by
+importlib.metadata)."""
 
 from __future__ import annotations
 

@@ -75,7 +75,8 @@ class Counters:
     clipped_records: int = 0  # records (scope) or spectra (camera) cut off at the instrument's full scale
 
     def record(self, samples: int, uploads: int, seconds: float) -> None:
-        """Count one forward call of ``samples`` items in ``uploads`` uploads that took ``seconds`` on the instruments."""
+        """Count one forward call of ``samples`` items in ``uploads`` uploads that took ``seconds`` on the
+        instruments."""
         self.instrument_s += seconds
         self.forward_calls += 1
         self.samples += samples

@@ -168,4 +168,5 @@ def load_setup_file(path: str | Path) -> None:
     log.info("setup file %s loaded", path)
 
 
-__all__ = ["ENTRY_POINT_GROUP", "KitError", "SetupKit", "known_setups", "load_setup_file", "register_setup", "setup_kit"]
+__all__ = ["ENTRY_POINT_GROUP", "KitError", "SetupKit", "known_setups", "load_setup_file", "register_setup",
+           "setup_kit"]
