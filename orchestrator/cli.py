@@ -34,7 +34,6 @@ from orchestrator.datasets import DatasetError
 from orchestrator.experiment import BENCH_ROW_CHOICES, BENCH_ROWS
 from orchestrator.kits import KitError
 from orchestrator.trainer import StopRequest, TrainingStopped
-from simulators.benches import BENCHES  # what `pnn sim serve` serves
 from common.files import CorruptFileError
 
 
@@ -332,7 +331,7 @@ def sim() -> None:
 
 
 @sim.command()
-@click.argument("bench_name", metavar="BENCH", type=click.Choice(sorted(BENCHES)))
+@click.argument("bench_name", metavar="BENCH")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="First port (0: free ports); instruments use consecutive ports.")
@@ -343,8 +342,13 @@ def sim() -> None:
 @click.option("--faults", "fault_rate", type=click.FloatRange(0, 1), default=0.0, metavar="RATE",
               help="Every instrument injects every kind of fault with probability RATE per reply.")
 def serve(bench_name: str, host: str, port: int, seed: int, realtime: bool, serial: str, fault_rate: float) -> None:
-    """Serve BENCH's instruments and print '<role> <resource>' per instrument, until interrupted."""
-    from simulators.benches import start_bench
+    """Serve BENCH's instruments (electronic, mechanical or optical) and print '<role> <resource>' per instrument,
+    until interrupted."""
+    from simulators.benches import BENCHES, start_bench
+
+    if bench_name not in BENCHES:
+        raise click.BadParameter(f"{bench_name!r} is not one of {', '.join(map(repr, sorted(BENCHES)))}",
+                                 param_hint="BENCH")
     from common.faults import FaultPlan
 
     roles = BENCHES[bench_name].roles

@@ -87,7 +87,7 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, t
         "instrument_time_s": inst_s, "uploads_per_forward_max": max(c.history[calls0:], default=0),
         "scope_clipped_records": c.clipped_records - clipped0,
         "simulated": bench is not None,
-        **asdict(trainer.retries),  # device failures of all sessions (see trainer.RetryCounts)
+        **asdict(trainer.retries),  # device failures of all sessions (see orchestrator.retry.RetryCounts)
     }
     # the time split of all epochs (of all sessions, if resumed) and the final evaluation
     parts = {part: sum(row.get(f"{part}_s", 0.0) for row in rows) + seconds

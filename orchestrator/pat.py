@@ -11,12 +11,15 @@ in the backward pass, and the device does not wait for the twin.
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 _TWIN_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pat-twin")
 """Runs the twins' forward passes beside the device's (one at a time: layers are measured one after the other)."""
@@ -27,13 +30,19 @@ def _twin_graph(twin: Callable[..., Tensor], leaves: tuple[Tensor, ...]) -> Tens
         return twin(*leaves)
 
 
+def _log_twin_error(done) -> None:
+    """A twin that failed while the device failed too: the device's error is the one reported."""
+    if not done.cancelled() and done.exception() is not None:
+        log.debug("the twin failed as well: %r", done.exception())
+
+
 def physics_aware(physical: Callable[..., Tensor], twin: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """Wrap a physical forward function and its digital twin into one differentiable function.
 
     Args:
         physical: f_p(x, theta, *more) -> y, run on the device without autograd.
-        twin: f_m(x, theta, *more) -> y, differentiable; evaluated again in the backward pass at the same
-            inputs the device saw.
+        twin: f_m(x, theta, *more) -> y, differentiable; evaluated at the same inputs the device saw (beside the
+            device, when a gradient is wanted).
     Returns:
         A function (x, theta, *more) -> y whose value is the device's output and whose gradient with respect to
         every tensor argument is the VJP of ``twin`` at those arguments. Its attribute ``twin_wait_s`` adds up the
@@ -42,20 +51,24 @@ def physics_aware(physical: Callable[..., Tensor], twin: Callable[..., Tensor]) 
 
     class PhysicsAware(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, *inputs: Tensor) -> Tensor:
+        def forward(ctx, grad_enabled: bool, *inputs: Tensor) -> Tensor:
             # the twin at exactly the inputs the device sees; detach() shares their version counter, so changing an
             # input in place before the backward pass is an error, as with save_for_backward
-            leaves = tuple(t.detach().requires_grad_(need) for t, need in zip(inputs, ctx.needs_input_grad))
-            pending = _TWIN_WORKER.submit(_twin_graph, twin, leaves) if any(ctx.needs_input_grad) else None
+            needs = ctx.needs_input_grad[1:]
+            leaves = tuple(t.detach().requires_grad_(need) for t, need in zip(inputs, needs))
+            wanted = grad_enabled and any(needs)  # no gradient wanted (e.g. under no_grad): no twin
+            pending = _TWIN_WORKER.submit(_twin_graph, twin, leaves) if wanted else None
             try:
                 with torch.no_grad():
                     y = physical(*inputs)
-            finally:
-                if pending is not None:  # also when the device failed: nothing may run on behind the caller's back
-                    t0 = time.perf_counter()
-                    failed = pending.exception()
-                    apply.twin_wait_s += time.perf_counter() - t0
+            except BaseException:
+                if pending is not None and not pending.cancel():  # the device failed: the twin's result is not needed
+                    pending.add_done_callback(_log_twin_error)
+                raise
             if pending is not None:
+                t0 = time.perf_counter()
+                failed = pending.exception()
+                apply.twin_wait_s += time.perf_counter() - t0
                 if failed is not None:
                     raise failed
                 ctx.leaves, ctx.y_twin = leaves, pending.result()
@@ -64,12 +77,12 @@ def physics_aware(physical: Callable[..., Tensor], twin: Callable[..., Tensor]) 
         @staticmethod
         def backward(ctx, grad_y: Tensor) -> tuple[Tensor | None, ...]:
             wanted = [t for t in ctx.leaves if t.requires_grad]
-            grads = iter(torch.autograd.grad(ctx.y_twin, wanted, grad_y, allow_unused=True))
-            del ctx.y_twin  # the graph is used once
-            return tuple(next(grads) if t.requires_grad else None for t in ctx.leaves)
+            # retained: a caller's backward(retain_graph=True) may come again; it goes when this node's graph goes
+            grads = iter(torch.autograd.grad(ctx.y_twin, wanted, grad_y, allow_unused=True, retain_graph=True))
+            return (None, *(next(grads) if t.requires_grad else None for t in ctx.leaves))
 
     def apply(*inputs: Tensor) -> Tensor:
-        return PhysicsAware.apply(*inputs)
+        return PhysicsAware.apply(torch.is_grad_enabled(), *inputs)
 
     apply.physical = physical  # type: ignore[attr-defined]
     apply.twin = twin  # type: ignore[attr-defined]

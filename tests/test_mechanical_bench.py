@@ -40,9 +40,12 @@ def rig():
 
 def test_registered_and_physics_exposed() -> None:
     assert BENCHES["mechanical"] is MechanicalBench and BENCHES["electronic"] is ElectronicBench
-    from orchestrator.cli import serve
+    from click.testing import CliRunner
 
-    assert sorted(serve.params[0].type.choices) == sorted(BENCHES)  # pnn sim serve offers every bench
+    from orchestrator.cli import main
+
+    refused = CliRunner().invoke(main, ["sim", "serve", "acoustic"])  # pnn sim serve offers every bench
+    assert refused.exit_code == 2 and all(repr(name) in refused.output for name in BENCHES)
     for name, bench_class in BENCHES.items():  # each bench says its instruments' roles before it is built
         with start_bench(name, seed=1) as running:
             assert tuple(running.resources) == bench_class.roles

@@ -174,3 +174,22 @@ def test_a_failed_measurement_leaves_no_twin_running_and_raises():
     f2 = physics_aware(device, twin)
     f2(x, theta).sum().backward()
     assert theta.grad is not None
+
+
+def test_no_twin_runs_when_no_gradient_is_wanted_and_a_retained_graph_can_go_back_twice():
+    calls = []
+
+    def counting_twin(x, theta):
+        calls.append(1)
+        return twin(x, theta)
+
+    f = physics_aware(device, counting_twin)
+    theta = torch.randn(3, requires_grad=True)
+    with torch.no_grad():
+        f(torch.randn(2, 3), theta)
+    assert calls == []  # evaluation under no_grad: the device only
+    y = f(torch.randn(2, 3), theta).sum()
+    y.backward(retain_graph=True)
+    first = theta.grad.clone()
+    y.backward()
+    assert calls == [1] and torch.allclose(theta.grad, 2 * first)

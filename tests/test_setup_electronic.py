@@ -17,7 +17,7 @@ from drivers.errors import LimitViolation
 from orchestrator.config import ExperimentConfig
 from orchestrator.experiment_file import load_experiment
 from orchestrator.lab import open_setup
-from orchestrator.kits.electronic import awg_emf_per_unit
+from orchestrator.kits.awg_scope import awg_emf_per_unit
 from orchestrator.perfect_twin import PerfectElectronicTwin
 from simulators.benches import start_bench
 from simulators.physics.electronic import ElectronicCircuit

@@ -12,12 +12,18 @@ from common.models import FieldError
 from drivers.awg import Keysight33500B
 from drivers.scope import KeysightInfiniiVision
 from drivers.setups.awg_scope import AwgScopeSetup
+from encoding.awg_scope import emf_per_unit
 from orchestrator.config import ExperimentConfig
 from orchestrator.kits import Row, SetupKit
-from orchestrator.kits.simulated import start_simulated_bench
+from orchestrator.kits.simulated import serve_builtin_bench
 from orchestrator.connections import Connections
 
 AWG_MAX_SAMPLE_RATE = 250e6  # Sa/s, the fastest 33500B
+
+
+def awg_emf_per_unit(cfg: ExperimentConfig) -> float:
+    """The AWG's EMF (V) per drive unit for the experiment's encoding and AWG load."""
+    return emf_per_unit(cfg.encoding.drive_volts_per_unit, cfg.instruments.awg.load_ohm)
 
 
 class AwgScopeExperiment(ExperimentConfig):
@@ -53,7 +59,7 @@ class AwgScopeKit(SetupKit):
         return self.setup_class(awg, scope, inst, cfg.encoding, n=n, param_bounds=cfg.network.theta_bounds)
 
     def start_bench(self, cfg: ExperimentConfig, faults: dict) -> AbstractContextManager[Any]:
-        return start_simulated_bench(cfg, faults)
+        return serve_builtin_bench(cfg, faults)
 
     def check_settings(self, cfg: ExperimentConfig, n: int | None, row: Row) -> None:
         enc, awg, scope = cfg.encoding, cfg.instruments.awg, cfg.instruments.scope

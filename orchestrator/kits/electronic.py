@@ -13,11 +13,10 @@ from torch import nn
 
 from drivers.setups.base import PhysicalSetup
 from drivers.setups.electronic import ElectronicInstruments, ElectronicSetup
-from encoding.awg_scope import emf_per_unit
 from encoding.electronic import ElectronicEncoding
 from orchestrator.config import ExperimentConfig
 from orchestrator.kits import Row
-from orchestrator.kits.awg_scope import AwgScopeExperiment, AwgScopeKit
+from orchestrator.kits.awg_scope import AwgScopeExperiment, AwgScopeKit, awg_emf_per_unit
 from orchestrator.perfect_twin import PerfectTwin
 from twins.electronic import ElectronicPhysicsTwin
 
@@ -26,11 +25,6 @@ class ElectronicExperiment(AwgScopeExperiment):
     setup: Literal["electronic"]
     instruments: ElectronicInstruments
     encoding: ElectronicEncoding = ElectronicEncoding()
-
-
-def awg_emf_per_unit(cfg: ExperimentConfig) -> float:
-    """The AWG's EMF (V) per drive unit for the experiment's encoding and AWG load."""
-    return emf_per_unit(cfg.encoding.drive_volts_per_unit, cfg.instruments.awg.load_ohm)
 
 
 class ElectronicKit(AwgScopeKit):

@@ -20,12 +20,11 @@ from torch import nn
 
 from common.files import atomic_write_bytes
 from drivers.setups.mechanical import FrequencyResponse, MechanicalInstruments, MechanicalSetup
-from encoding.awg_scope import emf_per_unit
 from encoding.mechanical import MechanicalEncoding
 from orchestrator import plots
 from orchestrator.config import ExperimentConfig
 from orchestrator.kits import Row
-from orchestrator.kits.awg_scope import AwgScopeExperiment, AwgScopeKit
+from orchestrator.kits.awg_scope import AwgScopeExperiment, AwgScopeKit, awg_emf_per_unit
 from orchestrator.perfect_twin import PerfectMechanicalTwin
 from twins.artifact import load_twin, twin_path
 from twins.mechanical import MechanicalPhysicsTwin
@@ -66,9 +65,8 @@ class MechanicalKit(AwgScopeKit):
         if left < -0.1:
             log.warning("the setup cuts items %.2f samples after the sound arrives; the perfect twin cannot look "
                         "ahead", -left)
-        volts = emf_per_unit(cfg.encoding.drive_volts_per_unit, cfg.instruments.awg.load_ohm)
-        return PerfectMechanicalTwin(plate, cfg.encoding, setup.n_inputs, setup.n_outputs, volts, setup.drive,
-                                     setup.outputs, delay_samples=max(0.0, left))
+        return PerfectMechanicalTwin(plate, cfg.encoding, setup.n_inputs, setup.n_outputs, awg_emf_per_unit(cfg),
+                                     setup.drive, setup.outputs, delay_samples=max(0.0, left))
 
     def check_device(self, cfg: ExperimentConfig, n: int | None, row: Row) -> None:
         enc, awg, scope = cfg.encoding, cfg.instruments.awg, cfg.instruments.scope

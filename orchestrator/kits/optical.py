@@ -28,7 +28,7 @@ from encoding.optical import OpticalEncoding, output_bin_edges
 from orchestrator import plots
 from orchestrator.config import ExperimentConfig
 from orchestrator.kits import Row, SetupKit
-from orchestrator.kits.simulated import start_simulated_bench
+from orchestrator.kits.simulated import serve_builtin_bench
 from orchestrator.connections import Connections
 from orchestrator.perfect_twin import PerfectOpticalTwin
 from twins.optical import OpticalPhysicsTwin
@@ -64,7 +64,7 @@ class OpticalKit(SetupKit):
         return OpticalSetup(slm, camera, inst, cfg.encoding, n, param_bounds=cfg.network.theta_bounds)
 
     def start_bench(self, cfg: ExperimentConfig, faults: dict) -> AbstractContextManager[Any]:
-        return start_simulated_bench(cfg, faults)
+        return serve_builtin_bench(cfg, faults)
 
     def physics_twin(self, cfg: ExperimentConfig, setup: OpticalSetup, n: int, n_outputs: int) -> nn.Module:
         if setup.calibration is None:

@@ -8,7 +8,7 @@ from typing import Any
 from orchestrator.config import ExperimentConfig
 
 
-def start_simulated_bench(cfg: ExperimentConfig, faults: dict) -> AbstractContextManager[Any]:
+def serve_builtin_bench(cfg: ExperimentConfig, faults: dict) -> AbstractContextManager[Any]:
     """Serve the simulated bench named like the experiment's setup, on free loopback ports (serial instruments on
     pseudo-terminals paced at their configured baud rate in realtime mode), injecting ``faults`` per role."""
     from simulators.benches import start_bench

@@ -477,12 +477,16 @@ class SpeakerPlate:
 
     def _plan(self, rate_hz: float, delay_s: float, delta_t_k: float) -> _Plan:
         # 1 mK moves the modes by 2.5e-7: below anything measurable
+        # the bench's server thread and a perfect twin (PAT's twin worker) may ask at once: read the cache once,
+        # and keep what was found or made, whatever the other thread evicts meanwhile
         key = (self.values, rate_hz, delay_s, round(delta_t_k, 3))
-        if key not in self._plans:
-            if len(self._plans) >= 8:
-                self._plans.pop(next(iter(self._plans)))
-            self._plans[key] = _make_plan(self.values, rate_hz, delay_s, key[3])
-        return self._plans[key]
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = _make_plan(self.values, rate_hz, delay_s, key[3])
+            while len(self._plans) >= 8:
+                self._plans.pop(next(iter(self._plans)), None)
+            self._plans[key] = plan
+        return plan
 
     # -- for tests, plots and the perfect twin ---------------------------------------------------------------------
 

@@ -233,9 +233,10 @@ class SHGPulseShaper:
 
     def _const(self, dtype: torch.dtype) -> dict[str, Tensor]:
         """The chain's constant vectors (float64 masters, cast once per dtype)."""
-        if dtype not in self._constants:
-            self._constants[dtype] = {k: t.to(dtype) for k, t in self._constants[torch.float64].items()}
-        return self._constants[dtype]
+        constants = self._constants.get(dtype)  # read once: a perfect twin in another thread may ask at once
+        if constants is None:
+            constants = self._constants[dtype] = {k: t.to(dtype) for k, t in self._constants[torch.float64].items()}
+        return constants
 
     def _spectrometer(self, columns: tuple[int, int], dtype: torch.dtype = torch.float64) -> tuple[int, int, Tensor]:
         """(first bin, end bin, matrix [bins, count]): share of each SH bin's energy landing in each column."""
