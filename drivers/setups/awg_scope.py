@@ -138,10 +138,16 @@ class AwgScopeSetup(PhysicalSetup):
         self._timebase = None
         self.configure_awg()
 
+    @staticmethod
+    def item_room(instruments, encoding) -> int:
+        """AWG samples one upload has for items: the AWG memory or the scope record, whichever is smaller, less the
+        leads before and after."""
+        return min(instruments.awg.memory_points, instruments.scope.max_points) - 2 * encoding.lead_samples
+
     def items_per_upload(self) -> int:
         """How many batch items fit in one waveform (AWG memory and scope record both limit it)."""
         per_item = self.enc.samples_per_item(self.n_inputs)
-        room = min(self.cfg.awg.memory_points, self.cfg.scope.max_points) - 2 * self.enc.lead_samples
+        room = self.item_room(self.cfg, self.enc)
         if room < per_item:
             raise LimitViolation(self.awg.name, None, f"one item needs {per_item} samples, the AWG memory / scope "
                                  f"record holds {room}")
@@ -234,7 +240,7 @@ class AwgScopeSetup(PhysicalSetup):
         reference channel records. Sets and returns ``delay_s``."""
         rng = np.random.default_rng(seed)
         fs = self.enc.sample_rate_hz
-        room = min(self.cfg.awg.memory_points, self.cfg.scope.max_points) - 2 * self.enc.lead_samples - 256
+        room = self.item_room(self.cfg, self.enc) - 256
         n_samples = max(64, min(n_samples, room))
         chips = np.sign(rng.standard_normal(n_samples // 8)).repeat(8) * 0.5
         wave = np.concatenate([np.zeros(self.enc.lead_samples), chips, np.zeros(self.enc.lead_samples + 256)])

@@ -31,11 +31,11 @@ class AwgScopeExperiment(ExperimentConfig):
 
     @model_validator(mode="after")
     def _fits_the_instruments(self) -> "AwgScopeExperiment":
-        awg, scope, enc, width = self.instruments.awg, self.instruments.scope, self.encoding, self.network.width
+        awg, enc, width = self.instruments.awg, self.encoding, self.network.width
         if enc.drive_volts_per_unit > awg.max_abs_volts:
             raise FieldError("encoding.drive_volts_per_unit", f"{enc.drive_volts_per_unit:g} V is above the "
                              f"safety limit instruments.awg.max_abs_volts {awg.max_abs_volts:g} V")
-        room = min(awg.memory_points, scope.max_points) - 2 * enc.lead_samples
+        room = AwgScopeSetup.item_room(self.instruments, enc)
         if width is not None and enc.samples_per_item(width) > room:
             raise FieldError("network.width", f"one item of width {width} needs {enc.samples_per_item(width)} AWG "
                              f"samples; instruments.awg.memory_points and instruments.scope.max_points leave room "
@@ -62,14 +62,14 @@ class AwgScopeKit(SetupKit):
         return serve_builtin_bench(cfg, faults)
 
     def check_settings(self, cfg: ExperimentConfig, n: int | None, row: Row) -> None:
-        enc, awg, scope = cfg.encoding, cfg.instruments.awg, cfg.instruments.scope
+        enc, awg = cfg.encoding, cfg.instruments.awg
         row("drive amplitude", f"{enc.drive_volts_per_unit} V per unit (limit {awg.max_abs_volts} V)",
             None if enc.drive_volts_per_unit <= awg.max_abs_volts else "exceeds awg.max_abs_volts")
         row("sample rate", f"{enc.sample_rate_hz:g} Sa/s", None if enc.sample_rate_hz <= AWG_MAX_SAMPLE_RATE
             else f"above the 33500B maximum {AWG_MAX_SAMPLE_RATE:g}")
         if n is not None:
             per_item = enc.samples_per_item(n)
-            room = min(awg.memory_points, scope.max_points) - 2 * enc.lead_samples
+            room = AwgScopeSetup.item_room(cfg.instruments, enc)
             row("samples per item", f"{per_item} ({room // max(per_item, 1)} items per upload)",
                 None if per_item <= room else "one item does not fit in the AWG memory / scope record")
         self.check_device(cfg, n, row)
