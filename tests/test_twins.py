@@ -54,6 +54,19 @@ def evaluate(model: nn.Module, data: TwinData) -> float:
 # --- neural twin and registry ---------------------------------------------------------------------------
 
 
+def test_a_twin_with_nothing_to_fit_is_evaluated_as_it_is(split_data):
+    """A fixed model (a nominal physics twin whose constants are not to be fitted) is not refused: the report gives
+    its errors on both sets and no epoch run, and the model is unchanged."""
+    train, val = split_data
+    model = small_twin().requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = fit_twin(model, train, val, epochs=5, normalise=False)
+    assert (report.epochs_run, report.best_epoch) == (0, 0)
+    assert report.val_nmse == pytest.approx(evaluate(model, val), rel=1e-5)
+    assert report.train_nmse == pytest.approx(evaluate(model, train), rel=1e-5)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 @pytest.mark.parametrize("residual", [True, False])
 def test_fit_neural_twin_learns_function(split_data, residual):
     train, val = split_data

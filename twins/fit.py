@@ -55,6 +55,19 @@ class FitReport:
     seconds: float
 
 
+def _evaluated(model: nn.Module, train: TwinData, val: TwinData) -> FitReport:
+    """The report of a model that is not trained: its NMSE on both sets, as it is."""
+    start = time.perf_counter()
+    model.eval()
+    dtype = next((t.dtype for t in model.state_dict().values() if t.is_floating_point()), torch.float32)
+    errors = []
+    with torch.no_grad():
+        for data in (train, val):
+            x, theta, y = _tensors(data, dtype)
+            errors.append(nmse(_predict(model, x, theta), y))
+    return FitReport(errors[0], errors[1], epochs_run=0, best_epoch=0, seconds=time.perf_counter() - start)
+
+
 def _tensors(data: TwinData, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(torch.as_tensor(getattr(data, name)).to(dtype) for name in ("x", "theta", "y"))  # type: ignore[return-value]
 
@@ -123,7 +136,7 @@ def fit_twin(
         progress: called after each epoch as progress(epoch, train_nmse, val_nmse), epoch 1-based;
             train_nmse is averaged over the epoch's steps.
     Returns:
-        A ``FitReport``.
+        A ``FitReport``; for a model with no trainable parameters, its errors as it is (0 epochs run).
     Raises:
         ValueError: data widths do not fit the model, or bad arguments.
         FloatingPointError: the loss was not finite from the first epoch on (try a lower ``lr``).
@@ -133,8 +146,8 @@ def fit_twin(
     _check_fits(model, train, "training")
     _check_fits(model, val, "validation")
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    if not trainable:  # a fixed model (a nominal physics twin): nothing to fit, its errors are still reported
+        return _evaluated(model, train, val)
     dtype = trainable[0].dtype
 
     start = time.perf_counter()
