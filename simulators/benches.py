@@ -166,9 +166,8 @@ class ElectronicBench(AwgScopeBench):
         return self.circuit
 
     def respond(self, emf_v: np.ndarray, sample_rate_hz: float) -> tuple[dict[int, np.ndarray], float]:
-        if isinstance(self.circuit, ElectronicCircuit):  # only the traces the scope reads (tests swap in stand-ins)
-            return self.circuit.respond(emf_v, sample_rate_hz, self.scope.channels_needed()), sample_rate_hz
-        return self.circuit.respond(emf_v, sample_rate_hz), sample_rate_hz
+        # only the traces the scope will read
+        return self.circuit.respond(emf_v, sample_rate_hz, self.scope.channels_needed()), sample_rate_hz
 
 
 class MechanicalBench(AwgScopeBench):

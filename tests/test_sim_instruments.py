@@ -20,9 +20,10 @@ class StubCircuit:
 
     busy_s = 0.0
 
-    def respond(self, emf_v: np.ndarray, sample_rate_hz: float) -> dict[int, np.ndarray]:
+    def respond(self, emf_v: np.ndarray, sample_rate_hz: float, channels: tuple[int, ...] = (1, 2)
+                ) -> dict[int, np.ndarray]:
         emf = np.asarray(emf_v, dtype=np.float64)
-        return {1: 0.25 * emf, 2: 0.5 * emf}
+        return {ch: trace for ch, trace in {1: 0.25 * emf, 2: 0.5 * emf}.items() if ch in channels}
 
     def steps_per_sample(self, sample_rate_hz: float) -> int:
         return 1
