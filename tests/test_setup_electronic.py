@@ -7,6 +7,7 @@ V/div, propagated through the encoding's output bins; nothing is compared agains
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from drivers.errors import LimitViolation
+from orchestrator.checks import settings_problems
 from orchestrator.config import ExperimentConfig
 from orchestrator.experiment_file import load_experiment
 from orchestrator.lab import open_setup
@@ -210,3 +212,34 @@ def test_awg_output_is_off_after_the_setup_closes(bench) -> None:
             setup.forward(x, theta)
             setup.forward(x * 2, theta)
     assert sim.output_enabled[1] is False
+
+
+def resonant_drive(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and θ at full scale, switching sign every 5 values (near the circuit's resonance): the largest output."""
+    t = torch.arange(n)
+    square = torch.where((t // 5) % 2 == 0, 1.0, -1.0)
+    return square.repeat(4, 1), square
+
+
+@pytest.mark.parametrize("volts_per_div", [0.35, None])  # None: the shipped experiment file's range
+def test_pnn_check_and_the_runtime_clipping_count_agree(bench, volts_per_div) -> None:
+    overrides = {} if volts_per_div is None else {"instruments.scope.volts_per_div": volts_per_div}
+    cfg = config(**overrides)
+    verdict = dict((item, status) for item, _, status in settings_problems(cfg, N))["scope range"]
+    with open_setup(cfg, N, bench=bench) as setup:
+        setup.forward(*resonant_drive(N))
+        clipped = setup.counters.clipped_records
+    assert (verdict == "ok") == (clipped == 0), (verdict, clipped)
+    if volts_per_div is None:  # the README's main job: nothing clips
+        assert verdict == "ok" and clipped == 0
+
+
+def test_a_record_clipped_at_the_top_edge_only_is_counted_and_reported_with_its_share(bench, caplog) -> None:
+    with open_setup(config(**{"instruments.scope.volts_per_div": 0.35}), N, bench=bench) as setup:  # +-1.4 V
+        with caplog.at_level("WARNING"):
+            setup.forward(torch.ones(4, N), torch.ones(N))  # a positive drive: the output rises past +1.39 V
+        assert setup.counters.clipped_records == 1
+    [message] = [r.getMessage() for r in caplog.records if "screen edge" in r.getMessage()]
+    clipped, total = (int(v) for v in re.search(r"(\d+) of (\d+) points", message).groups())
+    share = float(re.search(r"\(([\d.e+-]+) %\)", message).group(1))
+    assert 0 < clipped < total and share == pytest.approx(100 * clipped / total, rel=0.05)

@@ -34,7 +34,7 @@ from drivers.setups.base import PhysicalSetup, check_batch, uniform_bounds
 log = logging.getLogger(__name__)
 
 SCREEN_DIVISIONS = 8  # vertical divisions of the InfiniiVision screen (its ADC range)
-CLIP_FRACTION = 0.999  # a point this close to the screen edge counts as clipped
+ADC_CODES = 256  # the 8-bit ADC (NORM acquisition): code = round(volts / step) in -128 .. 127 about the screen centre
 
 
 LoadOhm = Annotated[float, Field(ge=LOAD_MIN_OHM, le=LOAD_MAX_OHM)] | Literal["INF"]
@@ -194,16 +194,30 @@ class AwgScopeSetup(PhysicalSetup):
         items = torch.as_tensor(body).reshape(units.shape[0], per_item)[:, : units.shape[1]]
         return self.outputs(items)
 
+    def screen_edges(self) -> tuple[float, float]:
+        """The lowest and highest volts the scope's 8-bit ADC reports on the output channel: its codes -128 and +127
+        (steps of 8 div * V/div / 256 about the screen centre), where everything beyond the screen lands."""
+        step = SCREEN_DIVISIONS * self.cfg.scope.volts_per_div / ADC_CODES
+        return -ADC_CODES // 2 * step, (ADC_CODES // 2 - 1) * step
+
+    def clipped_points(self, volts: np.ndarray) -> int:
+        """How many points of a record sit on the ADC's lowest or highest code (the signal went past the screen)."""
+        low, high = self.screen_edges()
+        half = 0.5 * SCREEN_DIVISIONS * self.cfg.scope.volts_per_div / ADC_CODES  # half a code: rounding in the scaling
+        return int(np.count_nonzero((volts <= low + half) | (volts >= high - half)))
+
     def _check_screen(self, volts: np.ndarray) -> None:
         """Count (and warn once about) records that reach the edge of the scope's screen: the ADC cut them off."""
-        edge = SCREEN_DIVISIONS / 2 * self.cfg.scope.volts_per_div
-        share = float(np.mean(np.abs(volts) >= CLIP_FRACTION * edge))
-        if share > 0:
+        clipped = self.clipped_points(volts)
+        if clipped:
             self.counters.clipped_records += 1
             if self.counters.clipped_records == 1:
-                log.warning("%s: %.2f %% of the record on CHAN%d is at the screen edge (+-%.3g V): outputs are clipped; "
-                            "raise instruments.scope.volts_per_div", self.scope.name, 100 * share,
-                            self.cfg.scope.channel, edge)
+                low, high = self.screen_edges()
+                log.warning("%s: %d of %d points (%.2g %%) of the record on CHAN%d are at the screen edge (the "
+                            "ADC's last codes, %.3g V and %+.3g V): the output went past the screen and is clipped "
+                            "there; raise instruments.scope.volts_per_div (scope_clipped_records counts such records)",
+                            self.scope.name, clipped, volts.size, 100 * clipped / volts.size,
+                            self.cfg.scope.channel, low, high)
 
     def before_upload(self) -> None:
         """Called before a waveform is replaced (the electronic setup switches the output off)."""

@@ -43,7 +43,8 @@ class ElectronicKit(AwgScopeKit):
         scope = cfg.instruments.scope
         full_scale = 4 * scope.volts_per_div
         emf_peak = awg_emf_per_unit(cfg)
+        # the circuit's output stays below the drive's EMF peak (the diode pair clamps the resonance); a screen that
+        # shows less may clip, and the setup counts every record that does (scope_clipped_records)
         row("scope range", f"+-{full_scale:g} V on CHAN{scope.channel} (drive EMF peak {emf_peak:g} V)",
-            None if full_scale >= 0.7 * emf_peak else "the circuit output may clip at the screen edge; raise "
-                                                       "volts_per_div")
-
+            None if full_scale >= emf_peak else f"the circuit output can reach the drive's EMF peak and clip at the "
+                                                f"screen edge; raise volts_per_div to {emf_peak / 4:g} or more")
