@@ -38,7 +38,7 @@ WaveformFormat = Literal["WORD", "BYTE", "ASC"]
 N_CHANNELS = 4
 RUN_BIT = 8  # :OPER:COND? bit 3: the acquisition system is running
 ACQ_COUNT_MIN, ACQ_COUNT_MAX = 2, 65536
-_POLL_MIN_S, _POLL_MAX_S = 0.002, 0.05
+_POLL_MIN_S, _POLL_MAX_S = 0.002, 0.01  # s: a record is picked up at most 10 ms after it is done
 
 _COUPLINGS = {"DC": "DC", "AC": "AC"}
 _REFERENCES = {"LEFT": "LEFT", "CENT": "CENT", "CENTER": "CENT", "RIGH": "RIGH", "RIGHT": "RIGH"}

@@ -70,8 +70,10 @@ def pack_values(values: np.ndarray | Sequence[float], dtype: Dtype, byte_order: 
         if arr.size and (arr.min() < info.min or arr.max() > info.max):
             raise ValueError(f"values span [{arr.min()}, {arr.max()}], outside the {dtype} range "
                              f"[{info.min}, {info.max}]")
-        if not np.all(np.mod(arr, 1) == 0):
+        packed = arr.astype(target)
+        if not np.array_equal(packed, arr):  # in range, so only a fraction changes in the cast
             raise ValueError(f"{dtype} values must be integers; round them first")
+        return packed.tobytes()
     return arr.astype(target).tobytes()
 
 

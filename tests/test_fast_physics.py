@@ -37,6 +37,7 @@ import scipy.signal
 import torch
 from scipy.special import expit
 
+from encoding.awg_scope import sample_averages
 from simulators.instruments import scope as scope_module
 from simulators.physics import electronic, mechanical
 from simulators.physics.electronic import CircuitValues, ElectronicCircuit
@@ -170,6 +171,26 @@ def test_scope_resamples_as_np_interp() -> None:
             want = np.interp(((first + np.arange(n) / srate) - start) * fs, np.arange(length, dtype=np.float64),
                              trace)
             np.testing.assert_array_equal(scope_module._resample(trace, first, srate, start, fs, n), want)
+
+
+def reference_sample_averages(t: np.ndarray, volts: np.ndarray, n: int, fs: float, delay_s: float) -> np.ndarray:
+    """The box average as first written: trapezoid running integral, ``np.interp`` at the period edges."""
+    t = np.concatenate([[t[0] - 1e-12], t, [t[-1] + 1e-12]])
+    v = np.concatenate([[0.0], volts, [0.0]])
+    integral = np.concatenate([[0.0], np.cumsum(0.5 * (v[1:] + v[:-1]) * np.diff(t))])
+    edges = np.arange(n + 1) / fs + delay_s
+    return np.diff(np.interp(edges, t, integral)) * fs
+
+
+@pytest.mark.parametrize("points, n, delay_s", [(200_000, 160_000, -0.5e-6), (997, 1200, 3.3e-6), (50, 80, -2e-5),
+                                                (3, 2, 0.0)])
+def test_sample_averages_equal_np_interp(points: int, n: int, delay_s: float) -> None:
+    """Irregular record grids, edges before, inside and beyond the record: equal to the last bit."""
+    rng = np.random.default_rng(points)
+    t = np.cumsum(rng.uniform(0.2e-6, 1.4e-6, points)) - 1e-6
+    volts = rng.normal(size=points)
+    assert np.array_equal(sample_averages(t, volts, n, 1e6, delay_s),
+                          reference_sample_averages(t, volts, n, 1e6, delay_s))
 
 
 def test_circuit_noise_is_torch_randn() -> None:

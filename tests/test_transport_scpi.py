@@ -90,6 +90,18 @@ def test_block_in_several_segments_is_reassembled(wire_server, wire_link) -> Non
     assert link.query("*OPC?") == "1"  # nothing left over in the input buffer
 
 
+def test_large_block_full_of_newlines_then_lines_split_at_the_termination(wire_server, wire_link) -> None:
+    """A record of several read chunks, 0x0A in every other byte: read whole, and afterwards a reply holding two
+    lines still splits at the termination character (it is off only while the block's payload is read)."""
+    payload = b"\n\x01" * 400_000
+    block = b"#6%06d" % len(payload) + payload + b"\n"
+    server = wire_server({":WAV:DATA?": block, "TWO?": "first\nsecond"})
+    link = wire_link(server, name="scope")
+    assert link.query_block(":WAV:DATA?") == payload
+    assert link.query("TWO?") == "first"
+    assert link.read() == "second"
+
+
 @pytest.mark.parametrize("reply", [b"-113,\"Undefined header\"\n", b"#0abc\n", b"#4x12abcd\n"])
 def test_garbled_block_header_is_a_protocol_error(wire_server, wire_link, reply: bytes) -> None:
     server = wire_server({":WAV:DATA?": reply})

@@ -68,7 +68,8 @@ class ScopeConfig(StrictModel):
     trigger_source: str = "EXT"
     trigger_level_v: float = 1.0
     max_points: PositiveInt = 1_000_000
-    waveform_format: Literal["WORD", "BYTE"] = "WORD"
+    # the setups acquire NORM (8-bit codes): BYTE carries them whole in half the bytes; WORD adds bits in HRES, AVER
+    waveform_format: Literal["WORD", "BYTE"] = "BYTE"
 
     @field_validator("trigger_source")
     @classmethod
