@@ -48,5 +48,9 @@ class ConnectionLost(InstrumentError):
     """The link dropped and could not be re-established within the reconnect budget."""
 
 
+class NotConnected(ConnectionLost):
+    """The instrument could not be reached when its link was opened: nothing was ever sent to it."""
+
+
 class NotMadeSafe(InstrumentError):
     """Switching an output off (or blanking the SLM) failed on the way out: the instrument may still be driving."""

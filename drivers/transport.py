@@ -22,6 +22,7 @@ callers decide when to call ``reconnect()``.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -34,7 +35,7 @@ import pyvisa
 import pyvisa.constants
 import serial
 
-from drivers.errors import ConnectionLost, InstrumentError, InstrumentTimeout, ProtocolError
+from drivers.errors import ConnectionLost, InstrumentError, InstrumentTimeout, NotConnected, ProtocolError
 from drivers.blocks import block_digit_count, block_length, encode_block, preview
 from drivers.resources import is_serial_resource, is_visa_resource
 
@@ -274,6 +275,17 @@ def _set_tcp_nodelay(inst: pyvisa.resources.MessageBasedResource, name: str) -> 
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _check_connected(inst: pyvisa.resources.MessageBasedResource) -> None:
+    """Raise the socket's pending error (a refused or unreachable connection): pyvisa-py opens a TCP socket without
+    waiting for the connection to succeed, so without this the first command would report it as a lost connection."""
+    sock = getattr(getattr(inst.visalib, "sessions", {}).get(inst.session), "interface", None)
+    if isinstance(sock, socket.socket):
+        problem = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if problem:
+            inst.close()
+            raise OSError(problem, os.strerror(problem))
+
+
 def _drain_serial_input(waiting: Callable[[], int], discard: Callable[[], None], limit_s: float) -> None:
     """Drop a serial port's input until the line has been quiet for ``_QUIET_S`` (at most ``limit_s``).
 
@@ -340,6 +352,7 @@ class VisaLink(Link):
             # send each command at once (no Nagle): a setting followed by SYST:ERR? would otherwise wait for the
             # instrument's delayed ACK, up to 40 ms per pair
             _set_tcp_nodelay(inst, self.name)
+            _check_connected(inst)
         self._inst = inst
         self._apply_timeout()
 
@@ -520,6 +533,7 @@ def open_link(resource: str, *, name: str, visa_library: str = "@py", timeout_s:
     try:
         link._open()
     except Exception as err:
-        raise ConnectionLost(name, None, f"could not open {resource}: {err}") from err
+        raise NotConnected(name, None, f"could not connect to {name} at {resource}: {err}; check the resource "
+                                       f"string, the cable or network and that the instrument is on") from err
     log.info("%s: opened %s", name, resource)
     return link

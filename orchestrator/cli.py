@@ -17,24 +17,29 @@ import os
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import click
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+try:  # a Ctrl-C while the libraries load (torch takes seconds): nothing has been done yet
+    import click
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
 
-from drivers.errors import InstrumentError, NotMadeSafe
-from orchestrator.config import ConfigError, ExperimentConfig, task_data_error
-from orchestrator.experiment_file import load_experiment
-from orchestrator.config import data_dir as resolve_data_dir
-from orchestrator.datasets import DatasetError
-from orchestrator.experiment import BENCH_ROW_CHOICES, BENCH_ROWS
-from orchestrator.kits import KitError
-from orchestrator.trainer import StopRequest, TrainingStopped
-from common.files import CorruptFileError
+    from drivers.errors import InstrumentError, NotMadeSafe
+    from orchestrator.config import ConfigError, ExperimentConfig, task_data_error
+    from orchestrator.experiment_file import load_experiment
+    from orchestrator.config import data_dir as resolve_data_dir
+    from orchestrator.datasets import DatasetError
+    from orchestrator.experiment import BENCH_ROW_CHOICES, BENCH_ROWS
+    from orchestrator.kits import KitError
+    from orchestrator.trainer import CHECKPOINT, StopRequest, TrainingStopped
+    from common.files import CorruptFileError
+except KeyboardInterrupt:
+    os.write(2, b"interrupted while starting: nothing was done\n")
+    raise SystemExit(130) from None
 
 
 console = Console(stderr=True)
@@ -93,12 +98,10 @@ def _errors_to_exit_codes():
         sys.exit(4)
     except InstrumentError as err:
         console.print(f"[red]instrument error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
-        saved = "; the completed batches are saved (resume with --resume)" if _trains() else ""
-        console.print(f"{_outputs(err)}{saved}.", soft_wrap=True)
+        console.print(f"{_outputs(err)}{_saved_for_resume()}.", soft_wrap=True)
         sys.exit(3)
     except KeyboardInterrupt as err:
-        saved = "; finished epochs are saved (resume with --resume)" if _trains() else ""
-        console.print(f"[yellow]interrupted[/yellow]: {_outputs(err)}{saved}.")
+        console.print(f"[yellow]interrupted[/yellow]: {_outputs(err)}{_saved_for_resume()}.", soft_wrap=True)
         sys.exit(130)
 
 
@@ -109,13 +112,56 @@ def _outputs(err: BaseException) -> str:
     unsafe = getattr(err, "unsafe", None)
     if unsafe:
         return f"[red]the outputs may still be on[/red] ({escape('; '.join(unsafe))}): switch them off by hand"
-    return "outputs off"
+    reached = getattr(err, "instruments_reached", None)  # set by the lab's open_setup on the error on its way out
+    if reached is None:
+        return "nothing was switched on"
+    return "outputs off" if reached else "no instrument was reached, nothing was switched on"
 
 
-def _trains() -> bool:
-    """True inside ``pnn run``, whose errors leave a checkpoint to resume from."""
+def _saved_for_resume() -> str:
+    """What ``pnn run``'s folder now holds for --resume, judged by its files (nothing for the other commands)."""
     ctx = click.get_current_context(silent=True)
-    return ctx is not None and ctx.command.name == "run"
+    folder = ctx.meta.get("run_folder") if ctx is not None else None
+    if folder is None:
+        return ""
+    out_dir, started, resume = folder
+    checkpoint = out_dir / CHECKPOINT
+    if checkpoint.exists() and checkpoint.stat().st_mtime >= started:
+        position = _previous_summary(out_dir).get("checkpoint")
+        if position and (out_dir / "summary.json").stat().st_mtime >= started:
+            where = f"after epoch {position['epoch']} batch {position['batch']} of {position['batches_per_epoch']} "
+        else:
+            where = ""
+        return f"; the checkpoint {where}is saved (resume with --resume)"
+    if resume and checkpoint.exists():
+        return "; the run's checkpoint is as it was (resume with --resume)"
+    return "; no batch was trained, so no checkpoint was saved"
+
+
+def _previous_summary(out_dir: Path) -> dict:
+    """The summary.json of a run folder ({} if there is none or it cannot be read)."""
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def _resume_or_exit(out_dir: Path, epochs: int) -> None:
+    """--resume: refuse a folder without a checkpoint (exit 2); leave a finished run as it is (exit 0)."""
+    if not (out_dir / CHECKPOINT).exists():
+        console.print(f"[red]error:[/red] --resume: {escape(str(out_dir))} holds no checkpoint ({CHECKPOINT}) to "
+                      f"continue; run without --resume to start a new run there", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    summary = _previous_summary(out_dir)
+    done = summary.get("epochs")
+    if summary.get("status") == "finished" and isinstance(done, int) and done >= epochs:
+        accuracy = summary.get("test_accuracy")
+        result = f", device test accuracy {accuracy:.3f}" if isinstance(accuracy, float) else ""
+        console.print(f"{escape(str(out_dir))} holds a finished run ({done} of {epochs} epochs{result}): nothing to "
+                      f"resume, its files are left as they are; to train it further, resume with more epochs "
+                      f"(--epochs {done + 1} or more)", highlight=False, soft_wrap=True)
+        sys.exit(0)
 
 
 @contextmanager
@@ -198,20 +244,23 @@ data_opt = click.option("--data-dir", type=click.Path(file_okay=False), default=
 @click.argument("experiment", type=click.Path())
 @simulate_opt
 @set_opt
-def check(experiment: str, simulate: bool, sets: tuple[str, ...]) -> None:
-    """Validate EXPERIMENT, connect to its instruments, ask *IDN? and check settings against limits."""
+@data_opt
+def check(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | None) -> None:
+    """Validate EXPERIMENT, check its data set is there, connect to its instruments, ask *IDN? and check settings
+    against limits. Exit 2 when the file, its settings or its data set need fixing, 3 when an instrument cannot be
+    reached or reports errors."""
     from orchestrator.checks import check_experiment
 
     with _errors_to_exit_codes():
         cfg = _load(experiment, sets)
-        rows, ok = check_experiment(cfg, simulate=simulate)
+        rows, code = check_experiment(cfg, simulate=simulate, data_dir=resolve_data_dir(data_dir))
         table = Table(title=f"{cfg.experiment}: check")
         for col in ("item", "value", "status"):
             table.add_column(col)
         for item, value, status in rows:
             table.add_row(item, value, "[green]ok[/green]" if status == "ok" else f"[red]{status}[/red]")
         out_console.print(table)
-        sys.exit(0 if ok else 2)
+        sys.exit(code)
 
 
 @main.command()
@@ -262,19 +311,22 @@ def run(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | 
         resume: bool, mode: str | None, twin: str | None, epochs: int | None) -> None:
     """Train a physical neural network and evaluate it on the device."""
     from orchestrator.experiment import run as run_experiment
+    from orchestrator.session import require_bench_for
 
+    click.get_current_context().meta["run_folder"] = None
     with _errors_to_exit_codes():
         extra = tuple(sets) + tuple(f"{k}={v}" for k, v in
                                     (("training.mode", mode), ("twin.kind", twin), ("training.epochs", epochs)) if v)
         cfg = _load(experiment, extra)
         out_dir = Path(out or Path("runs") / cfg.experiment)
-        if (out_dir / "summary.json").exists() and not resume:
-            try:
-                status = json.loads((out_dir / "summary.json").read_text()).get("status", "finished")
-            except (ValueError, AttributeError):  # unreadable: the run is overwritten all the same
-                status = "previous"
+        require_bench_for(cfg.twin.kind, simulated=simulate)
+        if resume:
+            _resume_or_exit(out_dir, cfg.training.epochs)
+        elif (out_dir / "summary.json").exists():
+            status = _previous_summary(out_dir).get("status", "previous")  # unreadable: overwritten all the same
             console.print(f"note: {out_dir} holds a {status} run; it will be overwritten"
                           + ("" if status == "finished" else " (to continue it instead, use --resume)"))
+        click.get_current_context().meta["run_folder"] = (out_dir, time.time(), resume)
         with stop_on_signals("resume with --resume") as stop, _progress() as bar:
             task = bar.add_task("epoch 1", total=None)
             summary = run_experiment(

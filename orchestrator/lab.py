@@ -93,6 +93,8 @@ def open_setup(cfg: ExperimentConfig, n: int, *, bench: Any | None = None, calib
         raise
     finally:
         unsafe = _make_safe(connections.exit_actions, connections.links)
+        if leaving is not None:  # what the operator is told: were any instruments reached (and so made safe)?
+            leaving.instruments_reached = [link.name for link in connections.links]  # type: ignore[attr-defined]
         if unsafe:
             # the operator must hear it: on the error on its way out (the CLI reads ``unsafe``), or as an error
             if leaving is not None:

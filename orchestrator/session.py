@@ -58,13 +58,19 @@ def open_session(cfg: ExperimentConfig, n: int, *, simulate: bool, calibrate: bo
         yield Session(cfg, setup, bench, cfg.artifacts_path(simulate))
 
 
+def require_bench_for(kind: str, *, simulated: bool) -> None:
+    """Refuse the perfect twin off a simulated bench (KitError): it is the simulator's own physics. The CLI asks this
+    before any instrument is touched."""
+    if kind == "perfect" and not simulated:
+        raise KitError("the perfect twin exists only on a simulated bench (use --simulate)")
+
+
 def get_twin(cfg: ExperimentConfig, kind: str, setup: PhysicalSetup, bench: Any | None, artifacts: Path,
              progress: Callable | None = None) -> nn.Module:
     """The twin of ``kind``: the perfect twin from the simulated bench, or a fitted artifact (calibrating first
     when it does not exist yet or was made for another encoding)."""
     if kind == "perfect":
-        if bench is None:
-            raise KitError("the perfect twin exists only on a simulated bench (use --simulate)")
+        require_bench_for(kind, simulated=bench is not None)
         return setup_kit(cfg.setup).perfect_twin(cfg, bench, setup)
     path = twin_path(artifacts, kind)
     model = None

@@ -1,0 +1,144 @@
+"""What ``pnn`` tells a lab operator when something goes wrong before or around training (issue 15, item 2): no
+traceback for a mistake the operator can fix, no claim about outputs or saved batches that did not happen, and the
+exit codes the README gives (2 bad file or usage, 3 instrument failure, 130 interrupted).
+
+The commands run through the real CLI (in-process, or as a subprocess where a signal is sent) on the simulated bench;
+an unreachable instrument is a loopback port nobody listens on.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from drivers.errors import NotConnected
+from drivers.transport import open_link
+from test_cli import EXPERIMENT, plain, pnn
+from test_interrupts import PnnProcess
+
+SMALL = ["--set", "network.width=64", "--set", "network.depth=1", "--set", "task.n_train=100",
+         "--set", "task.n_test=50", "--set", "training.batch_size=50"]
+
+
+def closed_port() -> int:
+    """A loopback port that refuses connections."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        return listener.getsockname()[1]
+
+
+def at(port: int) -> str:
+    return f"TCPIP0::127.0.0.1::{port}::SOCKET"
+
+
+def unreachable() -> list[str]:
+    """--set options that point both instruments at ports nobody listens on."""
+    return ["--set", f"instruments.awg.resource={at(closed_port())}", "--set", "instruments.awg.timeout_s=0.5",
+            "--set", f"instruments.scope.resource={at(closed_port())}", "--set", "instruments.scope.timeout_s=0.5"]
+
+
+@contextmanager
+def listening() -> Iterator[tuple[socket.socket, int]]:
+    """A loopback port that accepts connections (to tell whether anything connected)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(0.2)
+        yield listener, listener.getsockname()[1]
+
+
+def test_opening_a_link_to_a_closed_port_says_could_not_connect() -> None:
+    port = closed_port()
+    with pytest.raises(NotConnected, match=rf"could not connect to awg at {at(port)}: .*Connection refused"):
+        open_link(at(port), name="awg", timeout_s=0.5)
+
+
+def test_run_against_an_unreachable_instrument_claims_nothing_that_did_not_happen(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = pnn("run", EXPERIMENT, *unreachable(), "--out", tmp_path / "run")
+    assert result.exit_code == 3, result.output
+    text = plain(result.output)
+    assert "could not connect to awg at TCPIP0::127.0.0.1::" in text and "Connection refused" in text
+    assert "lost" not in text and "Traceback" not in text
+    assert "outputs off" not in text and "are saved" not in text and "resume with" not in text
+    assert "no instrument was reached, nothing was switched on; no batch was trained" in text
+
+
+def test_check_exits_3_when_an_instrument_cannot_be_reached(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = pnn("check", EXPERIMENT, *unreachable())
+    assert result.exit_code == 3, result.output
+    assert "awg connection" in plain(result.output) and "could not" in plain(result.output)
+
+
+def test_check_fails_a_missing_data_set(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    mnist = EXPERIMENT.with_name("electronic_mnist.yaml")
+    result = pnn("check", mnist, "--simulate", "--data-dir", tmp_path)
+    assert result.exit_code == 2, result.output
+    row = next(line for line in plain(result.stdout).splitlines() if "data set" in line)
+    assert "mnist" in row and "cannot be loaded" in row
+    assert pnn("check", EXPERIMENT, "--simulate").exit_code == 0  # digits ships with scikit-learn
+
+
+def test_the_perfect_twin_without_simulate_is_refused_before_any_instrument_is_touched(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with listening() as (awg, awg_port), listening() as (scope, scope_port):
+        result = pnn("run", EXPERIMENT, "--twin", "perfect", "--set", f"instruments.awg.resource={at(awg_port)}",
+                     "--set", f"instruments.scope.resource={at(scope_port)}", "--out", tmp_path / "run")
+        for listener in (awg, scope):
+            with pytest.raises(TimeoutError):
+                listener.accept()[0].close()  # nobody connected
+    assert result.exit_code == 2, result.output
+    assert "the perfect twin exists only on a simulated bench (use --simulate)" in plain(result.output)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_into_a_folder_without_a_checkpoint_is_an_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = pnn("run", EXPERIMENT, "--simulate", *SMALL, "--out", tmp_path / "nothing", "--resume")
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'nothing'} holds no checkpoint" in plain(result.output)
+    assert not (tmp_path / "nothing").exists()  # nothing was trained from scratch
+
+
+def test_resuming_a_finished_run_says_so_and_leaves_its_files_as_they_are(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    args = ["run", EXPERIMENT, "--simulate", "--twin", "perfect", *SMALL, "--epochs", 1, "--out", out]
+    assert pnn(*args).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    summary = json.loads(before["summary.json"])
+    result = pnn(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"{out} holds a finished run (1 of 1 epochs" in plain(result.output)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert json.loads((out / "summary.json").read_text())["physical_forward_calls"] == \
+        summary["physical_forward_calls"]
+
+
+@pytest.mark.parametrize("delay_s", [0.3, 1.0])
+def test_ctrl_c_while_starting_ends_quietly(tmp_path: Path, delay_s: float) -> None:
+    with PnnProcess(tmp_path, "run", EXPERIMENT, "--simulate", "--out", tmp_path / "run") as run:
+        time.sleep(delay_s)  # the libraries are loading (torch takes seconds)
+        run.proc.send_signal(signal.SIGINT)
+        assert run.finish() == 130, run.text
+    assert "Traceback" not in run.text and "interrupted" in run.text, run.text
+    assert "is saved" not in run.text and "outputs off" not in run.text
+
+
+def test_ctrl_c_during_calibration_says_that_nothing_was_trained(tmp_path: Path) -> None:
+    with PnnProcess(tmp_path, "run", EXPERIMENT, "--simulate", *SMALL, "--out", tmp_path / "run") as run:
+        run.wait_for("calibrating first")
+        time.sleep(0.5)
+        run.proc.send_signal(signal.SIGINT)
+        assert run.finish() == 130, run.text
+    last = run.text.strip().splitlines()[-1]
+    assert last.startswith("interrupted: outputs off; no batch was trained, so no checkpoint was saved"), run.text
+    assert "finished epochs are saved" not in run.text and "Traceback" not in run.text
