@@ -7,7 +7,9 @@
   ports and URLs are opened through pyserial.
 
 ``check_resource`` / ``Resource`` apply the same rules when an experiment file is loaded, so a resource that
-``open_link`` could not open is refused before any instrument is touched.
+``open_link`` could not open is refused before any instrument is touched. A placeholder in angle brackets
+(``<your AWG's VISA resource>``, what the shipped experiment files hold) is accepted there, for ``--simulate``, and
+refused by ``open_link``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ from pyvisa import rname
 
 SERIAL_URL = re.compile(r"^[a-z][a-z0-9+]*://", re.IGNORECASE)
 SERIAL_PORT = re.compile(r"^(/dev/\S+|COM\d+)$", re.IGNORECASE)
+
+
+def is_placeholder(resource: str) -> bool:
+    """True for a placeholder such as ``<your AWG's VISA resource>`` (in angle brackets): the shipped experiment files
+    name no real address, and ``--simulate`` supplies its own. Nothing can be opened at a placeholder."""
+    return resource.startswith("<") and resource.endswith(">")
 
 
 def is_visa_resource(resource: str) -> bool:
@@ -38,6 +46,8 @@ def check_resource(resource: str) -> str:
     serial port (``/dev/...``, ``COMn``) or a pyserial URL (``socket://host:port``)."""
     if not resource.strip():
         raise ValueError("is empty; give a VISA resource, a serial port or a pyserial URL")
+    if is_placeholder(resource):
+        return resource  # to be set before a real bench is used (orchestrator.experiment_file.require_resources)
     if is_visa_resource(resource):
         try:
             parsed = rname.parse_resource_name(resource)

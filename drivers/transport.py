@@ -37,7 +37,7 @@ import serial
 
 from drivers.errors import ConnectionLost, InstrumentError, InstrumentTimeout, NotConnected, ProtocolError
 from drivers.blocks import block_digit_count, block_length, encode_block, preview
-from drivers.resources import is_serial_resource, is_visa_resource
+from drivers.resources import is_placeholder, is_serial_resource, is_visa_resource
 
 log = logging.getLogger(__name__)
 
@@ -521,6 +521,9 @@ def open_link(resource: str, *, name: str, visa_library: str = "@py", timeout_s:
     if not read_termination and (resource.upper().endswith("::SOCKET") or not is_visa_resource(resource)):
         raise ValueError(f"{name}: {resource} needs a read_termination (raw sockets and serial ports have no "
                          f"end-of-message signal)")
+    if is_placeholder(resource):
+        raise NotConnected(name, None, f"{resource} is a placeholder, not an address: set the {name}'s resource "
+                                       f"string in the experiment file")
     if is_visa_resource(resource):
         link = VisaLink(resource, name, visa_library=visa_library, baud_rate=baud_rate, flow_control=flow_control,
                         **common)

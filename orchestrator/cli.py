@@ -30,7 +30,7 @@ try:  # a Ctrl-C while the libraries load (torch takes seconds): nothing has bee
 
     from drivers.errors import InstrumentError, NotMadeSafe
     from orchestrator.config import ConfigError, ExperimentConfig, task_data_error
-    from orchestrator.experiment_file import load_experiment
+    from orchestrator.experiment_file import load_experiment, require_resources
     from orchestrator.config import data_dir as resolve_data_dir
     from orchestrator.datasets import DatasetError
     from orchestrator.experiment import BENCH_ROW_CHOICES, BENCH_ROWS
@@ -61,7 +61,10 @@ def _load(path: str, sets: tuple[str, ...] = ()) -> ExperimentConfig:
     ctx = click.get_current_context(silent=True)
     if ctx is not None and ctx.meta.get("fault_rate") is not None:  # --faults RATE
         overrides["simulate.faults.all.rate"] = str(ctx.meta["fault_rate"])
-    return load_experiment(path, overrides=overrides or None)
+    cfg = load_experiment(path, overrides=overrides or None)
+    if ctx is not None and ctx.meta.get("simulate") is False:  # real instruments: no placeholder resources
+        require_resources(cfg, path)
+    return cfg
 
 
 def _remember_fault_rate(ctx: click.Context, param: click.Parameter, value: float | None) -> None:
@@ -233,7 +236,14 @@ def main(verbose: int, setup_files: tuple[str, ...]) -> None:
             sys.exit(2)
 
 
-simulate_opt = click.option("--simulate", is_flag=True, help="Start the experiment's simulated bench in-process.")
+def _remember_simulate(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    ctx.meta["simulate"] = value
+    return value
+
+
+simulate_opt = click.option("--simulate", is_flag=True, callback=_remember_simulate,
+                            help="Start the experiment's simulated bench in-process (it supplies the instruments' "
+                                 "resources; without it they must be set in the experiment file).")
 set_opt = click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
                        help="Override a field of the experiment file, e.g. --set training.epochs=3.")
 data_opt = click.option("--data-dir", type=click.Path(file_okay=False), default=None,

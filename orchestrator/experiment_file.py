@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from drivers.resources import is_placeholder
 from orchestrator.config import ExperimentConfig
 from orchestrator.kits import ENTRY_POINT_GROUP, known_setups, setup_kit
 from orchestrator.yamlconfig import ConfigError, field_line, load_yaml_model, parse_override
@@ -26,6 +27,21 @@ def load_experiment(path: str | Path, overrides: dict | None = None) -> Experime
                 f"must be one of {choices} (a setup of your own: pnn --setup-file FILE, or an entry point in the "
                 f"group '{ENTRY_POINT_GROUP}')"))]) from None
     return load_yaml_model(path, model, overrides=overrides)  # type: ignore[return-value]
+
+
+def require_resources(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Refuse, before any instrument is touched, an experiment whose instruments' resources are still placeholders
+    (``<your AWG's VISA resource>``, as the shipped files hold): ConfigError at each field's line."""
+    problems = []
+    for role in type(cfg.instruments).model_fields:
+        resource = getattr(getattr(cfg.instruments, role), "resource", None)
+        if isinstance(resource, str) and is_placeholder(resource):
+            field = f"instruments.{role}.resource"
+            problems.append((str(path), field_line(path, field), field, (
+                f"{resource} is a placeholder: set it to the resource string of your instrument (VISA, serial port or "
+                f"socket:// URL), or add --simulate to use the simulated bench")))
+    if problems:
+        raise ConfigError(problems)
 
 
 def _setup_name(path: str | Path, overrides: dict | None) -> object:

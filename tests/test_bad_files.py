@@ -196,14 +196,14 @@ def test_pnn_names_the_experiment_line_of_a_damaged_data_set(tmp_path: Path, mon
     text = (EXPERIMENTS / "optical_vowels.yaml").read_text()
     experiment.write_text(text)
     line = text.splitlines().index("  dataset: vowels") + 1
-    result = pnn("run", experiment, "--data-dir", tmp_path)
+    result = pnn("run", experiment, "--simulate", "--data-dir", tmp_path)  # the data set is read before the bench starts
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
         f"{experiment}:{line}: task.dataset: {file.path}: truncated or corrupted: {len(cut)} bytes with sha256 "
         f"{hashlib.sha256(cut).hexdigest()[:16]}..., the release has 136111 bytes with sha256 05a4a69e2c6b0f44...; "
         "replace it with an intact copy of the release (see SOURCE.txt in its folder)"]
     assert not (tmp_path / "runs").exists()
-    result = pnn("run", experiment, "--data-dir", tmp_path / "nowhere")
+    result = pnn("run", experiment, "--simulate", "--data-dir", tmp_path / "nowhere")
     assert (result.exit_code, result.stderr.splitlines()) == (
         2, [f"{experiment}:{line}: task.dataset: data directory {tmp_path / 'nowhere'} does not exist"])
 

@@ -212,7 +212,8 @@ def test_an_instrument_that_cannot_be_reached_is_exit_3_without_a_resume_hint(tm
     with socket.create_server(("127.0.0.1", 0)) as listener:  # a port that is surely closed once we let it go
         port = listener.getsockname()[1]
     result = pnn("calibrate", EXPERIMENT, "--set", f"instruments.awg.resource=TCPIP0::127.0.0.1::{port}::SOCKET",
-                 "--set", "instruments.awg.timeout_s=0.5")
+                 "--set", "instruments.awg.timeout_s=0.5",
+                 "--set", f"instruments.scope.resource=TCPIP0::127.0.0.1::{port}::SOCKET")
     assert result.exit_code == 3, result.output
     text = plain(result.output)
     assert "instrument error: awg" in text and f"127.0.0.1::{port}" in text and "Connection refused" in text

@@ -231,24 +231,24 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 # id: (experiment file, text to replace, replacement, line holding the problem, field, message)
 EXPERIMENT_CASES = {
     "resource no transport can open": (
-        "electronic_digits.yaml", "resource: TCPIP0::192.168.1.20::5025::SOCKET", "resource: my-awg",
+        "electronic_digits.yaml", "resource: <your AWG's VISA resource>", "resource: my-awg",
         "resource: my-awg", "instruments.awg.resource",
         "cannot tell how to open 'my-awg'; expected a VISA resource ('TCPIP0::host::5025::SOCKET', 'USB0::...::INSTR', "
         "'ASRL/dev/ttyUSB0::INSTR'), a serial port ('/dev/ttyUSB0', 'COM3') or a pyserial URL ('socket://host:port')"),
     "bare ASRL": (
-        "optical_vowels.yaml", "resource: ASRL/dev/ttyUSB1::INSTR", "resource: ASRL", "ASRL   # spectroscopy CCD",
+        "optical_vowels.yaml", "resource: <your camera's serial port>", "resource: ASRL", "ASRL   # spectroscopy CCD",
         "instruments.camera.resource", "cannot tell how to open 'ASRL'; expected a VISA resource"),
     "VISA socket without a host": (
-        "mechanical_digits.yaml", "resource: TCPIP0::192.168.1.31::5025::SOCKET", "resource: TCPIP0::::SOCKET",
+        "mechanical_digits.yaml", "resource: <your scope's VISA resource>", "resource: TCPIP0::::SOCKET",
         "resource: TCPIP0::::SOCKET", "instruments.scope.resource",
         "not a valid VISA resource: Could not parse 'TCPIP0::::SOCKET'. The syntax is "
         "'TCPIP[board]::host address::port::SOCKET' (host_address part is mandatory)."),
     "VISA socket port out of range": (
-        "electronic_mnist.yaml", "192.168.1.21::5025::SOCKET", "192.168.1.21::70000::SOCKET", "::70000::",
+        "electronic_mnist.yaml", "resource: <your scope's VISA resource>", "resource: TCPIP0::192.168.1.21::70000::SOCKET", "::70000::",
         "instruments.scope.resource", "'TCPIP0::192.168.1.21::70000::SOCKET': the port must be a number from 1 to "
                                       "65535, got '70000'"),
     "empty resource": (
-        "optical_mnist.yaml", "resource: ASRL/dev/ttyUSB0::INSTR", "resource: ''", "resource: ''",
+        "optical_mnist.yaml", "resource: <your SLM's serial port>", "resource: ''", "resource: ''",
         "instruments.slm.resource", "is empty; give a VISA resource, a serial port or a pyserial URL"),
     "gray level above 255": (
         "optical_vowels.yaml", "gray_max: 255", "gray_max: 300", "gray_max:", "instruments.slm.gray_max",
