@@ -31,6 +31,9 @@ Command set, as the exact strings this driver sends (long forms in the comments)
     DATA?                  -> #<block>      the series as uint16 little-endian, frames x w (FVB) or frames x h x w
                                             (IMAGE), row-major; only when READY (else error -230 and NO reply);
                                             reading does not clear it
+    DATA:NEXT?             -> #<block>      the frames of the current series acquired since the last DATA:NEXT?
+                                            (oldest first), laid out as by DATA?, while the series goes on (ARMED)
+                                            or once it is READY; ``#10`` if none is new; IDLE: error -230, NO reply
     TEMP?                  -> -60.0         TEMPerature?: sensor temperature, deg C
     *OPC?                  -> 1             once the series is READY (at once if IDLE)
 
@@ -47,6 +50,12 @@ sending; a refused call raises LimitViolation and sends nothing. Each setting is
 ``DATA?`` block to hold exactly that many bytes: anything else is a ProtocolError, never padded or truncated.
 ``wait_ready`` polls ``STAT?`` (every 2 .. 50 ms) rather than holding the line with ``*OPC?``: it can then report
 how many frames arrived, and the camera still answers ``ACQ:ABOR`` after a timeout.
+
+Read-out during a series (``read_new_frames``): the camera keeps the frames it has taken in its buffer and
+``DATA:NEXT?`` sends those not sent yet while the later exposures go on, so the serial line's read-out of a long
+kinetic series overlaps its acquisition instead of following it. The driver counts the frames it has received: a
+block that is not whole frames, or holds more frames than the series has left, is a ProtocolError. A lost reply
+loses its frames (the camera counts them as sent): the caller must then measure the whole series again.
 """
 
 from __future__ import annotations
@@ -238,6 +247,7 @@ class SpectroscopyCamera(SCPIInstrument):
         self.baud_rate = float(baud_rate)
         self._sensor: tuple[int, int] | None = None
         self._series: SeriesGeometry | None = None
+        self._frames_read = 0  # frames of the series received by ``read_new_frames``
 
     # -- sensor and readout -------------------------------------------------------------------------------------------
     @property
@@ -326,6 +336,7 @@ class SpectroscopyCamera(SCPIInstrument):
     def start(self) -> None:
         """``ACQ:STAR``: arm a kinetic series of ``kinetic_count`` frames (INT: taken at once; EXT: one per pulse)."""
         geometry = self._geometry()
+        self._series, self._frames_read = None, 0  # a failed start leaves no series this driver could read
         self.write("ACQ:STAR")
         self._series = geometry
         log.debug("%s: series armed: %s", self.name, geometry.describe())
@@ -391,15 +402,48 @@ class SpectroscopyCamera(SCPIInstrument):
         if len(payload) != geometry.nbytes:
             raise ProtocolError(self.name, "DATA?", f"expected {geometry.describe()} = {geometry.nbytes} bytes, the "
                                                     f"block holds {len(payload)} bytes (starts {preview(payload)})")
-        codes = unpack_values(payload, "uint16", "little", instrument=self.name, command="DATA?").reshape(
-            geometry.shape)
+        return self._codes(payload, geometry.shape, "DATA?")
+
+    def _codes(self, payload: bytes, shape: tuple[int, ...], command: str) -> np.ndarray:
+        """``payload`` as uint16 counts of ``shape``; ProtocolError if a value is beyond the 12-bit ADC."""
+        codes = unpack_values(payload, "uint16", "little", instrument=self.name, command=command).reshape(shape)
         if codes.max(initial=0) > ADC_MAX_COUNTS:  # a 12-bit ADC cannot send these: the data are garbled
             bad = np.argwhere(codes > ADC_MAX_COUNTS)[0]
             axes = ("frame", "column") if codes.ndim == 2 else ("frame", "row", "column")
             where = ", ".join(f"{axis} {i}" for axis, i in zip(axes, bad))
-            raise ProtocolError(self.name, "DATA?", f"{int((codes > ADC_MAX_COUNTS).sum())} value(s) above the 12-bit "
-                                                    f"full scale {ADC_MAX_COUNTS}, first {int(codes[tuple(bad)])} at "
-                                                    f"{where}: the frame data are garbled")
+            raise ProtocolError(self.name, command, f"{int((codes > ADC_MAX_COUNTS).sum())} value(s) above the "
+                                                    f"12-bit full scale {ADC_MAX_COUNTS}, first "
+                                                    f"{int(codes[tuple(bad)])} at {where}: the frame data are garbled")
+        return codes
+
+    @property
+    def frames_read(self) -> int:
+        """Frames of the series started last that ``read_new_frames`` has received."""
+        return self._frames_read
+
+    def read_new_frames(self) -> np.ndarray:
+        """The frames taken since the last call (``DATA:NEXT?``), oldest first, while the series started by
+        ``start()`` goes on or once it is complete: uint16 counts [m, w] (FVB) or [m, h, w] (IMAGE), m >= 0.
+
+        Needs a series started by this driver (else LimitViolation, nothing sent). The block must hold whole frames,
+        at most those the series has left; otherwise ProtocolError (nothing is padded or cut). An IDLE camera sends
+        no reply (error -230): InstrumentTimeout.
+        """
+        geometry = self._series
+        if geometry is None:
+            raise LimitViolation(self.name, "DATA:NEXT?", "no series started by this driver: call start() first")
+        frame_shape = geometry.shape[1:]
+        frame_bytes = 2 * math.prod(frame_shape)
+        left = geometry.frames - self._frames_read
+        with self.link.extended_timeout(left * frame_bytes * BITS_PER_BYTE / self.baud_rate):
+            payload = self.link.query_block("DATA:NEXT?")
+        count, rest = divmod(len(payload), frame_bytes)
+        if rest or count > left:
+            raise ProtocolError(self.name, "DATA:NEXT?", f"a block of {len(payload)} bytes is not whole frames of "
+                                                         f"{frame_bytes} bytes, at most {left} (the frames the series "
+                                                         f"{geometry.describe()} has left; starts {preview(payload)})")
+        codes = self._codes(payload, (count, *frame_shape), "DATA:NEXT?")
+        self._frames_read += count
         return codes
 
     def acquire(self, n: int, trigger: str = "INT", timeout_s: float | None = None) -> np.ndarray:

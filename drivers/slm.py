@@ -23,7 +23,12 @@ Exact command strings (short forms; headers also accept the long forms and any c
     PATT:BLAN?               -> 1|0                  whether the all-zero pattern is shown
     SEQ #<n><K*640><uint8>   load K patterns (row-major), 1 <= K <= SEQ:MAX?; replaces the loaded sequence
     SEQ:COUN?                -> K                    patterns loaded
-    SEQ:MAX?                 -> 4096                 largest K (read once and cached)
+    SEQ:MAX?                 -> 4096                 largest K per bank (read once and cached)
+    SEQ:BANK2 #<n><K*640>... load K patterns into sequence bank 2 (``SEQ:BANK1 #...`` = ``SEQ #...``, bank 1);
+                             allowed while the other bank plays
+    SEQ:BANK2:COUN?          -> K                    patterns in bank 2
+    SEQ:BANK2:STAR           play bank 2 once (``SEQ:STAR`` plays bank 1)
+    SEQ:BANK?                -> 0|1|2                the bank playing (0: none)
     SEQ:DWEL 0.01            SEQ:DWEL? -> 1.0E-02    time each pattern is shown, s (1e-3 .. 10)
     SEQ:STAR                 play the sequence once: per pattern show, wait SETT?, pulse the trigger out,
                              keep it for the rest of the dwell; the last pattern stays shown
@@ -32,12 +37,19 @@ Exact command strings (short forms; headers also accept the long forms and any c
     SETT?                    -> 5.0E-03              liquid-crystal settling time, s
     *OPC?                    -> 1 once a sequence has played (or a pattern has settled)
     *RST                     blank pattern, sequence cleared, SEQ:DWEL 0.01, TRIG:OUTP ON
-    SYST:ERR?                error queue (-161 invalid block data, -221 settings conflict, -223 too much data)
+    SYST:ERR?                error queue (-114 no such bank, -161 invalid block data, -221 settings conflict:
+                             e.g. a load into the bank that plays, -223 too much data)
+
+Double-buffered sequence memory: the SLM holds two banks of ``SEQ:MAX?`` patterns. While bank 1 plays, bank 2 can be
+loaded over the serial line (and the other way round); a bank starts only once no sequence plays (``*OPC?``).
+``load_sequence(patterns, bank=2)`` and ``start_sequence(bank=2)`` use them; without ``bank`` the driver sends the
+plain ``SEQ`` commands (bank 1), as for an SLM with one sequence memory.
 
 Every setting is followed by ``SYST:ERR?`` (see ``drivers.scpi.SCPIInstrument``).
 
 Hardware safety: every pattern and sequence is checked BEFORE any of its bytes is sent: an integer array of shape
-[n_pixels] (or [K, n_pixels]), gray levels within [gray_min, gray_max], 1 <= K <= min(max_sequence, SEQ:MAX?).
+[n_pixels] (or [K, n_pixels]), gray levels within [gray_min, gray_max], 1 <= K <= min(max_sequence, SEQ:MAX?), a
+bank in ``SEQUENCE_BANKS``.
 A refused call raises LimitViolation naming the instrument, the command and the offending pattern/pixel/value;
 the checks that need the pixel count or SEQ:MAX? query them first (once per driver).
 """
@@ -58,6 +70,7 @@ GRAY_LEVELS = 256
 DWELL_MIN_S, DWELL_MAX_S = 1e-3, 10.0
 DEFAULT_BAUD_RATE = 3_000_000
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
+SEQUENCE_BANKS = (1, 2)  # the banks of the double-buffered sequence memory
 
 
 class PhaseSLM(SCPIInstrument):
@@ -74,6 +87,7 @@ class PhaseSLM(SCPIInstrument):
 
     dwell_s = Control("SEQ:DWEL", "Time each pattern of a sequence is shown, s (1e-3 .. 10).", unit="s",
                       low=DWELL_MIN_S, high=DWELL_MAX_S)
+    banks = SEQUENCE_BANKS
 
     def __init__(self, link: Link, *, name: str = "slm", gray_min: int = 0, gray_max: int = 255,
                  max_sequence: int | None = None, baud_rate: float = DEFAULT_BAUD_RATE, check_errors: bool = True):
@@ -169,20 +183,48 @@ class PhaseSLM(SCPIInstrument):
         return bool(value)
 
     # -- sequences -------------------------------------------------------------------------------------------------
-    def load_sequence(self, patterns: np.ndarray) -> None:
-        """Load ``patterns`` (integer gray levels [K, n_pixels]) as the sequence (``SEQ #<n><K*n>...``), replacing
-        the previous one. Checked against the limits before anything is sent."""
-        data = self._checked(patterns, "SEQ", sequence=True)
+    def _bank_header(self, bank: int | None, command: str) -> str:
+        """``SEQ`` (bank None: the plain commands, bank 1) or ``SEQ:BANK<n>``; LimitViolation for another bank."""
+        if bank is None:
+            return "SEQ"
+        if isinstance(bank, bool) or bank not in SEQUENCE_BANKS:
+            raise LimitViolation(self.name, f"SEQ:BANK{bank}{command}", f"bank {bank!r} is not one of "
+                                                                         f"{', '.join(map(str, SEQUENCE_BANKS))}")
+        return f"SEQ:BANK{int(bank)}"
+
+    @staticmethod
+    def _count_key(bank: int | None) -> str:
+        """Where ``settings`` keeps the pattern count of ``bank`` (bank 1 is the plain sequence)."""
+        return "sequence_count" if bank in (None, 1) else f"sequence_count_bank{bank}"
+
+    def load_sequence(self, patterns: np.ndarray, bank: int | None = None) -> None:
+        """Load ``patterns`` (integer gray levels [K, n_pixels]) as the sequence (``SEQ #<n><K*n>...``), or into
+        sequence bank ``bank`` (``SEQ:BANK<n> #...``, while the other bank may play), replacing what it held.
+        Checked against the limits before anything is sent; the link's timeout is extended by the block's line time."""
+        header = self._bank_header(bank, "")
+        data = self._checked(patterns, header, sequence=True)
         with self.link.extended_timeout(data.nbytes * BITS_PER_BYTE / self.baud_rate):
-            self.write_block("SEQ ", data.tobytes())
-        self.settings["sequence_count"] = int(data.shape[0])
-        log.debug("%s: loaded a sequence of %d patterns", self.name, data.shape[0])
+            self.write_block(f"{header} ", data.tobytes())
+        self.settings[self._count_key(bank)] = int(data.shape[0])
+        log.debug("%s: loaded a sequence of %d patterns%s", self.name, data.shape[0],
+                  "" if bank is None else f" into bank {bank}")
 
     @property
     def sequence_count(self) -> int:
         """Patterns in the loaded sequence (``SEQ:COUN?``)."""
-        value = self.query_int("SEQ:COUN?")
-        self.settings["sequence_count"] = value
+        return self.bank_count(None)
+
+    def bank_count(self, bank: int | None) -> int:
+        """Patterns in sequence bank ``bank`` (``SEQ:BANK<n>:COUN?``; None: ``SEQ:COUN?``)."""
+        value = self.query_int(f"{self._bank_header(bank, ':COUN?')}:COUN?")
+        self.settings[self._count_key(bank)] = value
+        return value
+
+    def playing_bank(self) -> int:
+        """The bank whose sequence plays now, 1 or 2; 0 when none plays (``SEQ:BANK?``)."""
+        value = self.query_int("SEQ:BANK?")
+        if value not in (0, *SEQUENCE_BANKS):
+            raise ProtocolError(self.name, "SEQ:BANK?", f"expected 0, 1 or 2, got {value}")
         return value
 
     @property
@@ -194,17 +236,19 @@ class PhaseSLM(SCPIInstrument):
     def trigger_out(self, on: bool) -> None:
         self.write(f"TRIG:OUTP {'ON' if on else 'OFF'}")
 
-    def start_sequence(self) -> float:
-        """Play the loaded sequence once (``SEQ:STAR``); returns its duration K * dwell, s.
+    def start_sequence(self, bank: int | None = None) -> float:
+        """Play the loaded sequence once (``SEQ:STAR``), or sequence bank ``bank`` (``SEQ:BANK<n>:STAR``); returns
+        its duration K * dwell, s. No sequence may be playing (``wait_done`` first).
 
         Reads the pattern count, dwell and settling time first if this driver does not know them yet.
         """
-        count = self.settings.get("sequence_count")
+        header = self._bank_header(bank, ":STAR")
+        count = self.settings.get(self._count_key(bank))
         if count is None:
-            count = self.sequence_count
+            count = self.bank_count(bank)
         if count < 1:
-            raise LimitViolation(self.name, "SEQ:STAR", "no sequence is loaded (SEQ:COUN? is 0); "
-                                                        "call load_sequence() first")
+            raise LimitViolation(self.name, f"{header}:STAR", f"no sequence is loaded ({header}:COUN? is 0); "
+                                                              f"call load_sequence() first")
         dwell = self.settings.get("dwell_s")
         if dwell is None:
             dwell = self.dwell_s
@@ -214,7 +258,7 @@ class PhaseSLM(SCPIInstrument):
         if dwell < settle:
             log.warning("%s: dwell %g s is shorter than the settling time %g s: patterns change before they "
                         "have settled", self.name, dwell, settle)
-        self.write("SEQ:STAR")
+        self.write(f"{header}:STAR")
         self._playing_s = count * dwell
         return self._playing_s
 

@@ -216,7 +216,8 @@ class OpticalBench:
         with self.lock:
             self._shown = np.array(pattern, np.uint8)
 
-    def on_slm_sequence(self, patterns: np.ndarray, dwell_s: float, settle_s: float, trigger_out: bool) -> None:
+    def on_slm_sequence(self, patterns: np.ndarray, dwell_s: float, settle_s: float, trigger_out: bool, *,
+                        start_s: float | None = None) -> None:
         with self.lock:
             self._shown = np.array(patterns[-1], np.uint8)
             want = self.camera.wants_frames()
@@ -229,7 +230,7 @@ class OpticalBench:
                 log.warning("camera cycle %.3g s is longer than the SLM dwell %.3g s: it misses triggers", cycle, dwell_s)
             frames = self._frames(taken, frame_period_s=dwell_s * step)
             ready = len(patterns) * dwell_s + cycle if self.realtime else 0.0
-            self.camera.capture(frames, ready_in_s=ready)
+            self.camera.capture(frames, ready_in_s=ready, start_s=start_s)  # the frames' clock is the SLM's
 
     def on_camera_internal(self, n_frames: int) -> None:
         with self.lock:

@@ -541,3 +541,113 @@ def test_capture_from_another_thread_wakes_a_waiting_opc(bench: FakeBench) -> No
         finally:
             timer.join()
         np.testing.assert_array_equal(drv.read_series(), test_frames(2, (32,)))
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# (5) read-out during a series: DATA:NEXT? hands out the frames taken since the last read, while later ones are taken
+# -------------------------------------------------------------------------------------------------------------------
+
+def test_read_new_frames_bytes_and_counting(cam_rig) -> None:
+    frames = test_frames(3, (4,))
+    server, cam = cam_rig({"READ:MODE?": "FVB", "READ:ROI?": "0,4,0,128", "KIN:COUN?": "3",
+                           "DATA:NEXT?": [block(frames[:2].astype("<u2").tobytes()), block(b""),
+                                          block(frames[2:].astype("<u2").tobytes())]})
+    cam.start()
+    first, none, last = cam.read_new_frames(), cam.read_new_frames(), cam.read_new_frames()
+    assert server.since(0) == (b"READ:MODE?\nREAD:ROI?\nKIN:COUN?\nACQ:STAR\nSYST:ERR?\n"
+                               b"DATA:NEXT?\nDATA:NEXT?\nDATA:NEXT?\n")
+    assert first.dtype == none.dtype == last.dtype == np.uint16
+    assert (first.shape, none.shape, last.shape) == ((2, 4), (0, 4), (1, 4))
+    np.testing.assert_array_equal(np.concatenate([first, none, last]), frames)
+    assert cam.frames_read == 3
+    cam.start()  # a new series: the count starts again
+    assert cam.frames_read == 0
+
+
+def test_read_new_frames_of_an_image_series(cam_rig) -> None:
+    frames = test_frames(2, (3, 5))
+    server, cam = cam_rig({"DATA:NEXT?": block(frames.astype("<u2").tobytes())})
+    cam.set_readout("IMAGE", (7, 5, 40, 3))
+    cam.kinetic_count = 2
+    cam.start()
+    np.testing.assert_array_equal(cam.read_new_frames(), frames)
+
+
+@pytest.mark.parametrize("payload, message", [
+    (test_frames(2, (4,)).astype("<u2").tobytes()[:-2], r"14 bytes is not whole frames of 8 bytes"),
+    (test_frames(4, (4,)).astype("<u2").tobytes(), r"32 bytes is not whole frames of 8 bytes, at most 3"),
+    (np.array([[1, 2, 3, 4096]], "<u2").tobytes(), (r"above the 12-bit full scale 4095, first 4096 at frame 0, "
+                                                    r"column 3")),
+])
+def test_malformed_new_frames_are_protocol_errors(cam_rig, payload: bytes, message: str) -> None:
+    server, cam = cam_rig({"DATA:NEXT?": block(payload)})
+    cam.set_readout("FVB", (0, 4, 0, 128))
+    cam.kinetic_count = 3
+    cam.start()
+    with pytest.raises(ProtocolError, match=rf"camera, command 'DATA:NEXT\?': .*{message}"):
+        cam.read_new_frames()
+    assert cam.frames_read == 0  # nothing of a bad block is counted
+
+
+def test_read_new_frames_needs_a_series_started_by_the_driver(cam_rig) -> None:
+    server, cam = cam_rig()
+    with pytest.raises(LimitViolation, match=r"camera, command 'DATA:NEXT\?': no series started by this driver"):
+        cam.read_new_frames()
+    assert server.since(0) == b""
+
+
+def test_e2e_new_frames_while_the_series_goes_on(driver: SpectroscopyCamera, bench: FakeBench) -> None:
+    cam = bench.camera
+    driver.set_readout("FVB", (0, 32, 0, 128))
+    driver.trigger_source = "EXT"
+    driver.kinetic_count = 5
+    driver.start()
+    frames = test_frames(5, (32,))
+    assert driver.read_new_frames().shape == (0, 32)  # armed, nothing taken yet
+    cam.capture(frames[:2])
+    np.testing.assert_array_equal(driver.read_new_frames(), frames[:2])
+    assert driver.status() == "ARMED" and driver.read_new_frames().shape == (0, 32)  # each frame is sent once
+    cam.capture(frames[2:])
+    assert driver.status() == "READY"
+    np.testing.assert_array_equal(driver.read_new_frames(), frames[2:])
+    assert driver.read_new_frames().shape == (0, 32) and driver.frames_read == 5
+    np.testing.assert_array_equal(driver.read_series(), frames)  # DATA? still holds the whole series
+    driver.start()
+    cam.capture(frames[3:])
+    np.testing.assert_array_equal(driver.read_new_frames(), frames[3:])  # a new series: its own frames only
+    driver.abort()
+    driver.link.write("DATA:NEXT?")
+    assert driver.link.query("SYST:ERR?") == '-230,"Data corrupt or stale"'  # IDLE: an error, no block
+    assert driver.errors() == []
+
+
+def test_e2e_new_frames_are_those_taken_by_now() -> None:
+    """Frames of a realtime capture appear one by one over its time: half of it gone, half of them can be read."""
+    fake = FakeBench()
+    fake.camera = cam = SimSpectroscopyCamera(listener=fake, realtime=True)
+    with _serve(cam, "pyserial") as drv:
+        drv.set_readout("FVB", (0, 16, 0, 128))
+        drv.trigger_source = "EXT"
+        drv.kinetic_count = 4
+        drv.start()
+        frames = test_frames(4, (16,))
+        cam.capture(frames, ready_in_s=1000.0, start_s=time.monotonic() - 500.0)
+        assert drv.frames_acquired() == 2 and drv.status() == "ARMED"
+        np.testing.assert_array_equal(drv.read_new_frames(), frames[:2])
+        assert drv.read_new_frames().shape == (0, 16)
+        drv.abort()
+
+
+def test_frames_of_later_captures_follow_the_earlier_ones() -> None:
+    """A later capture's frames count only once all earlier ones are in (frames are taken in order)."""
+    cam = SimSpectroscopyCamera(realtime=True)
+    s = cam.session()
+    for command in (b"TRIG:SOUR EXT\n", b"READ:ROI 0,8,0,128\n", b"KIN:COUN 4\n", b"ACQ:STAR\n"):
+        assert [r.data for r in s.feed(command)] == []
+    now = time.monotonic()
+    frames = test_frames(4, (8,))
+    cam.capture(frames[:2], ready_in_s=1000.0, start_s=now - 500.0)  # 1 of 2 in
+    cam.capture(frames[2:], ready_in_s=0.0, start_s=now - 1.0)  # both in, but after the first capture's second
+    assert cam.frames_acquired() == 1
+    reply = [r.data for r in s.feed(b"DATA:NEXT?\n")]
+    assert reply == [b"#216" + frames[:1].astype("<u2").tobytes() + b"\n"]

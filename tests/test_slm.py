@@ -273,10 +273,13 @@ def test_simulator_realtime_sequence_and_settling() -> None:
 class Recorder:
     def __init__(self) -> None:
         self.sequences: list[tuple[np.ndarray, float, float, bool]] = []
+        self.starts: list[float] = []
         self.patterns: list[np.ndarray] = []
 
-    def on_slm_sequence(self, patterns: np.ndarray, dwell_s: float, settle_s: float, trigger_out: bool) -> None:
+    def on_slm_sequence(self, patterns: np.ndarray, dwell_s: float, settle_s: float, trigger_out: bool, *,
+                        start_s: float) -> None:
         self.sequences.append((patterns, dwell_s, settle_s, trigger_out))
+        self.starts.append(start_s)
 
     def on_slm_pattern(self, pattern: np.ndarray) -> None:
         self.patterns.append(pattern)
@@ -294,6 +297,7 @@ def test_listener_receives_exactly_what_was_sent() -> None:
             slm.load_sequence(seq)
             slm.dwell_s = 0.004
             slm.trigger_out = False
+            before = time.monotonic()
             slm.start_sequence()
             slm.wait_done()
             with pytest.raises(InstrumentReportedError):
@@ -306,6 +310,7 @@ def test_listener_receives_exactly_what_was_sent() -> None:
     assert patterns.dtype == np.uint8 and patterns.shape == (7, N) and not patterns.flags.writeable
     np.testing.assert_array_equal(patterns, seq)
     assert (dwell, settle, trigger) == (0.004, 5e-3, False)
+    assert before <= bench.starts[0] <= time.monotonic()  # the monotonic time the sequence started
     assert len(bench.patterns) == 3  # PATT, PATT:BLAN, *RST
     np.testing.assert_array_equal(bench.patterns[0], RAMP)
     assert not bench.patterns[1].any() and not bench.patterns[2].any()
@@ -418,3 +423,94 @@ def test_flow_control_reaches_the_serial_port(flow_control: str, flags: tuple[bo
 def test_unknown_flow_control_is_refused() -> None:
     with pytest.raises(ValueError, match="slm: flow_control must be one of none, rtscts, xonxoff, got 'dsrdtr'"):
         open_link("loop://", name="slm", flow_control="dsrdtr")  # type: ignore[arg-type]
+
+
+# -- the double-buffered sequence memory: two banks, one loaded while the other plays ------------------------------
+
+def test_bank_command_bytes(slm_rig) -> None:
+    server, slm = slm_rig({"SEQ:BANK2:COUN?": "3", "SEQ:BANK?": "2"})
+    seq = np.stack([RAMP, 255 - RAMP, np.zeros(N, np.uint8)])
+    slm.load_sequence(seq, bank=2)
+    slm.load_sequence(seq[:1], bank=1)
+    assert slm.start_sequence(bank=2) == pytest.approx(0.03)  # 3 patterns of 10 ms, dwell read from the SLM
+    slm.wait_done()
+    assert slm.start_sequence(bank=1) == pytest.approx(0.01)  # counts known from the uploads: no SEQ:COUN?
+    assert slm.bank_count(2) == 3 and slm.playing_bank() == 2
+    expected = (b"PIX?\nSEQ:MAX?\nSEQ:BANK2 #41920" + seq.tobytes() + b"\nSYST:ERR?\n"
+                b"SEQ:BANK1 #3640" + RAMP.tobytes() + b"\nSYST:ERR?\n"
+                b"SEQ:DWEL?\nSETT?\nSEQ:BANK2:STAR\nSYST:ERR?\n*OPC?\n"
+                b"SEQ:BANK1:STAR\nSYST:ERR?\nSEQ:BANK2:COUN?\nSEQ:BANK?\n")
+    assert server.since(0, expect_len=len(expected)) == expected
+
+
+def test_a_bank_start_reads_the_count_it_does_not_know(slm_rig) -> None:
+    server, slm = slm_rig({"SEQ:BANK2:COUN?": "0"})
+    with pytest.raises(LimitViolation, match=r"slm, command 'SEQ:BANK2:STAR': no sequence is loaded "
+                                             r"\(SEQ:BANK2:COUN\? is 0\)"):
+        slm.start_sequence(bank=2)
+    assert server.since(0) == b"SEQ:BANK2:COUN?\n"
+
+
+@pytest.mark.parametrize("bank", [0, 3, True, "2", 1.5])
+def test_a_bank_the_slm_does_not_have_is_refused_before_anything_is_sent(slm_rig, bank) -> None:
+    server, slm = slm_rig()
+    for call in (lambda: slm.load_sequence(sequence(2), bank=bank), lambda: slm.start_sequence(bank=bank),
+                 lambda: slm.bank_count(bank)):
+        with pytest.raises(LimitViolation, match=r"slm, command 'SEQ:BANK.*': bank .* is not one of 1, 2"):
+            call()
+    assert server.since(0) == b""
+
+
+def test_simulator_banks_scpi_forms_and_errors() -> None:
+    sim = SimPhaseSLM(seed=3)
+    s = sim.session()
+    one, two = sequence(2, seed=1), sequence(3, seed=2)
+    assert ask(s, b"SEQ:BANK2 #41920" + two.tobytes() + b"\n") == []
+    assert ask(s, b"SEQuence:BANK1:DATA #41280" + one.tobytes() + b"\n") == []
+    assert ask(s, b"SEQ:BANK2:COUN?;:SEQ:BANK1:COUN?;:SEQ:COUN?;:SEQ:BANK?\n") == [b"3;2;2;0\n"]
+    np.testing.assert_array_equal(sim.sequence, one)  # the plain SEQ commands are bank 1
+    np.testing.assert_array_equal(sim.banks[1], two)
+    assert ask(s, b"seq:bank2:star;*OPC?\n") == [b"1\n"]  # not realtime: played at once
+    np.testing.assert_array_equal(sim.shown_pattern, two[-1])
+    for bad, code in ((b"SEQ:BANK3 #3640" + bytes(640), b"-114"), (b"SEQ:BANK3:STAR", b"-114"),
+                      (b"SEQ:BANK2 #3700" + bytes(700), b"-161"), (b"SEQ:BANK2 0", b"-104")):
+        ask(s, bad + b"\n")
+        assert ask(s, b"SYST:ERR?\n")[0].startswith(code), bad[:14]
+    np.testing.assert_array_equal(sim.banks[1], two)  # refused blocks changed nothing
+    ask(s, b"*RST\n")
+    assert ask(s, b"SEQ:BANK1:COUN?;:SEQ:BANK2:COUN?\n") == [b"0;0\n"]
+    ask(s, b"SEQ:BANK2:STAR\n")
+    assert ask(s, b"SYST:ERR?\n")[0].startswith(b"-221")  # an empty bank does not start
+
+
+def test_simulator_loads_one_bank_while_the_other_plays() -> None:
+    """Realtime: bank 2 takes a new sequence while bank 1 plays; bank 1 and a second start are refused meanwhile;
+    once bank 1 is done, bank 2 plays its own patterns and the bench hears of each start."""
+    bench = Recorder()
+    sim = SimPhaseSLM(listener=bench, realtime=True)
+    with PtyServer(sim.session, name="slm-sim") as pty:
+        slm = PhaseSLM(open_link(pty.port, name="slm", baud_rate=3_000_000, timeout_s=1.0))
+        try:
+            one, two = sequence(5, seed=1), sequence(4, seed=2)
+            slm.load_sequence(one, bank=1)
+            slm.dwell_s = 0.2  # 1 s: time enough for the checks below while it plays, on a loaded machine
+            slm.start_sequence(bank=1)
+            slm.load_sequence(two, bank=2)  # while bank 1 plays
+            assert slm.playing_bank() == 1 and sim.running
+            with pytest.raises(InstrumentReportedError, match=r"'SEQ:BANK1 .*-221"):
+                slm.load_sequence(two, bank=1)  # not the bank that plays
+            with pytest.raises(InstrumentReportedError, match=r"'SEQ:BANK2:STAR'.*-221"):
+                slm.start_sequence(bank=2)  # one sequence at a time: no queued start
+            np.testing.assert_array_equal(sim.banks[0], one)
+            slm.wait_done()
+            assert slm.playing_bank() == 0
+            slm.start_sequence(bank=2)
+            assert slm.playing_bank() == 2
+            assert any((slm.pattern() == row).all() for row in two)
+            slm.blank()  # stops it: the safe state wins
+            assert slm.playing_bank() == 0 and slm.is_blank()
+        finally:
+            slm.close()
+    assert [len(p) for p, *_ in bench.sequences] == [5, 4]
+    np.testing.assert_array_equal(bench.sequences[1][0], two)
+    assert bench.starts[1] - bench.starts[0] >= 5 * 0.2  # bank 2 started after bank 1 had played

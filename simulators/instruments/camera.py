@@ -23,6 +23,10 @@ capitals, case-insensitive, ``;``-joined; every setting is also a query):
 ``DATA?``                                         the series: IEEE block of uint16 little-endian, frames x w (FVB) or
                                                   frames x h x w (IMAGE), row-major; only when READY, else -230 and no
                                                   reply; reading does not clear it
+``DATA:NEXT?``                                    the frames of the current series acquired since the last
+                                                  ``DATA:NEXT?`` (oldest first; ARMED or READY), laid out as by
+                                                  ``DATA?``; an empty block ``#10`` if none is new; IDLE: -230 and no
+                                                  reply. ``ACQ:STAR`` starts the count again
 ``TEMPerature?``                                  sensor temperature, deg C (about -60.0)
 ``*OPC?``                                         ``1`` once the series is READY (at once when IDLE or READY)
 ================================================  =====================================================================
@@ -36,7 +40,12 @@ the camera takes bias frames (100 counts everywhere), at once or, with ``realtim
 the external trigger the bench asks ``wants_frames()`` and calls ``capture(frames, ready_in_s)`` for the triggers the
 camera saw (a trigger arriving while the previous frame is still exposed or read out is the bench's to drop, using
 ``cycle_s``). The series becomes READY when ``KIN:COUN`` frames are in, not before ``ready_in_s`` from the last
-``capture`` (realtime benches); meanwhile ``ACQ:FRAM?`` counts the frames in as if they arrived evenly over that time.
+``capture`` (realtime benches); meanwhile ``ACQ:FRAM?`` counts the frames in as if they arrived evenly over that time
+(from ``start_s``, when the bench says the triggers began), and ``DATA:NEXT?`` hands out only those.
+
+Reading during a series: the frames already taken sit in the camera's buffer and ``DATA:NEXT?`` sends them while the
+later exposures of the series go on (the frame-by-frame read-out of spectroscopy CCDs' kinetic series), so a long
+series' read-out over the serial line can overlap its acquisition. The line time is the same as for ``DATA?``.
 
 Deviations from a real camera (documented limits of the simulation): while ARMED, settings and a second
 ``ACQ:STAR`` are refused with -221 "Settings conflict" (abort first); a series larger than the on-board memory
@@ -156,6 +165,7 @@ class SimSpectroscopyCamera(SCPIInstrument):
         self._batches: list[_Batch] = []
         self._captured = 0
         self._data: bytes | None = None
+        self._sent = 0  # frames handed out by DATA:NEXT?
 
     # -- what the bench reads ------------------------------------------------------------------------------------------
 
@@ -210,8 +220,13 @@ class SimSpectroscopyCamera(SCPIInstrument):
     def frames_acquired(self) -> int:
         """Frames of the current series acquired so far."""
         with self.lock:
-            now = time.monotonic()
-            return sum(b.visible(now) for b in self._batches)
+            now, total = time.monotonic(), 0
+            for batch in self._batches:  # in order: a later capture's frames follow all earlier ones
+                seen = batch.visible(now)
+                total += seen
+                if seen < batch.count:
+                    break
+            return total
 
     def wants_frames(self) -> int:
         """How many more frames an ARMED external-trigger series takes (0 otherwise)."""
@@ -220,11 +235,12 @@ class SimSpectroscopyCamera(SCPIInstrument):
                 return 0
             return self._series_count - self._captured
 
-    def capture(self, frames: np.ndarray, ready_in_s: float = 0.0) -> int:
+    def capture(self, frames: np.ndarray, ready_in_s: float = 0.0, start_s: float | None = None) -> int:
         """Add frames (uint16 ``[K, w]`` in FVB, ``[K, h, w]`` in IMAGE) to the ARMED series.
 
         Frames beyond the series' count are dropped (the camera ignores triggers once it has its frames). The
-        series turns READY when complete, but not before ``ready_in_s`` s from now. Returns the frames taken.
+        series turns READY when complete, but not before ``ready_in_s`` s after ``start_s`` (monotonic s, when the
+        first of these frames' triggers came; default now, and never later than now). Returns the frames taken.
         """
         frames = np.asarray(frames)
         with self.lock:
@@ -240,8 +256,9 @@ class SimSpectroscopyCamera(SCPIInstrument):
                 log.debug("camera: %d extra frame(s) ignored", len(frames) - take)
             if take:
                 now = time.monotonic()
+                begin = now if start_s is None else min(now, float(start_s))
                 self._chunks.append(frames[:take].copy())
-                self._batches.append(_Batch(now, now + max(0.0, float(ready_in_s)), take))
+                self._batches.append(_Batch(begin, begin + max(0.0, float(ready_in_s)), take))
                 self._captured += take
             self._advance()
             self.changed.notify_all()
@@ -257,7 +274,7 @@ class SimSpectroscopyCamera(SCPIInstrument):
             return
         series = np.concatenate(self._chunks) if self._chunks else np.zeros((0, *self._series_shape), np.uint16)
         self._data = series.astype("<u2", copy=False).tobytes()
-        self._chunks = []
+        self._chunks = [series]
         self._state = "READY"
         self.changed.notify_all()
         log.debug("camera: series of %d frame(s) ready", self._series_count)
@@ -269,6 +286,17 @@ class SimSpectroscopyCamera(SCPIInstrument):
     def _discard(self) -> None:
         self._state = "IDLE"
         self._chunks, self._batches, self._captured, self._data = [], [], 0, None
+        self._sent = 0  # frames handed out by DATA:NEXT?
+
+    def _frames(self, first: int, end: int) -> np.ndarray:
+        """Frames ``first`` .. ``end - 1`` of the series (all captured), uint16 [end - first, *frame shape]."""
+        parts, offset = [], 0
+        for chunk in self._chunks:
+            lo, hi = max(first, offset), min(end, offset + len(chunk))
+            if lo < hi:
+                parts.append(chunk[lo - offset:hi - offset])
+            offset += len(chunk)
+        return np.concatenate(parts) if parts else np.zeros((0, *self._series_shape), np.uint16)
 
     # -- readout settings ----------------------------------------------------------------------------------------------
 
@@ -354,6 +382,16 @@ class SimSpectroscopyCamera(SCPIInstrument):
             call.session.push_error(SCPIError(-230, f"DATA? while {state}"))
             return None
         return Block(self._data)
+
+    @scpi("DATA:NEXT?")
+    def _next_q(self, call: Call) -> Block | None:
+        state = self.status
+        if state == "IDLE":
+            call.session.push_error(SCPIError(-230, "DATA:NEXT? while IDLE"))
+            return None
+        first, end = self._sent, self.frames_acquired()
+        self._sent = max(first, end)
+        return Block(self._frames(first, end).astype("<u2", copy=False).tobytes())
 
     @scpi("*OPC?")
     def _opc_query(self, call: Call) -> str:

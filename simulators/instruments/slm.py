@@ -15,7 +15,12 @@ The instrument of the optical bench's 4f pulse shaper (see ``drivers.slm`` for t
 ``SEQuence[:DATA] #<block>``               K * 640 uint8 (K patterns, row-major), 1 <= K <= ``SEQ:MAX?``; replaces
                                            the loaded sequence
 ``SEQuence:COUNt?``                        K loaded (0 after ``*RST``)
-``SEQuence:MAXimum?``                      ``4096`` (read only)
+``SEQuence:MAXimum?``                      ``4096`` (read only): patterns per bank
+``SEQuence:BANK<n>[:DATA] #<block>``       as ``SEQ:DATA``, into sequence bank n = 1|2 (``SEQ:DATA`` is bank 1);
+                                           allowed while the OTHER bank plays
+``SEQuence:BANK<n>:COUNt?``                K loaded in bank n
+``SEQuence:BANK<n>:STARt``                 play bank n once (``SEQ:STAR`` plays bank 1)
+``SEQuence:BANK?``                         ``0`` idle, else the bank playing (1|2)
 ``SEQuence:DWELl <s>``                     time each pattern is shown, 1 ms .. 10 s (``MIN``, ``MAX``, ``DEF`` 10 ms)
 ``SEQuence:STARt``                         play the sequence once (see below); the last pattern stays shown
 ``SEQuence:STATe?``                        ``RUN`` or ``IDLE``
@@ -27,18 +32,27 @@ The instrument of the optical bench's 4f pulse shaper (see ``drivers.slm`` for t
 Errors (queued, state unchanged): a pattern block of other than 640 bytes -> -161 "Invalid block data" (-223 "Too
 much data" if longer); a sequence block that is empty or not a multiple of 640 -> -161, more than ``SEQ:MAX?``
 patterns -> -223 (a block beyond the reader's bound, 4096 * 640 bytes, is refused while framing, also -223); a
-parameter that is not a block -> -104; ``SEQ:STAR`` with no sequence loaded, or ``SEQ:DATA``/``SEQ:STAR`` while a
-sequence runs -> -221 "Settings conflict". ``*RST``: blank pattern, sequence cleared, ``DWEL`` 0.01 s, ``TRIG:OUTP ON``.
+parameter that is not a block -> -104; ``SEQ:STAR`` with no sequence loaded, a start while a sequence runs, or a load
+into the bank that is playing -> -221 "Settings conflict"; a bank other than 1 or 2 -> -114 "Header suffix out of
+range". ``*RST``: blank pattern, both banks cleared, ``DWEL`` 0.01 s, ``TRIG:OUTP ON``.
+
+Double-buffered sequence memory: two banks of ``SEQ:MAX?`` patterns each. A bank can be loaded while the other one
+plays (the upload still takes its time on the serial line: 10 bits per byte at the line's baud rate), so a long
+batch can be shown in chunks with the next chunk's upload hidden behind the current one's playback. A bank is started
+only when no sequence plays (no queued start: the host starts the next bank once ``*OPC?`` says the current one is
+done). Without the ``BANK`` commands the instrument behaves as with one sequence memory (bank 1).
 
 Sequence playback: for each pattern, show it, wait ``SETT?``, pulse the trigger out (if ``TRIG:OUTP ON``), keep it
 for the rest of ``DWEL``; the whole sequence takes K * ``DWEL`` s. With ``realtime=True`` that time passes on the wall
 clock: ``SEQ:STAT?`` answers ``RUN``, ``PATT?`` returns the pattern shown at that moment, and ``*OPC?`` answers when
 the sequence ends (after ``PATT``, when the LC has settled). Without ``realtime`` everything completes at once.
-``PATT`` or ``PATT:BLAN`` during a sequence stops it.
+``PATT`` or ``PATT:BLAN`` during a sequence stops it. A sequence's clock starts when its start command is received:
+the time the bench's physics takes to compute its frames is the simulation's, not the instrument's.
 
 Wiring (the bench, ``simulators.benches``): ``listener.on_slm_sequence(patterns [K, 640] uint8, dwell_s, settle_s,
-trigger_out)`` on ``SEQ:STAR`` and ``listener.on_slm_pattern(pattern [640] uint8)`` whenever a pattern is shown by
-``PATT``, ``PATT:BLAN`` or ``*RST``; both called under the instrument lock with read-only copies.
+trigger_out, start_s=<monotonic time the sequence started>)`` on ``SEQ:STAR`` or ``SEQ:BANK<n>:STAR`` and
+``listener.on_slm_pattern(pattern [640] uint8)`` whenever a pattern is shown by ``PATT``, ``PATT:BLAN`` or ``*RST``;
+both called under the instrument lock with read-only copies.
 
 Deviations from a real SLM: the LUT is the nominal one (the true phase response lives in the bench's physics); a
 sequence aborted by ``PATT`` still counts as played for the bench; flow control is not simulated (the pty carries
@@ -67,7 +81,8 @@ def _nr3(value: float) -> str:
 class SLMListener(Protocol):
     """What the SLM is wired to (the optical bench)."""
 
-    def on_slm_sequence(self, patterns: np.ndarray, dwell_s: float, settle_s: float, trigger_out: bool) -> None: ...
+    def on_slm_sequence(self, patterns: np.ndarray, dwell_s: float, settle_s: float, trigger_out: bool, *,
+                        start_s: float) -> None: ...
 
     def on_slm_pattern(self, pattern: np.ndarray) -> None: ...
 
@@ -80,7 +95,8 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 
 class SimPhaseSLM(SCPIInstrument):
     """Front panel of a PS-SLM640. Attributes for tests and the bench: ``shown_pattern`` (uint8 [640]), ``is_blank``,
-    ``running``, ``sequence`` (uint8 [K, 640]), ``dwell_s``, ``trigger_out``, ``lut_rad`` (float32 [256]).
+    ``running``, ``banks`` (the two sequence banks, uint8 [K, 640] each), ``sequence`` (bank 1), ``playing_bank``
+    (0 idle, 1 or 2), ``dwell_s``, ``trigger_out``, ``lut_rad`` (float32 [256]).
 
     Args:
         lock: shared with the other instruments of the bench.
@@ -90,7 +106,8 @@ class SimPhaseSLM(SCPIInstrument):
     """
 
     n_pixels = 640
-    sequence_max = 4096
+    sequence_max = 4096  # patterns per bank
+    n_banks = 2
     settle_s = 5e-3
     lut_wavelength_m = 800e-9
     default_dwell_s = 0.01
@@ -111,11 +128,23 @@ class SimPhaseSLM(SCPIInstrument):
 
     def reset(self) -> None:
         self._shown = np.zeros(self.n_pixels, dtype=np.uint8)
-        self.sequence = np.zeros((0, self.n_pixels), dtype=np.uint8)
+        self.banks = [np.zeros((0, self.n_pixels), dtype=np.uint8) for _ in range(self.n_banks)]
         self.dwell_s = self.default_dwell_s
         self.trigger_out = True
         self._run: tuple[np.ndarray, float, float] | None = None  # patterns, monotonic start, dwell
+        self._run_bank = 0  # the bank of ``_run`` (1 or 2)
         self._busy_until = 0.0  # monotonic time *OPC? waits for
+
+    @property
+    def sequence(self) -> np.ndarray:
+        """The patterns of bank 1, the sequence of the plain ``SEQ`` commands (uint8 [K, 640])."""
+        return self.banks[0]
+
+    @property
+    def playing_bank(self) -> int:
+        """The bank whose sequence plays now: 1 or 2, 0 when none does."""
+        with self.lock:
+            return self._run_bank if self.running else 0
 
     # -- state seen by the bench and tests ---------------------------------------------------------------------------
 
@@ -149,12 +178,12 @@ class SimPhaseSLM(SCPIInstrument):
             self._advance()
             return self._run is not None
 
-    def _busy_for(self, seconds: float) -> None:
-        """``*OPC?`` answers ``seconds`` from now (realtime) or at once."""
+    def _busy_for(self, seconds: float, since: float | None = None) -> None:
+        """``*OPC?`` answers ``seconds`` after ``since`` (monotonic s, default now) in realtime, else at once."""
         now = time.monotonic()
-        self._busy_until = now + seconds if self.realtime else now
-        if self.realtime and seconds > 0:
-            timer = threading.Timer(seconds, self._wake)  # wakes a waiting *OPC? on time, not at its next poll
+        self._busy_until = (now if since is None else since) + seconds if self.realtime else now
+        if self.realtime and self._busy_until > now:
+            timer = threading.Timer(self._busy_until - now, self._wake)  # wakes a waiting *OPC? on time
             timer.daemon = True
             timer.start()
 
@@ -214,22 +243,36 @@ class SimPhaseSLM(SCPIInstrument):
 
     # -- sequences ---------------------------------------------------------------------------------------------------
 
+    def _bank(self, call: Call) -> int:
+        """The bank the header names: ``SEQ:BANK<n>`` (n = 1|2), or 1 for the plain ``SEQ`` commands."""
+        bank = call.suffix
+        if not 1 <= bank <= self.n_banks:
+            raise SCPIError(-114, f"{call.header}: bank {bank}, the SLM has banks 1 .. {self.n_banks}")
+        return bank
+
     @scpi("SEQuence[:DATA]")
+    @scpi("SEQuence:BANK#[:DATA]")
     def _sequence(self, call: Call) -> None:
+        bank = self._bank(call)
         data = call.block(0)
-        if self.running:
-            raise SCPIError(-221, "a sequence is running")
+        if self.running and self._run_bank == bank:
+            raise SCPIError(-221, f"bank {bank} is playing" if call.suffixes else "a sequence is running")
         k, rest = divmod(len(data), self.n_pixels)
         if k == 0 or rest:
             raise SCPIError(-161, f"sequence of {len(data)} bytes is not a whole number of {self.n_pixels}-pixel "
                                   f"patterns")
         if k > self.sequence_max:
             raise SCPIError(-223, f"{k} patterns, at most {self.sequence_max}")
-        self.sequence = np.frombuffer(data, dtype=np.uint8).reshape(k, self.n_pixels).copy()
+        self.banks[bank - 1] = np.frombuffer(data, dtype=np.uint8).reshape(k, self.n_pixels).copy()
 
     @scpi("SEQuence:COUNt?")
+    @scpi("SEQuence:BANK#:COUNt?")
     def _count_q(self, call: Call) -> str:
-        return str(len(self.sequence))
+        return str(len(self.banks[self._bank(call) - 1]))
+
+    @scpi("SEQuence:BANK?")
+    def _bank_q(self, call: Call) -> str:
+        return str(self.playing_bank)
 
     @scpi("SEQuence:MAXimum?")
     def _max_q(self, call: Call) -> str:
@@ -240,20 +283,24 @@ class SimPhaseSLM(SCPIInstrument):
     _trigger_out = setting("TRIGger:OUTPut", "trigger_out", "boolean")
 
     @scpi("SEQuence:STARt", nargs=0)
+    @scpi("SEQuence:BANK#:STARt", nargs=0)
     def _start(self, call: Call) -> None:
-        if not len(self.sequence):
-            raise SCPIError(-221, "no sequence loaded")
+        start = time.monotonic()  # the instrument starts on the command; the physics below is the simulation's time
+        bank = self._bank(call)
+        patterns = self.banks[bank - 1]
+        if not len(patterns):
+            raise SCPIError(-221, f"no sequence loaded in bank {bank}" if call.suffixes else "no sequence loaded")
         if self.running:
             raise SCPIError(-221, "a sequence is running")
-        patterns = self.sequence
         if self.listener is not None:
-            self.listener.on_slm_sequence(_frozen(patterns), self.dwell_s, self.settle_s, self.trigger_out)
+            self.listener.on_slm_sequence(_frozen(patterns), self.dwell_s, self.settle_s, self.trigger_out,
+                                          start_s=start)
         duration_s = len(patterns) * self.dwell_s
         if self.realtime:
-            self._run = (patterns, time.monotonic(), self.dwell_s)
+            self._run, self._run_bank = (patterns, start, self.dwell_s), bank
         else:
             self._shown = patterns[-1].copy()
-        self._busy_for(duration_s)
+        self._busy_for(duration_s, since=start)
         self.changed.notify_all()
 
     @scpi("SEQuence:STATe?")
