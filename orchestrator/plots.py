@@ -6,16 +6,22 @@ from any thread. Each function creates the parent folder, writes one PNG and ret
 
 from __future__ import annotations
 
+import io
 import logging
 import math
+import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
+
+from common.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +36,22 @@ def _figure(n_panels: int = 1, width: float = 5.0, height: float = 4.0) -> tuple
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
+    """Write the figure as a PNG, atomically (a reader never sees half a file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=_DPI, format="png")
     fig.clear()
+    atomic_write_bytes(path, buf.getvalue())
     log.debug("wrote %s", path)
     return path
 
 
-def _number(value: Any) -> float:
+def _wrap(title: str, width_in: float) -> str:
+    """A figure title broken into lines that fit ``width_in`` inches (at the default title size)."""
+    return "\n".join(textwrap.wrap(title, max(30, int(width_in * 9.5)))) or title
+
+
+def number(value: Any) -> float:
     """A metric value as float; None, '' or unparsable text (e.g. from a CSV) -> NaN."""
     try:
         return float(value)
@@ -46,34 +59,43 @@ def _number(value: Any) -> float:
         return math.nan
 
 
+CURVE_LABELS = {"train_accuracy_running": "train (running, during the epoch)",
+                "test_accuracy": "test, on the device", "twin_test_accuracy": "test, on the twin",
+                "train_loss": "train (running, during the epoch)"}
+"""Legend labels of the metrics.csv columns; other columns are named after themselves."""
+
+
 def plot_learning_curves(rows: list[dict], path: str | Path, title: str = "Learning curves") -> Path:
     """Loss (left) and accuracy (right) per epoch from metric rows.
 
-    Every ``*_loss`` and ``*_accuracy`` column present in the rows is drawn (e.g. train_loss, train_accuracy,
-    val_accuracy, test_accuracy); columns that are missing or empty everywhere are skipped. Values may be
+    Every ``*_loss`` and ``*_accuracy`` column present in the rows is drawn, and ``*_accuracy_running`` (the running
+    train accuracy of an epoch's batches); columns that are missing or empty everywhere are skipped. Values may be
     strings, as read back from metrics.csv.
     """
     keys = list(dict.fromkeys(k for row in rows for k in row))
-    epochs = np.array([_number(row.get("epoch", i + 1)) for i, row in enumerate(rows)])
+    epochs = np.array([number(row.get("epoch", i + 1)) for i, row in enumerate(rows)])
     fig, (ax_loss, ax_acc) = _figure(2)
-    for ax, suffix, label in ((ax_loss, "_loss", "loss"), (ax_acc, "_accuracy", "accuracy")):
+    for ax, suffixes, label in ((ax_loss, ("_loss",), "loss"),
+                                (ax_acc, ("_accuracy", "_accuracy_running"), "accuracy")):
         drawn = 0
-        for key in (k for k in keys if k.endswith(suffix)):
-            values = np.array([_number(row.get(key)) for row in rows])
+        for key in (k for k in keys if k.endswith(suffixes)):
+            values = np.array([number(row.get(key)) for row in rows])
             if np.isnan(values).all():
                 continue
             ok = ~np.isnan(values)
-            ax.plot(epochs[ok], values[ok], marker="o", ms=3, label=key.removesuffix(suffix).replace("_", " "))
+            name = CURVE_LABELS.get(key, key.removesuffix(suffixes[0]).replace("_", " "))
+            ax.plot(epochs[ok], values[ok], marker="o", ms=3, label=name,
+                    ls="--" if key.endswith("_running") else "-")
             drawn += 1
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         if drawn:
-            ax.legend()
+            ax.legend(fontsize=8, framealpha=0.6)
         else:
             ax.text(0.5, 0.5, f"no {label} recorded", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle(title)
+    fig.suptitle(_wrap(title, fig.get_figwidth()))
     return _save(fig, path)
 
 
@@ -105,17 +127,42 @@ def plot_confusion_matrix(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[i
             if counts[i, j]:
                 ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if fractions[i, j] > 0.5 else "black")
-    ax.set_title(f"{title} (accuracy {accuracy:.1%}, {counts.sum()} samples)")
+    ax.set_title(_wrap(f"{title} (accuracy {accuracy:.1%}, {counts.sum()} samples)", size - 0.5))
     return _save(fig, path)
 
 
+@dataclass(frozen=True)
+class OutputAxis:
+    """What a physical layer's outputs mean, for plots: ``positions`` [n_outputs] along ``label`` (e.g. the bins'
+    centre times in µs, or their wavelengths in nm), ``scale`` turns output units into ``value_label``'s unit, and
+    ``full_scale`` holds the levels (in that unit) where the instrument's range ends, if known."""
+
+    positions: np.ndarray
+    label: str = "output bin"
+    value_label: str = "device output (units)"
+    scale: float = 1.0
+    full_scale: tuple[float, ...] = ()
+
+    @classmethod
+    def bins(cls, n_outputs: int) -> "OutputAxis":
+        """The default: output bin indices, outputs in their own units."""
+        return cls(np.arange(n_outputs, dtype=float))
+
+
 def plot_physical_outputs(outputs: np.ndarray | Sequence[np.ndarray], path: str | Path,
-                          title: str = "Physical outputs", labels: Sequence[str] | None = None) -> Path:
-    """Device outputs of a few samples, one panel per layer, one line per sample.
+                          title: str = "Physical outputs", labels: Sequence[str] | None = None,
+                          axis: OutputAxis | None = None, sample_classes: Sequence[str] | None = None,
+                          n_traces: int = 3) -> Path:
+    """The device outputs of a layer for many samples as a heat map (samples by output position, grouped by class
+    when ``sample_classes`` are given), and the first ``n_traces`` samples each in a panel of its own, with the
+    instrument's full scale dashed; one column per layer.
 
     Args:
         outputs: [K, n_out] for one layer, or a list of such arrays (one per layer; n_out may differ).
-        labels: one panel title per layer; default "layer 1", "layer 2", ...
+        labels: one column title per layer; default "layer 1", "layer 2", ...
+        axis: what the outputs mean (positions, units, full scale); default output bin indices in output units.
+            Used for the layers whose n_out it fits.
+        sample_classes: the true class of each of the K samples (the heat map's rows are sorted by it).
     """
     layers = [np.atleast_2d(np.asarray(outputs, dtype=float))] if isinstance(outputs, np.ndarray) \
         else [np.atleast_2d(np.asarray(o, dtype=float)) for o in outputs]
@@ -123,20 +170,78 @@ def plot_physical_outputs(outputs: np.ndarray | Sequence[np.ndarray], path: str 
         raise ValueError("no outputs to plot")
     if labels is not None and len(labels) != len(layers):
         raise ValueError(f"{len(labels)} labels for {len(layers)} layers")
-    fig, axes = _figure(len(layers), 4.5, 3.5)
-    for number, (ax, y) in enumerate(zip(axes, layers), 1):
-        for k, trace in enumerate(y):
-            ax.plot(np.arange(len(trace)), trace, marker="o" if len(trace) <= 50 else None, ms=3,
-                    label=f"sample {k + 1}")
-        ax.set_title(f"{labels[number - 1] if labels is not None else f'layer {number}'} ({y.shape[1]} outputs)")
-        ax.set_xlabel("output index")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("device output")
-    if len(layers[0]) <= 10:
-        axes[-1].legend(fontsize=8)
+    n_traces = min(n_traces, min(len(y) for y in layers))
+    # a fixed layout, in inches (the constrained one doubles the time to draw): columns of 3.6 in, 1.6 in between
+    # them and at the right for the colour bar and its label
+    n_cols, col, gap, left = len(layers), 3.6, 1.6, 0.85
+    width, height = left + n_cols * col + n_cols * gap, 3.9 + 1.3 * n_traces
+    title = _wrap(title, width)
+    top = 0.35 + 0.25 * title.count("\n") + 0.35
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(1 + n_traces, n_cols, height_ratios=[2.6] + [1.0] * n_traces,
+                            left=left / width, right=1 - gap / width, bottom=0.75 / height, top=1 - top / height,
+                            hspace=0.12, wspace=gap / col)
+    for number, y in enumerate(layers, 1):
+        ax_map = fig.add_subplot(grid[0, number - 1])
+        lay = axis if axis is not None and len(axis.positions) == y.shape[1] else OutputAxis.bins(y.shape[1])
+        x, values = np.asarray(lay.positions, dtype=float), y * lay.scale
+        name = labels[number - 1] if labels is not None else f"layer {number}"
+        _output_heat_map(fig, ax_map, x, values, lay, sample_classes)
+        ax_map.set_title(f"{name}: {len(y)} samples x {y.shape[1]} outputs", fontsize=10)
+        for k in range(n_traces):
+            ax = fig.add_subplot(grid[1 + k, number - 1], sharex=ax_map)
+            ax.plot(x, values[k], marker="o" if len(x) <= 50 else None, ms=2.5, lw=1)
+            for level in lay.full_scale:
+                ax.axhline(level, color="C3", ls="--", lw=0.8)
+            which = f"sample {k + 1}" + (f" (class {sample_classes[k]})" if sample_classes is not None else "")
+            ax.text(0.01, 0.96, which, transform=ax.transAxes, ha="left", va="top", fontsize=8,
+                    bbox={"facecolor": "white", "alpha": 0.6, "edgecolor": "none", "pad": 1})
+            ax.grid(alpha=0.3)
+            ax.set_ylabel(lay.value_label if number == 1 and k == n_traces // 2 else "", fontsize=8)
+            ax.tick_params(labelsize=8)
+            if k == n_traces - 1:
+                ax.set_xlabel(lay.label)
+            else:
+                ax.tick_params(labelbottom=False)
+        if not n_traces:
+            ax_map.set_xlabel(lay.label)
+    if axis is not None and axis.full_scale and n_traces:
+        fig.legend(handles=[Line2D([], [], color="C3", ls="--", lw=0.8, label="instrument full scale")],
+                   loc="lower right", fontsize=8, frameon=False)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def _output_heat_map(fig: Figure, ax: Any, x: np.ndarray, values: np.ndarray, axis: OutputAxis,
+                     sample_classes: Sequence[str] | None) -> None:
+    """Samples (rows, grouped by class) by output position (columns), coloured by value."""
+    order = np.arange(len(values))
+    if sample_classes is not None:
+        order = np.array(sorted(order, key=lambda i: (str(sample_classes[i]), i)))
+    shown = values[order]
+    half = 0.5 * (x[1] - x[0]) if len(x) > 1 else 0.5
+    lo, hi = float(np.nanmin(shown)), float(np.nanmax(shown))
+    if lo < 0 < hi:  # signed: diverging colours centred on 0
+        bound = max(-lo, hi)
+        style = {"cmap": "RdBu_r", "vmin": -bound, "vmax": bound}
+    else:
+        style = {"cmap": "viridis", "vmin": lo, "vmax": hi if hi > lo else lo + 1}
+    image = ax.imshow(shown, aspect="auto", interpolation="nearest", origin="upper",
+                      extent=(x[0] - half, x[-1] + half, len(shown) - 0.5, -0.5), **style)
+    fig.colorbar(image, ax=ax, label=axis.value_label, pad=0.01)
+    if sample_classes is not None:
+        classes = [str(sample_classes[i]) for i in order]
+        starts = [i for i in range(len(classes)) if i == 0 or classes[i] != classes[i - 1]]
+        ends = starts[1:] + [len(classes)]
+        for start in starts[1:]:
+            ax.axhline(start - 0.5, color="white", lw=0.6)
+        if len(starts) <= 30:
+            ax.set_yticks([(a + b - 1) / 2 for a, b in zip(starts, ends)], [classes[a] for a in starts], fontsize=7)
+        ax.set_ylabel("samples by class")
+    else:
+        ax.set_ylabel("sample")
+    ax.tick_params(labelbottom=False)
 
 
 def plot_twin_vs_device(y_device: np.ndarray, y_twin: np.ndarray, path: str | Path,
@@ -161,16 +266,20 @@ def plot_twin_vs_device(y_device: np.ndarray, y_twin: np.ndarray, path: str | Pa
     ax_sc.set_xlabel("device output")
     ax_sc.set_ylabel("twin prediction")
     ax_sc.set_title(f"RMS error {rmse:.3g} ({rmse / spread:.1%} of device std)")
-    ax_sc.legend(loc="upper left")
+    ax_sc.legend(loc="lower right", fontsize=8, framealpha=0.5)  # the data lie along the diagonal: this corner is free
     ax_sc.grid(alpha=0.3)
 
     for k in range(min(n_examples, len(y_device))):
-        line, = ax_tr.plot(y_device[k], lw=1.5, label=f"sample {k + 1} device")
-        ax_tr.plot(y_twin[k], lw=1.5, ls="--", color=line.get_color(), label=f"sample {k + 1} twin")
-    ax_tr.set_xlabel("output index")
+        line, = ax_tr.plot(y_device[k], lw=1.5)
+        ax_tr.plot(y_twin[k], lw=1.5, ls="--", color=line.get_color())
+    ax_tr.set_xlabel("output bin")
     ax_tr.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_tr.set_ylabel("output")
-    ax_tr.legend(fontsize=8)
+    ax_tr.set_title(f"{min(n_examples, len(y_device))} held-out samples, one colour each", fontsize=10)
+    # the legend says only what the line styles mean, outside the axes, so it hides no data
+    ax_tr.legend(handles=[Line2D([], [], color="0.3", lw=1.5, label="device"),
+                          Line2D([], [], color="0.3", lw=1.5, ls="--", label="twin")],
+                 loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax_tr.grid(alpha=0.3)
     fig.suptitle(title)
     return _save(fig, path)
@@ -212,8 +321,41 @@ def plot_frequency_response(f_hz: np.ndarray, measured: np.ndarray, models: dict
     return _save(fig, path)
 
 
-__all__ = ["plot_learning_curves", "plot_confusion_matrix", "plot_physical_outputs", "plot_twin_vs_device",
-           "plot_trace", "plot_frequency_response"]
+@dataclass
+class Curve:
+    """One run's learning curve: per epoch, the device test accuracy and the running train accuracy (NaN: none)."""
+
+    label: str
+    epochs: Sequence[float]
+    test_accuracy: Sequence[float]
+    train_accuracy_running: Sequence[float]
+
+
+def plot_compared_runs(curves: Sequence[Curve], path: str | Path, title: str = "Runs compared") -> Path:
+    """The device test accuracy per epoch of several runs, one colour each, with their running train accuracy
+    dotted; the legend stands to the right of the axes."""
+    fig, (ax,) = _figure(1, 8.5, 4.5)
+    for k, curve in enumerate(curves):
+        epochs = np.asarray(curve.epochs, dtype=float)
+        for values, style, label in ((curve.test_accuracy, "-", curve.label), (curve.train_accuracy_running, ":", None)):
+            values = np.asarray(values, dtype=float)
+            ok = ~np.isnan(values) & ~np.isnan(epochs)
+            if ok.any():
+                ax.plot(epochs[ok], values[ok], style, marker="o" if style == "-" else None, ms=3, color=f"C{k % 10}",
+                        label=label)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("accuracy")
+    ax.set_title("solid: test accuracy, measured on the device; dotted: running train accuracy", fontsize=9)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+__all__ = ["OutputAxis", "Curve", "plot_compared_runs", "plot_learning_curves", "plot_confusion_matrix", "plot_physical_outputs",
+           "plot_twin_vs_device", "plot_trace", "plot_frequency_response"]
 
 
 def plot_optical_calibration(reference: np.ndarray, dark: np.ndarray, bin_edges: np.ndarray, lut_gray: np.ndarray,

@@ -33,6 +33,7 @@ from torch import nn
 from drivers.setups.base import PhysicalSetup
 from orchestrator.config import ExperimentConfig
 from orchestrator.connections import Connections
+from orchestrator.plots import OutputAxis
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,12 @@ class SetupKit:
 
     def plot_fitted(self, setup: PhysicalSetup, artifacts: Path) -> None:
         """Plots of the calibration with the fitted twins (after the twin fits)."""
+
+    def output_axis(self, cfg: ExperimentConfig, setup: PhysicalSetup) -> OutputAxis:
+        """What the setup's outputs mean, for the run folder's plots: where each output bin lies (a time, a
+        wavelength), the outputs' physical unit and the instrument's full scale. Default: bin indices, output
+        units."""
+        return OutputAxis.bins(setup.n_outputs)
 
 
 _KITS: dict[str, SetupKit] = {}

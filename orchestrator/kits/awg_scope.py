@@ -6,17 +6,19 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
+import numpy as np
 from pydantic import model_validator
 
 from common.models import FieldError
 from drivers.awg import Keysight33500B
 from drivers.scope import KeysightInfiniiVision
-from drivers.setups.awg_scope import AwgScopeSetup
+from drivers.setups.awg_scope import SCREEN_DIVISIONS, AwgScopeSetup
 from encoding.awg_scope import emf_per_unit
 from orchestrator.config import ExperimentConfig
 from orchestrator.kits import Row, SetupKit
 from orchestrator.kits.simulated import serve_builtin_bench
 from orchestrator.connections import Connections
+from orchestrator.plots import OutputAxis
 
 AWG_MAX_SAMPLE_RATE = 250e6  # Sa/s, the fastest 33500B
 
@@ -60,6 +62,20 @@ class AwgScopeKit(SetupKit):
 
     def start_bench(self, cfg: ExperimentConfig, faults: dict) -> AbstractContextManager[Any]:
         return serve_builtin_bench(cfg, faults)
+
+    def output_axis(self, cfg: ExperimentConfig, setup: AwgScopeSetup) -> OutputAxis:
+        """Output bin k: the scope channel's mean (or rms) voltage over the k-th equal part of the item's value slots;
+        its position is that part's centre time from the item's start; the full scale is the screen's edge."""
+        enc, scope, n_out = cfg.encoding, cfg.instruments.scope, setup.n_outputs
+        window_s = (enc.samples_per_item(setup.n_inputs) - enc.guard_samples) / enc.sample_rate_hz
+        unit, factor = ("ms", 1e3) if window_s >= 2e-3 else ("µs", 1e6)
+        statistic = getattr(enc, "bin_statistic", "mean")
+        edge = SCREEN_DIVISIONS / 2 * scope.volts_per_div
+        return OutputAxis(positions=(np.arange(n_out) + 0.5) * window_s / n_out * factor,
+                          label=f"time in the item ({unit}), centres of the output bins",
+                          value_label=f"scope CH{scope.channel} (V, bin {statistic})",
+                          scale=enc.output_volts_per_unit,
+                          full_scale=(edge,) if statistic == "rms" else (-edge, edge))
 
     def check_settings(self, cfg: ExperimentConfig, n: int | None, row: Row) -> None:
         enc, awg = cfg.encoding, cfg.instruments.awg

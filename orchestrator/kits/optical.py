@@ -31,6 +31,7 @@ from orchestrator.kits import Row, SetupKit
 from orchestrator.kits.simulated import serve_builtin_bench
 from orchestrator.connections import Connections
 from orchestrator.perfect_twin import PerfectOpticalTwin
+from orchestrator.plots import OutputAxis
 from twins.optical import OpticalPhysicsTwin
 
 
@@ -74,6 +75,15 @@ class OpticalKit(SetupKit):
 
     def perfect_twin(self, cfg: ExperimentConfig, bench: Any, setup: OpticalSetup) -> nn.Module:
         return PerfectOpticalTwin(bench.physics, setup)
+
+    def output_axis(self, cfg: ExperimentConfig, setup: OpticalSetup) -> OutputAxis:
+        """Output bin k: the SH spectrum summed over the k-th equal wavelength part of ``output_span_nm`` around the
+        SH centre (half the laser's centre wavelength), in output units."""
+        enc, n_out = cfg.encoding, setup.n_outputs
+        centre_nm = enc.shaper.laser_center_nm / 2
+        return OutputAxis(positions=centre_nm + ((np.arange(n_out) + 0.5) / n_out - 0.5) * enc.output_span_nm,
+                          label="second-harmonic wavelength (nm), centres of the output bins",
+                          value_label=f"SH signal ({enc.output_gain:g} x bin / reference - {enc.output_offset:g})")
 
     def check_settings(self, cfg: ExperimentConfig, n: int | None, row: Row) -> None:
         enc, slm, cam = cfg.encoding, cfg.instruments.slm, cfg.instruments.camera
