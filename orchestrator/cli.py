@@ -1,4 +1,4 @@
-"""The ``pnn`` command: check, calibrate, run, bench, sim serve, resources.
+"""The ``pnn`` command: check, calibrate, run, bench, compare, sim serve, resources.
 
 Exit codes: 0 success, 1 unexpected error, 2 bad experiment file, arguments or data set, 3 instrument error,
 4 unreadable twin, twin data or checkpoint file, 130 interrupted.
@@ -25,7 +25,9 @@ try:  # a Ctrl-C while the libraries load (torch takes seconds): nothing has bee
     import click
     from rich.console import Console
     from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.logging import RichHandler
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
     from rich.table import Table
 
     from drivers.errors import InstrumentError, NotMadeSafe
@@ -211,17 +213,71 @@ def _tell(message: str) -> None:
 
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, disable=not console.is_terminal, transient=True)
+                    TextColumn("eta"), TimeRemainingColumn(), console=console, disable=not console.is_terminal,
+                    transient=True)
+
+
+class TrainingBar:
+    """The progress of ``pnn run``: calibration steps, then the epoch (k/N, its batches, its ETA) and the whole
+    training (all batches, its ETA)."""
+
+    def __init__(self, bar: Progress):
+        self.bar = bar
+        self.calibration: TaskID | None = None
+        self.epoch: TaskID | None = None
+        self.run: TaskID | None = None
+
+    def calibrating(self, what: str, i: int, n: int) -> None:
+        if self.calibration is None:
+            self.calibration = self.bar.add_task(what, total=None)
+        self.bar.update(self.calibration, description=what, completed=i, total=n or None)
+
+    def batch(self, done: int, n: int, epoch: int, epochs: int) -> None:
+        if self.epoch is None:
+            if self.calibration is not None:
+                self.bar.update(self.calibration, visible=False)
+            self.epoch = self.bar.add_task("epoch", total=n)
+            self.run = self.bar.add_task("training", total=n * epochs, completed=(epoch - 1) * n + done - 1)
+        self.bar.update(self.epoch, description=f"epoch {epoch}/{epochs}", completed=done, total=n)
+        self.bar.update(self.run, completed=(epoch - 1) * n + done, total=n * epochs)
+
+
+def _configure_logging(level: int) -> None:
+    """Log records to stderr with timestamps; on a terminal through rich, so that they print above the progress bar.
+    As logging.basicConfig: only when no handler is configured yet (e.g. by a test runner)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_path=False, log_time_format="%Y-%m-%d %H:%M:%S",
+                                               rich_tracebacks=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from orchestrator.provenance import version_line
+
+    click.echo(version_line())
+    ctx.exit()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.option("--setup-file", "setup_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="A Python file that registers a setup of your own (register_setup); may be repeated.")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print pnn-lab's version and git commit, and exit.")
 def main(verbose: int, setup_files: tuple[str, ...]) -> None:
     """pnn-lab: physics-aware training of physical neural networks."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    _configure_logging(level)
     if verbose == 0:
         logging.getLogger("orchestrator").setLevel(logging.INFO)
     from orchestrator.kits import load_setup_file
@@ -338,14 +394,10 @@ def run(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | 
                           + ("" if status == "finished" else " (to continue it instead, use --resume)"))
         click.get_current_context().meta["run_folder"] = (out_dir, time.time(), resume)
         with stop_on_signals("resume with --resume") as stop, _progress() as bar:
-            task = bar.add_task("epoch 1", total=None)
+            progress = TrainingBar(bar)
             summary = run_experiment(
                 cfg, out_dir, simulate=simulate, resume=resume, data_dir=resolve_data_dir(data_dir),
-                on_batch=lambda i, n: bar.update(task, completed=i, total=n),
-                on_epoch=lambda e, row: console.print(f"epoch {e}: loss {row['train_loss']:.3f}" + (
-                    "" if row["test_accuracy"] is None else f", device test accuracy {row['test_accuracy']:.3f}")),
-                on_calibration=lambda what, i, n: bar.update(task, description=what, completed=i, total=n or None),
-                stop=stop)
+                on_batch=progress.batch, on_calibration=progress.calibrating, stop=stop)  # epochs are logged
         _print_summary(summary)
         out_console.print(f"run folder: {out_dir}")
 
@@ -355,8 +407,38 @@ def _print_summary(summary: dict) -> None:
     table.add_column("field")
     table.add_column("value")
     for k, v in summary.items():
-        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+        if not isinstance(v, dict):  # nested records (provenance) are in summary.json
+            table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     out_console.print(table)
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), default="compare.png", show_default=True,
+              help="Where to write the plot of the learning curves (PNG).")
+def compare(runs: tuple[str, ...], out: str) -> None:
+    """Compare run folders: one table (experiment, mode, twin, device test accuracy, epochs, wall time, device busy
+    share, commit) and a plot of their learning curves."""
+    from orchestrator.compare import COLUMNS, NUMERIC_COLUMNS, CompareError, load_run, plot_comparison
+
+    try:
+        records = [load_run(path) for path in runs]
+    except CompareError as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    table = Table(title="runs compared", title_justify="left")
+    for column in COLUMNS:
+        table.add_column(column, justify="right" if column in NUMERIC_COLUMNS else "left")
+    for record in records:
+        table.add_row(*record.cells())
+    (out_console if out_console.is_terminal else Console(width=250)).print(table)  # a file or pipe: whole cells
+    try:
+        path = plot_comparison(records, out)
+    except OSError as err:
+        console.print(f"[red]error:[/red] cannot write {escape(out)}: {escape(str(err))}", highlight=False,
+                      soft_wrap=True)
+        sys.exit(2)
+    out_console.print(f"learning curves: {path}")
 
 
 @main.command()

@@ -18,10 +18,12 @@ from drivers.setups.base import PhysicalSetup
 from orchestrator.config import ExperimentConfig
 from orchestrator.datasets import Dataset, load_dataset
 from orchestrator.lab import device_outputs, device_width
+from orchestrator.kits import setup_kit
 from orchestrator.network import PhysicalNetwork, digital_baseline
-from orchestrator.run_folder import RunFolder, ended_early
+from orchestrator.provenance import data_checksum, environment, twin_record, utc_now, version_line
+from orchestrator.run_folder import RunFolder, RunWatch, ended_early, run_log
 from orchestrator.session import open_session
-from orchestrator.trainer import TRAIN_EVAL_SAMPLES, StopRequest, Trainer, time_split
+from orchestrator.trainer import TRAIN_EVAL_SAMPLES, Evaluation, StopRequest, Trainer, time_split
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +44,38 @@ def build_network(cfg: ExperimentConfig, data: Dataset, width: int) -> PhysicalN
 
 
 def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, twin: nn.Module, out: Path, *,
-                   resume: bool, bench=None, on_batch=None, on_epoch=None, stop: StopRequest | None = None) -> dict:
-    """Train and evaluate one network on an open setup; writes the run folder and returns the summary."""
-    folder = RunFolder(out)
+                   resume: bool, bench=None, on_batch=None, on_epoch=None, stop: StopRequest | None = None,
+                   twin_info: dict | None = None, tensorboard: bool = True) -> dict:
+    """Train and evaluate one network on an open setup; writes the run folder and returns the summary.
+
+    ``twin_info`` describes the twin for the provenance (``provenance.twin_record``); ``tensorboard`` writes event
+    files."""
+    with run_log(out, append=resume):
+        return _train_on_setup(cfg, data, setup, twin, Path(out), resume=resume, bench=bench, on_batch=on_batch,
+                               on_epoch=on_epoch, stop=stop, twin_info=twin_info, tensorboard=tensorboard)
+
+
+def _train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, twin: nn.Module, out: Path, *,
+                    resume: bool, bench, on_batch, on_epoch, stop: StopRequest | None, twin_info: dict | None,
+                    tensorboard: bool) -> dict:
+    session_started = utc_now()
     torch.manual_seed(cfg.seed)
     net = build_network(cfg, data, setup.n_inputs)
-    trainer = Trainer(net, data, setup.forward, twin, cfg.training, cfg.seed, out, recover=setup.recover,
-                      on_batch=on_batch, stop=stop)
     about = {
         "experiment": cfg.experiment, "setup": cfg.setup, "mode": cfg.training.mode, "twin": cfg.twin.kind,
         "network": "hybrid" if net.hybrid else "fully physical", "depth": cfg.network.depth,
         "width": setup.n_inputs, "trainable_parameters": net.n_trainable(), "dataset": cfg.task.dataset}
-    folder.start(cfg, setup.snapshot(), about)
+    folder = RunFolder(out, about, data.class_names, setup_kit(cfg.setup).output_axis(cfg, setup))
+    previous = folder.previous_summary() if resume else {}
+    times = {"started": previous.get("started", session_started) if resume else session_started,
+             "session_started": session_started}
+    log.info("%s: %s, %s twin, into %s (%s)", cfg.experiment, cfg.training.mode, cfg.twin.kind, out,
+             version_line())
+    about["provenance"] = run_provenance(cfg, data, twin_info, previous)
+    watch = RunWatch(folder, tensorboard=tensorboard)
+    trainer = Trainer(net, data, setup.forward, twin, cfg.training, cfg.seed, out, recover=setup.recover,
+                      on_batch=on_batch, stop=stop, watch=watch)
+    folder.start(cfg, setup.snapshot(), {**about, **times})
     c = setup.counters
     calls0, samples0, inst0, clipped0 = c.forward_calls, c.samples, c.instrument_s, c.clipped_records
     physics0 = bench.physics.busy_s if bench is not None else 0.0
@@ -66,19 +88,21 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, t
         n_tr = min(len(data.y_train), TRAIN_EVAL_SAMPLES)
         train_acc = trainer.accuracy(data.x_train[:n_tr], data.y_train[:n_tr])
     except BaseException as err:  # also Ctrl-C: the folder must say how far it got
+        watch.close()
         epoch, batch = trainer.saved_position
-        summary = {**about, "status": ended_early(err), "reason": str(err) or type(err).__name__,
-                   "epochs": len(trainer.rows),
+        summary = {**about, **times, "ended": utc_now(), "status": ended_early(err),
+                   "reason": str(err) or type(err).__name__, "epochs": len(trainer.rows),
                    "checkpoint": {"epoch": epoch, "batch": batch, "batches_per_epoch": trainer.n_batches},
                    "wall_time_s": trainer.wall_s + trainer.at.seconds, **asdict(trainer.retries)}
         folder.write_summary(summary)
         raise
+    watch.close()
     test_acc = float((test_pred == torch.as_tensor(data.y_test)).float().mean())
     wall = time.perf_counter() - t0
     eval_s = time.perf_counter() - t_eval
     inst_s = c.instrument_s - inst0
     summary = {
-        **about, "status": "finished",
+        **about, **times, "status": "finished",
         "test_accuracy": test_acc, "train_accuracy": train_acc, "epochs": len(rows),
         # training epochs (of all sessions, if resumed) + the final evaluation
         "wall_time_s": trainer.wall_s + eval_s,
@@ -98,20 +122,39 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, t
         summary["physics_share_of_wall"] = summary["physics_time_s"] / wall if wall > 0 else None
     if cfg.training.mode == "in_silico":
         summary["twin_test_accuracy"] = rows[-1].get("twin_test_accuracy") if rows else None
+    folder.write_results(rows, Evaluation.of(data.y_test, test_pred, record))
+    summary["ended"] = utc_now()
     folder.write_summary(summary)
-    folder.write_results(rows, data.y_test, test_pred.numpy(), data.class_names, [r[:4].numpy() for r in record])
     return summary
+
+
+def run_provenance(cfg: ExperimentConfig, data: Dataset, twin_info: dict | None, previous: dict) -> dict:
+    """Where the run came from (``orchestrator.provenance``), and the data's checksum; warns when a resumed run's
+    data differ from those its first session used."""
+    checksum = data_checksum(data.x_train, data.y_train, data.x_test, data.y_test)
+    before = previous.get("provenance", {}).get("data", {}).get("sha256")
+    if before and before != checksum:
+        log.warning("the data differ from those the run's earlier session used (sha256 %s, now %s)", before[:12],
+                    checksum[:12])
+    log.info("data: %s, %d train / %d test samples, sha256 %s", data.name, len(data.y_train), len(data.y_test),
+             checksum[:16])
+    return {**environment(), "twin": twin_info or {"kind": cfg.twin.kind},
+            "data": {"name": data.name, "sha256": checksum, "n_train": int(len(data.y_train)),
+                     "n_test": int(len(data.y_test)), "n_features": data.n_features,
+                     # where the data set came from: its files and their checksums, the split, the scaling
+                     **{k: v for k, v in data.info.items() if k in ("source", "sha256", "split", "scaling")}}}
 
 
 def run(cfg: ExperimentConfig, out: Path, *, simulate: bool, resume: bool, data_dir: str | None,
         on_batch=None, on_epoch=None, on_calibration=None, stop: StopRequest | None = None) -> dict:
-    """``pnn run``: everything for one training run."""
+    """``pnn run``: everything for one training run; the run folder's run.log holds the calibration's log too."""
     data = load_task(cfg, data_dir)
     n = device_width(cfg, data.x_train.shape[1])
-    with open_session(cfg, n, simulate=simulate) as session:
+    with run_log(out, append=resume), open_session(cfg, n, simulate=simulate) as session:
         twin = session.twin(progress=on_calibration)
         return train_on_setup(cfg, data, session.setup, twin, out, resume=resume, bench=session.bench,
-                              on_batch=on_batch, on_epoch=on_epoch, stop=stop)
+                              on_batch=on_batch, on_epoch=on_epoch, stop=stop,
+                              twin_info=twin_record(cfg.twin.kind, session.artifacts, out))
 
 
 BENCH_ROWS = [("pat", "neural"), ("pat", "physics"), ("pat", "perfect"), ("in_silico", "neural"), ("digital", "-")]
@@ -160,8 +203,10 @@ def bench(cfg: ExperimentConfig, out: Path, *, simulate: bool, data_dir: str | N
                 row_cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"mode": mode}),
                                                  "twin": cfg.twin.model_copy(update={"kind": kind})})
                 twin = session.twin(kind, cfg=row_cfg)
-                results.append(train_on_setup(row_cfg, data, setup, twin, out / f"{mode}_{kind}", resume=False,
-                                              bench=sim, stop=stop, **callbacks))
+                row_out = out / f"{mode}_{kind}"
+                results.append(train_on_setup(row_cfg, data, setup, twin, row_out, resume=False, bench=sim,
+                                              stop=stop, twin_info=twin_record(kind, session.artifacts, row_out),
+                                              **callbacks))
             atomic_write_bytes(out / "bench.json", json.dumps(results, indent=2).encode())
     atomic_write_bytes(out / "bench.md", bench_table(cfg, results).encode())
     return results

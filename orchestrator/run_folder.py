@@ -2,33 +2,55 @@
 
     config.yaml            the resolved settings              instruments.json   identities, settings, calibration
     metrics.csv            one row per epoch (the trainer)    checkpoint.pt      resumable (the trainer)
-    summary.json           the state and the results          *.png              learning curves, confusion matrix,
-                                                                                 physical outputs
+    summary.json           state, results, provenance         run.log            everything logged, with timestamps
+    learning_curves.png    loss and accuracies per epoch      confusion_matrix.png   the device's test predictions
+    physical_outputs.png   the device outputs of each layer   twin_vs_device.png     the twin's calibration plot
+    events.out.tfevents.*  TensorBoard (orchestrator.tensorboard)
 
 summary.json always tells what state the folder is in: ``"status": "running"`` from the start, then ``"finished"``,
 or, when the run ended early, ``"stopped"`` (first Ctrl-C or SIGTERM), ``"failed"`` (the device kept failing, or
 another error) or ``"aborted"`` (a second Ctrl-C), with the position the checkpoint holds (resume continues after it).
+It also holds ``started`` (when the run's first session started), ``session_started`` and ``ended`` (ISO 8601 UTC) and
+``provenance`` (``orchestrator.provenance``: code version and commit, Python, torch, host, the twin, the data).
+
+The plots are rewritten after every epoch (the confusion matrix and the physical outputs after every epoch evaluated
+on the device), as long as drawing them takes at most ``PLOT_SHARE`` of the training time; on a fast simulated bench
+some epochs are then skipped, and the end of the run draws them all.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
-
-import numpy as np
+from typing import Iterator, Sequence
 
 from common.files import atomic_write_bytes
 from orchestrator import plots
 from orchestrator.config import ExperimentConfig, dump_config
-from orchestrator.trainer import TrainingStopped, write_metrics
+from orchestrator.tensorboard import RunBoard
+from orchestrator.trainer import Evaluation, TrainingStopped, TrainingWatch, write_metrics
+
+log = logging.getLogger(__name__)
+
+PLOT_SHARE = 0.1
+"""At most this share of the training time goes into the plots after each epoch."""
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+RUN_LOG = "run.log"
 
 
 class RunFolder:
-    """The files of one run in ``path``."""
+    """The files of one run in ``path``; ``about`` (experiment, mode, twin) titles the plots, ``axis`` says what the
+    physical outputs are (default: bin indices)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, about: dict | None = None, class_names: Sequence[str] | None = None,
+                 axis: plots.OutputAxis | None = None):
         self.path = Path(path)
+        self.about = about or {}
+        self.class_names = list(class_names) if class_names is not None else None
+        self.axis = axis
 
     def start(self, cfg: ExperimentConfig, snapshot: dict, about: dict) -> None:
         """Write the resolved settings and the instruments' snapshot, and a summary saying the run is running."""
@@ -37,19 +59,109 @@ class RunFolder:
         atomic_write_bytes(self.path / "instruments.json", json.dumps(snapshot, indent=2, default=str).encode())
         self.write_summary({**about, "status": "running"})
 
+    def previous_summary(self) -> dict:
+        """The summary.json there now ({} if none or unreadable)."""
+        try:
+            summary = json.loads((self.path / "summary.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return summary if isinstance(summary, dict) else {}
+
     def write_summary(self, summary: dict) -> None:
         atomic_write_bytes(self.path / "summary.json", json.dumps(summary, indent=2).encode())
 
-    def write_results(self, rows: list[dict], y_test: np.ndarray, predicted: np.ndarray, class_names: Sequence[str],
-                      layer_outputs: list[np.ndarray]) -> None:
-        """metrics.csv and the plots: learning curves, the confusion matrix of the device's test predictions, and
-        the device outputs of each layer ([samples, outputs] per layer) for the first test samples."""
+    # -- plots -------------------------------------------------------------------------------------------------------
+    def title(self, what: str) -> str:
+        """``<experiment>: <mode> with the <twin> twin: <what>``."""
+        a = self.about
+        run = f"{a.get('experiment', self.path.name)}: {a.get('mode', '?')}"
+        if a.get("twin") not in (None, "-"):
+            run += f" with the {a['twin']} twin"
+        return f"{run}: {what}"
+
+    def write_plots(self, rows: list[dict], evaluation: Evaluation | None, when: str) -> None:
+        """The learning curves from ``rows``, and, given an evaluation, its confusion matrix and physical outputs;
+        ``when`` ("after epoch 3", "final") goes into the titles."""
+        plots.plot_learning_curves(rows, self.path / "learning_curves.png",
+                                   self.title("learning curves (test accuracy measured on the device)"))
+        if evaluation is None:
+            return
+        names = self.class_names or [str(c) for c in range(int(max(evaluation.y_true.max(initial=0),
+                                                                    evaluation.predicted.max(initial=0))) + 1)]
+        plots.plot_confusion_matrix(evaluation.y_true, evaluation.predicted, names,
+                                    self.path / "confusion_matrix.png", self.title(f"device test predictions, {when}"))
+        if evaluation.layer_outputs:
+            shown = evaluation.y_true[:len(evaluation.layer_outputs[0])]
+            plots.plot_physical_outputs(
+                evaluation.layer_outputs, self.path / "physical_outputs.png",
+                self.title(f"device outputs of each layer for test samples, {when}"),
+                labels=[f"layer {i + 1}" for i in range(len(evaluation.layer_outputs))], axis=self.axis,
+                sample_classes=[names[int(c)] if int(c) < len(names) else str(c) for c in shown])
+
+    def write_results(self, rows: list[dict], evaluation: Evaluation) -> None:
+        """metrics.csv and the plots of the final evaluation on the device."""
         write_metrics(self.path / "metrics.csv", rows)
-        plots.plot_learning_curves(rows, self.path / "learning_curves.png")
-        plots.plot_confusion_matrix(np.asarray(y_test), predicted, class_names, self.path / "confusion_matrix.png")
-        plots.plot_physical_outputs(layer_outputs, self.path / "physical_outputs.png",
-                                    f"device outputs of each layer ({len(layer_outputs[0]) if layer_outputs else 0} "
-                                    f"test samples)", labels=[f"layer {i + 1}" for i in range(len(layer_outputs))])
+        self.write_plots(rows, evaluation, "final")
+
+
+class RunWatch(TrainingWatch):
+    """What the run folder shows while training: plots after the epochs (paced, see ``PLOT_SHARE``) and
+    TensorBoard event files. ``close`` closes the event files (on every way out)."""
+
+    def __init__(self, folder: RunFolder, tensorboard: bool = True):
+        self.folder = folder
+        self.board = RunBoard(folder.path) if tensorboard else None
+        self.t0 = time.perf_counter()
+        self.plot_s = 0.0
+        self.image_written = False
+
+    def start(self, step: int, resumed: bool) -> None:
+        self.t0, self.plot_s = time.perf_counter(), 0.0
+        if self.board is not None:
+            self.board.start(step, resumed)
+
+    def batch(self, step: int, loss: float) -> None:
+        if self.board is not None:
+            self.board.batch(step, loss)
+
+    def epoch_evaluated(self, rows: list[dict], evaluation: Evaluation | None) -> None:
+        self.image_written = False
+        if self.plot_s > PLOT_SHARE * (time.perf_counter() - self.t0):
+            log.debug("plots after epoch %s skipped (drawing them took %.1f s so far)", rows[-1]["epoch"], self.plot_s)
+            return
+        t0 = time.perf_counter()
+        self.folder.write_plots(rows, evaluation, f"after epoch {rows[-1]['epoch']}")
+        self.image_written = evaluation is not None and bool(evaluation.layer_outputs)
+        self.plot_s += time.perf_counter() - t0
+
+    def epoch_done(self, step: int, row: dict) -> None:
+        if self.board is not None:
+            image = self.folder.path / "physical_outputs.png" if self.image_written else None
+            self.board.epoch(step, row, image)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
+
+@contextmanager
+def run_log(folder: Path, append: bool) -> Iterator[Path]:
+    """Copy every log record the console gets into ``folder/run.log`` (appended when ``append``, e.g. on resume)
+    while the block runs. Nested blocks for the same folder write it once."""
+    path = Path(folder) / RUN_LOG
+    root = logging.getLogger()
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in root.handlers):
+        yield path
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a" if append else "w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def ended_early(err: BaseException) -> str:

@@ -19,6 +19,10 @@ and ``device_busy_share`` = instrument_s / seconds.
 
 ``resume=True`` continues from the checkpoint. The batch order of an epoch depends only on (seed, epoch), so a resumed
 run trains the same batches as an uninterrupted one and ends with the same epochs, each in metrics.csv once.
+
+A ``TrainingWatch`` sees training as it goes (the run folder's plots, TensorBoard): every batch's loss at its global
+step (the batches trained so far, over all sessions; kept in the checkpoint), and every finished epoch with its
+evaluation on the device.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ CHECKPOINT = "checkpoint.pt"
 
 
 TRAIN_EVAL_SAMPLES = 2000  # training samples evaluated on the device at the end of a run
+OUTPUT_SAMPLES = 64  # test samples whose physical outputs an evaluation keeps (for the plots)
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
@@ -137,6 +142,37 @@ class EpochProgress:
     time_parts: dict = field(default_factory=dict)  # the epoch's seconds so far by TIME_PARTS
 
 
+@dataclass
+class Evaluation:
+    """An evaluation on the device: the true and predicted classes of the test samples, and each physical layer's
+    outputs [samples, n_outputs] for the first ``OUTPUT_SAMPLES`` of them."""
+
+    y_true: np.ndarray
+    predicted: np.ndarray
+    layer_outputs: list[np.ndarray]
+
+    @classmethod
+    def of(cls, y_true: np.ndarray | Tensor, predicted: Tensor, record: list[Tensor]) -> "Evaluation":
+        return cls(np.asarray(y_true), predicted.numpy(), [r[:OUTPUT_SAMPLES].numpy() for r in record])
+
+
+class TrainingWatch:
+    """What training shows as it goes; the trainer calls these on its own thread. This one does nothing."""
+
+    def start(self, step: int, resumed: bool) -> None:
+        """Training starts (``resumed``: from a checkpoint) after ``step`` batches trained."""
+
+    def batch(self, step: int, loss: float) -> None:
+        """The ``step``-th batch (counted over the whole run) was trained with this loss."""
+
+    def epoch_evaluated(self, rows: list[dict], evaluation: Evaluation | None) -> None:
+        """An epoch was trained and evaluated (``evaluation`` None: not evaluated this epoch); ``rows`` are the metric
+        rows so far, the last one without its seconds yet (time spent here counts as the epoch's ``other_s``)."""
+
+    def epoch_done(self, step: int, row: dict) -> None:
+        """The epoch's metric row is final, at the global ``step`` of its last batch."""
+
+
 # -- the trainer -----------------------------------------------------------------------------------------------------
 
 class Trainer:
@@ -146,7 +182,9 @@ class Trainer:
 
     def __init__(self, net: PhysicalNetwork, data: Dataset, device: Layer, twin: nn.Module | None,
                  settings: TrainingConfig, seed: int, out_dir: Path, recover: Callable[[], None] | None = None,
-                 on_batch: Callable[[int, int], None] | None = None, stop: StopRequest | None = None):
+                 on_batch: Callable[[int, int, int, int], None] | None = None, stop: StopRequest | None = None,
+                 watch: TrainingWatch | None = None):
+        """``on_batch(batches_done, batches_per_epoch, epoch, epochs)`` after every batch (epoch counted from 1)."""
         self.net, self.data, self.twin, self.s, self.seed = net, data, twin, settings, seed
         self.out_dir = Path(out_dir)
         self.retries = RetryCounts()
@@ -154,6 +192,7 @@ class Trainer:
         self.device = self.clock.timed("instrument", retrying(device, settings.max_retries, recover, self.retries))
         self.on_batch = on_batch
         self.stop = stop
+        self.watch = watch or TrainingWatch()
         params = [p for p in net.parameters() if p.requires_grad]
         if settings.optimizer == "adam":
             self.opt = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -169,6 +208,8 @@ class Trainer:
         self.at = EpochProgress()
         self.saved_position = (0, 0)  # the position() the checkpoint file holds
         self.wall_s = 0.0
+        self.step = 0  # batches trained over the whole run (all sessions): the global step of the last one
+        self.evaluation: Evaluation | None = None  # the last evaluation on the device
 
     @property
     def n_batches(self) -> int:
@@ -187,7 +228,8 @@ class Trainer:
         state = {"epoch": self.at.epoch - 1,  # the last finished epoch (0-based; -1: none), as in older checkpoints
                  "epoch_progress": asdict(self.at), "batch_size": self.s.batch_size, "n_train": len(self.data.y_train),
                  "net": self.net.state_dict(), "opt": self.opt.state_dict(), "rows": self.rows,
-                 "wall_s": self.wall_s, "retries": asdict(self.retries), "torch_rng": torch.get_rng_state()}
+                 "wall_s": self.wall_s, "retries": asdict(self.retries), "torch_rng": torch.get_rng_state(),
+                 "global_step": self.step}
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(self.out_dir / CHECKPOINT, buf.getvalue())
@@ -232,6 +274,8 @@ class Trainer:
                                    f"{state['batch_size']} and {state['n_train']} training samples; resume with the "
                                    f"same settings (now {self.s.batch_size} and {len(self.data.y_train)})")
         self.saved_position = self.position()
+        epoch, batch = self.position()
+        self.step = int(state.get("global_step", max(0, epoch - 1) * self.n_batches + batch))  # older: computed
         log.info("resuming after epoch %d batch %d of %d", *self.position(), self.n_batches)
 
     # -- training ------------------------------------------------------------------------------------------------
@@ -276,9 +320,11 @@ class Trainer:
             at.correct += int((logits.argmax(1) == y_all[idx]).sum())
             at.seen += len(idx)
             at.batches_done += 1
+            self.step += 1
+            self.watch.batch(self.step, loss.item())
             at.seconds += time.perf_counter() - t0
             if self.on_batch:
-                self.on_batch(at.batches_done, len(batches))
+                self.on_batch(at.batches_done, len(batches), at.epoch + 1, self.s.epochs)
             self.stop_if_requested()
 
     def finish_epoch(self) -> dict:
@@ -290,11 +336,19 @@ class Trainer:
                "train_accuracy_running": at.correct / at.seen}
         k = self.s.epoch_test_samples or len(self.data.y_test)
         evaluate = (at.epoch + 1) % self.s.eval_every == 0 or at.epoch + 1 >= self.s.epochs
-        row["test_accuracy"] = self.accuracy(self.data.x_test[:k], self.data.y_test[:k]) if evaluate else None
+        evaluation = None
+        if evaluate:
+            record: list[Tensor] = []
+            predicted = self.predict(self.data.x_test[:k], record=record)
+            evaluation = self.evaluation = Evaluation.of(self.data.y_test[:k], predicted, record)
+            row["test_accuracy"] = float((evaluation.predicted == evaluation.y_true).mean())
+        else:
+            row["test_accuracy"] = None
         if self.s.mode == "in_silico":
             row["twin_test_accuracy"] = (self.accuracy(self.data.x_test[:k], self.data.y_test[:k], self.twin)
                                          if evaluate else None)
         row["lr"] = self.learning_rate(at.epoch)
+        self.watch.epoch_evaluated(self.rows + [row], evaluation)
         row["seconds"] = at.seconds + time.perf_counter() - t0
         parts = {part: at.time_parts.get(part, 0.0) + s for part, s in self.clock.since(before).items()}
         row.update(time_split(parts, row["seconds"]))
@@ -302,8 +356,14 @@ class Trainer:
         self.wall_s += row["seconds"]
         self.rows.append(row)
         write_metrics(self.out_dir / "metrics.csv", self.rows)
+        self.watch.epoch_done(self.step, row)
         self.at = EpochProgress(at.epoch + 1, retries_at_start=asdict(self.retries))
         self.save_checkpoint()
+        busy = row["device_busy_share"]  # the epoch is saved: say so
+        log.info("epoch %d: loss %.3f, running train accuracy %.3f%s; %.1f s%s", row["epoch"], row["train_loss"],
+                 row["train_accuracy_running"], "" if row["test_accuracy"] is None
+                 else f", device test accuracy {row['test_accuracy']:.3f}", row["seconds"],
+                 "" if busy is None else f", device busy {busy:.0%}")
         return row
 
     def stop_if_requested(self) -> None:
@@ -334,13 +394,13 @@ class Trainer:
         Raises TrainingStopped when stopped on request, DeviceFailure (or another InstrumentError) when the device
         fails; either way the checkpoint holds the batches completed so far."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self.load_checkpoint()
-        elif (self.out_dir / CHECKPOINT).exists():
+        resumed = resume and self.load_checkpoint()
+        if not resume and (self.out_dir / CHECKPOINT).exists():
             # a fresh run into an old run's folder: a crash before this run's first checkpoint must not leave the
             # old one there for --resume to continue
             log.warning("removing the previous run's %s from %s", CHECKPOINT, self.out_dir)
             (self.out_dir / CHECKPOINT).unlink()
+        self.watch.start(self.step, resumed)
         if self.stop is not None:
             self.stop.training = True
         try:

@@ -1,0 +1,82 @@
+"""TensorBoard event files in the run folder (``torch.utils.tensorboard``): ``tensorboard --logdir runs`` shows every
+run, live, one run per folder.
+
+The step of every value is the global batch step: the batches trained so far over the whole run (all sessions).
+Per batch: ``train/loss``. Per epoch, at its last batch's step: ``train/loss_epoch``, ``accuracy/test_device``,
+``accuracy/train_running``, ``accuracy/test_twin`` (in silico), ``time/instrument_s``, ``time/twin_s``,
+``time/optimizer_s``, ``time/other_s``, ``time/epoch_s``, ``time/device_busy_share``, ``device/forward_failures``,
+``device/batches_retried``, ``device/recoveries``, ``train/lr``, ``train/epoch``; and the image
+``device/physical_outputs`` (the figure of ``physical_outputs.png``) whenever that file was rewritten.
+
+A fresh run removes the event files of an earlier run in its folder; a resumed one continues at the checkpoint's
+step and tells TensorBoard to drop what the earlier session logged after it (``purge_step``), so no step is shown
+twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+EVENT_FILES = "events.out.tfevents.*"
+
+EPOCH_SCALARS = {
+    "train_loss": "train/loss_epoch", "test_accuracy": "accuracy/test_device",
+    "train_accuracy_running": "accuracy/train_running", "twin_test_accuracy": "accuracy/test_twin",
+    "instrument_s": "time/instrument_s", "twin_s": "time/twin_s", "optimizer_s": "time/optimizer_s",
+    "other_s": "time/other_s", "seconds": "time/epoch_s", "device_busy_share": "time/device_busy_share",
+    "forward_failures": "device/forward_failures", "batches_retried": "device/batches_retried",
+    "recoveries": "device/recoveries", "lr": "train/lr", "epoch": "train/epoch"}
+"""metrics.csv column -> TensorBoard tag of the per-epoch scalars."""
+IMAGE_TAG = "device/physical_outputs"
+
+
+class RunBoard:
+    """The event files of one run folder. ``start`` opens the writer; ``close`` flushes and closes it."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.writer = None
+
+    def start(self, step: int, resumed: bool) -> None:
+        """Open the writer: a resumed run after ``step`` batches purges later steps; a fresh one starts clean."""
+        from torch.utils.tensorboard import SummaryWriter  # imported only when a run starts (tensorboard is large)
+
+        self.close()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not resumed:
+            old = sorted(self.folder.glob(EVENT_FILES))
+            if old:
+                log.info("removing %d TensorBoard event file(s) of the previous run in %s", len(old), self.folder)
+            for path in old:
+                path.unlink()
+        self.writer = SummaryWriter(log_dir=str(self.folder), purge_step=step + 1 if resumed else None,
+                                    flush_secs=30)
+
+    def batch(self, step: int, loss: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", loss, step)
+
+    def epoch(self, step: int, row: dict, image: Path | None = None) -> None:
+        """The epoch's scalars (those of ``row`` that are numbers), and the image file ``image`` if given."""
+        if self.writer is None:
+            return
+        for key, tag in EPOCH_SCALARS.items():
+            value = row.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+                self.writer.add_scalar(tag, value, step)
+        if image is not None and image.is_file():
+            from matplotlib.image import imread
+
+            pixels = imread(image)  # [H, W, 3 or 4] float in [0, 1]
+            self.writer.add_image(IMAGE_TAG, np.ascontiguousarray(pixels[..., :3]), step, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.close()
