@@ -44,8 +44,8 @@ def check_experiment(cfg: ExperimentConfig, simulate: bool = False, data_dir: st
     except DatasetError as err:
         rows.append(("data set", cfg.task.dataset, f"cannot be loaded: {err}"))
     else:
-        rows.append(("data set", f"{data.name}: {len(data.y_train)} train / {len(data.y_test)} test, "
-                                 f"{data.x_train.shape[1]} features", "ok"))
+        size = f"{len(data.y_train)} train / {len(data.y_test)} test, {data.x_train.shape[1]} features"
+        rows.append(("data set", f"{data.name}: {size}", "ok"))
         width = device_width(cfg, data.x_train.shape[1])
     with ExitStack() as stack:
         if simulate:

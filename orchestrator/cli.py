@@ -506,6 +506,10 @@ def serve(bench_name: str, host: str, port: int, seed: int, realtime: bool, seri
         for role, res in b.resources.items():
             click.echo(f"{role} {res}")
         sys.stdout.flush()
+        if any("::SOCKET" in res for res in b.resources.values()):
+            click.echo("to talk to it from pyvisa: rm.open_resource(resource, read_termination='\\n', "
+                       "write_termination='\\n') (a LAN socket has no end-of-message signal); Ctrl-C stops it",
+                       err=True)
         while not stop.wait(0.5):
             pass
 
@@ -514,6 +518,8 @@ def serve(bench_name: str, host: str, port: int, seed: int, realtime: bool, seri
 @click.option("--visa-library", default="@py", show_default=True)
 def resources(visa_library: str) -> None:
     """List VISA resources and serial ports."""
+    import warnings
+
     import pyvisa
     from serial.tools import list_ports
 
@@ -521,14 +527,20 @@ def resources(visa_library: str) -> None:
     table.add_column("kind")
     table.add_column("resource")
     table.add_column("description")
-    try:
-        for res in pyvisa.ResourceManager(visa_library).list_resources():
-            table.add_row("VISA", res, "")
-    except Exception as err:  # noqa: BLE001 - a missing VISA backend is reported, not fatal
-        table.add_row("VISA", "-", f"cannot list: {err}")
+    # the VISA backend warns about what its search cannot reach (pyvisa-py: other interfaces, HiSLIP): one short note
+    # each under the table, not a Python warning with its source line
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            for res in pyvisa.ResourceManager(visa_library).list_resources():
+                table.add_row("VISA", res, "")
+        except Exception as err:  # noqa: BLE001 - a missing VISA backend is reported, not fatal
+            table.add_row("VISA", "-", f"cannot list: {err}")
     for port in list_ports.comports():
         table.add_row("serial", port.device, port.description)
     out_console.print(table)
+    for note in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
+        console.print(f"note: {escape(note)}", style="dim", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

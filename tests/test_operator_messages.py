@@ -9,20 +9,25 @@ an unreachable instrument is a loopback port nobody listens on.
 from __future__ import annotations
 
 import json
+import os
+import re
+import select
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import pyvisa
 
 from drivers.errors import NotConnected
 from drivers.resources import is_placeholder
 from drivers.transport import open_link
 from orchestrator.experiment_file import load_experiment
-from test_cli import EXPERIMENT, plain, pnn
+from test_cli import EXPERIMENT, _pnn_executable, plain, pnn
 from test_interrupts import PnnProcess
 
 SMALL = ["--set", "network.width=64", "--set", "network.depth=1", "--set", "task.n_train=100",
@@ -180,3 +185,55 @@ def test_a_shipped_file_without_simulate_names_the_line_to_set_and_touches_nothi
 def test_nothing_can_be_opened_at_a_placeholder() -> None:
     with pytest.raises(NotConnected, match="is a placeholder, not an address"):
         open_link("<your AWG's VISA resource>", name="awg")
+
+
+# -- set-up notes a newcomer can follow (issue 15, item 7) ---------------------------------------------------------
+
+ROOT = EXPERIMENT.parents[1]
+
+
+def test_the_readme_walkthrough_commands_run_as_written_on_the_shipped_files() -> None:
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"pnn (?:check|calibrate|run|bench) experiments/[^`\n]+", readme)  # spans and blocks
+    assert len(commands) >= 4, commands
+    assert all("--simulate" in command for command in commands), commands
+    assert "`pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu`" in readme
+    assert "read_termination" in readme
+
+
+def test_virtual_environments_are_not_tracked() -> None:
+    for folder in (".venv", ".ci-venv"):
+        probe = subprocess.run(["git", "check-ignore", "-q", f"{folder}/bin/python"], cwd=ROOT, check=False)
+        assert probe.returncode == 0, folder
+
+
+def test_pnn_resources_prints_no_python_warnings(tmp_path: Path) -> None:
+    done = subprocess.run(_pnn_executable() + ["resources"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Warning:" not in done.stderr and "warnings.warn" not in done.stderr, done.stderr
+    assert "instruments" in done.stdout
+
+
+def test_sim_serve_says_how_plain_pyvisa_reaches_it(tmp_path: Path) -> None:
+    proc = subprocess.Popen(_pnn_executable() + ["sim", "serve", "electronic"], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        hint, deadline = "", time.monotonic() + 60
+        while "read_termination" not in hint and select.select([proc.stderr], [], [],
+                                                               max(0.0, deadline - time.monotonic()))[0]:
+            hint = proc.stderr.readline()  # log lines may come first
+            if not hint:
+                break
+        assert "read_termination='\\n'" in hint and "write_termination='\\n'" in hint, hint
+        resource = proc.stdout.readline().split()[1]
+        rm = pyvisa.ResourceManager("@py")
+        try:  # the hint, followed as printed, works
+            inst = rm.open_resource(resource, read_termination="\n", write_termination="\n", timeout=5000)
+            assert "33522B" in inst.query("*IDN?")
+            inst.close()
+        finally:
+            rm.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
