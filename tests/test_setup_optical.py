@@ -5,6 +5,7 @@ measurements, never from hard-coded outputs."""
 from __future__ import annotations
 
 import json
+import logging
 import signal
 from pathlib import Path
 
@@ -14,13 +15,16 @@ import torch
 
 from drivers.errors import InstrumentError, LimitViolation
 from drivers.setups.optical import mirror_axis
-from encoding.optical import OpticalEncoding, bin_edges, centroid_column, gray_levels, output_weights, pixel_values
+from encoding.optical import (OpticalEncoding, bin_edges, centroid_column, gray_levels, output_units, output_weights,
+                              pixel_values)
+from common.faults import FaultPlan
 from drivers.slm import PhaseSLM
 from drivers.transport import open_link
 from orchestrator.calibrate import reuse_calibration
 from orchestrator.experiment_file import load_experiment
 from orchestrator.lab import open_setup
 from orchestrator.kits import setup_kit
+from orchestrator.retry import retrying
 from orchestrator.trainer import TrainingStopped
 from simulators.benches import start_bench
 from twins.fit import nmse
@@ -155,14 +159,19 @@ def test_a_calibration_from_saturated_frames_is_refused() -> None:
         assert own_bench.instruments["slm"].is_blank
 
 
-def test_forward_is_one_sequence_and_one_series_and_matches_the_perfect_twin(opened, bench) -> None:
+def test_forward_is_pipelined_chunks_in_one_series_and_matches_the_perfect_twin(opened, bench) -> None:
     cfg, setup = opened
     x, theta = batch(96, seed=1)
     calls0 = setup.counters.forward_calls
     y = setup.forward(x, theta)
     assert y.shape == (96, N) and y.dtype == torch.float32
-    assert setup.counters.history[-1] == 1 and setup.counters.forward_calls == calls0 + 1
-    assert int(bench.instruments["slm"].sequence.shape[0]) == 96
+    # 16, 32, 48 patterns, in banks 1, 2, 1: the last chunk is in bank 1, the one before in bank 2
+    assert setup.chunk_sizes(96) == [16, 32, 48]
+    assert setup.counters.history[-1] == 3 and setup.counters.forward_calls == calls0 + 1
+    gray = setup.patterns(x.double(), theta.double())
+    np.testing.assert_array_equal(bench.instruments["slm"].banks[0], gray[48:])
+    np.testing.assert_array_equal(bench.instruments["slm"].banks[1], gray[16:48])
+    assert bench.instruments["camera"].kinetic_count == 96  # one series for the batch
     again = setup.forward(x, theta)
     noise = nmse(again, y)
     perfect = setup_kit("optical").perfect_twin(cfg, bench, setup)
@@ -183,27 +192,30 @@ def test_outputs_depend_on_inputs_and_parameters(opened) -> None:
     assert nmse(y_theta, y0) > 10 * noise and nmse(y_x, y0) > 10 * noise
 
 
-def test_batches_beyond_the_sequence_memory_are_split(bench) -> None:
-    cfg = config(**{"instruments.slm.max_sequence": 40})
+@pytest.mark.parametrize("pipeline, uploads", [(False, [40, 40, 20]), (True, [16, 32, 40, 12])])
+def test_batches_beyond_the_sequence_memory_are_split(bench, pipeline: bool, uploads: list[int]) -> None:
+    cfg = config(**{"instruments.slm.max_sequence": 40, "instruments.slm.pipeline": pipeline})
     with open_setup(cfg, N, bench=bench, calibrate=True) as setup:
         x, theta = batch(100, seed=3)
         y = setup.forward(x, theta)
         assert y.shape == (100, N)
-        assert setup.counters.history[-1] == 3  # 40 + 40 + 20 patterns
+        assert setup.counters.history[-1] == len(uploads)
+        if pipeline:
+            assert setup.chunk_sizes(100) == uploads
 
 
 # -- safety -------------------------------------------------------------------------------------------------------
 
 def test_inputs_outside_their_range_never_reach_the_slm(opened, bench) -> None:
     _, setup = opened
-    before = bench.instruments["slm"].sequence.copy() if bench.instruments["slm"].sequence is not None else None
+    before = [bank.copy() for bank in bench.instruments["slm"].banks]
     x, theta = batch(8, seed=4)
     with pytest.raises(LimitViolation, match="slm"):
         setup.forward(x * 1.5, theta)
     with pytest.raises(LimitViolation, match="param_bounds"):
         setup.forward(x, theta * 1.5)
-    after = bench.instruments["slm"].sequence
-    assert (before is None and after is None) or np.array_equal(before, after)
+    after = bench.instruments["slm"].banks
+    assert all(np.array_equal(b, a) for b, a in zip(before, after))
 
 
 def test_a_phase_range_beyond_the_gray_limit_is_refused_and_the_slm_left_blank(bench) -> None:
@@ -231,16 +243,18 @@ def test_leaving_the_setup_on_an_error_or_a_signal_blanks_the_slm(bench, leaving
     assert bench.instruments["camera"].status == "IDLE"
 
 
-def test_missed_camera_triggers_are_reported_not_padded(opened) -> None:
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_missed_camera_triggers_are_reported_not_padded(opened, pipelined: bool) -> None:
     _, setup = opened
-    x, theta = batch(16, seed=6)
+    x, theta = batch(40, seed=6)
     setup.slm.dwell_s = max(1e-3, 0.6 * setup.camera.cycle_s)  # shorter than the camera's cycle: it misses triggers
+    measure = setup.measure_pipelined if pipelined else setup.measure
     try:
-        with pytest.raises(InstrumentError, match="camera"):
-            setup.measure(setup.patterns(x, theta))
+        with pytest.raises(InstrumentError, match="camera, command 'DATA:NEXT\\?'" if pipelined else "camera"):
+            measure(setup.patterns(x, theta))
     finally:
         setup.recover()
-    assert setup.forward(x, theta).shape == (16, N)  # recovered: the series works again
+    assert setup.forward(x, theta).shape == (40, N)  # recovered: the series works again
 
 
 def test_the_bench_over_socket_urls_works_too() -> None:
@@ -250,3 +264,115 @@ def test_the_bench_over_socket_urls_works_too() -> None:
         with open_setup(cfg, N, bench=b) as setup:
             x, theta = batch(8, seed=7)
             assert torch.isfinite(setup.forward(x, theta)).all()
+
+
+# -- pipelining: the next chunk uploaded while one plays, frames read while the next ones are taken ----------------
+
+class FrameLog:
+    """Stands in for the bench physics' ``frames``: records each call's patterns and the frames it gave, and calls
+    ``on_call(number of calls so far)`` after each."""
+
+    def __init__(self, physics, on_call=None):
+        self.frames, self.on_call = physics.frames, on_call
+        self.calls: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def __call__(self, patterns: np.ndarray, **kwargs) -> np.ndarray:
+        frames = self.frames(patterns, **kwargs)
+        self.calls.append((np.array(patterns), frames.copy()))
+        if self.on_call is not None:
+            self.on_call(len(self.calls))
+        return frames
+
+
+def outputs_from(setup, frames: np.ndarray) -> torch.Tensor:
+    """What the setup makes of camera frames [K, ROI columns]: the outputs [K, n_outputs]."""
+    spectra = torch.as_tensor(frames.astype(np.float64) - setup.dark)
+    return output_units(spectra @ setup.output_weights.T, setup.enc, setup.calibration.reference_mean).float()
+
+
+def test_pipelined_outputs_equal_the_sequential_ones_for_the_same_chunks() -> None:
+    """The same chunks (16, 16, 8), once uploaded, played and read strictly in turn on a bench without realtime, once
+    pipelined on a realtime bench (uploads into the other bank while a chunk plays, frames read as they come): two
+    benches of one seed give the same numbers, bit for bit."""
+    x, theta = batch(40, seed=9)
+    outputs, bench_time = {}, {}
+    for pipeline in (False, True):
+        cfg = config(**{"instruments.slm.max_sequence": 16, "instruments.slm.pipeline": pipeline})
+        with start_bench("optical", seed=8, realtime=pipeline) as b, open_setup(cfg, N, bench=b) as setup:
+            log = FrameLog(b.physics)
+            b.physics.frames = log
+            outputs[pipeline] = setup.forward(x, theta)
+            assert [len(p) for p, _ in log.calls] == [16, 16, 8]
+            assert len(b.instruments["slm"].banks[1]) == (16 if pipeline else 0)  # bank 2 only when pipelined
+            bench_time[pipeline] = b.physics.bench_time_s
+    assert torch.equal(outputs[True], outputs[False])
+    assert bench_time[True] == bench_time[False]
+
+
+def test_pipelined_outputs_are_the_physics_frames_of_this_batch(opened, bench, monkeypatch) -> None:
+    """Every frame read while the series went on is the bench's frame for that pattern, in order, none twice."""
+    _, setup = opened
+    log = FrameLog(bench.physics)
+    monkeypatch.setattr(bench.physics, "frames", log)
+    x, theta = batch(100, seed=10)
+    y = setup.forward(x, theta)
+    assert [len(p) for p, _ in log.calls] == setup.chunk_sizes(100) == [16, 32, 52]
+    np.testing.assert_array_equal(np.concatenate([p for p, _ in log.calls]), setup.patterns(x.double(),
+                                                                                             theta.double()))
+    assert torch.equal(y, outputs_from(setup, np.concatenate([f for _, f in log.calls])))
+
+
+def test_a_fault_in_the_middle_of_a_pipelined_batch_is_retried_whole(monkeypatch, caplog) -> None:
+    """The camera's block is cut short while the third of four chunks plays: the attempt fails naming the camera and
+    DATA:NEXT?, PAT's retry recovers and measures the whole batch again, and the outputs are that second
+    measurement's frames only (none of the first attempt's), as close to an unfaulted batch as the noise allows."""
+    cfg = config(**{"instruments.slm.timeout_s": 1.0, "instruments.camera.timeout_s": 1.0})
+    x, theta = batch(240, seed=11)
+    with start_bench("optical", seed=6) as b, open_setup(cfg, N, bench=b) as setup:
+        clean = setup.forward(x, theta)
+        again = setup.forward(x, theta)
+        injector = b.servers["camera"].injector
+
+        def third_chunk_started(calls: int) -> None:
+            if calls == 3:
+                injector.set_plan(FaultPlan(short_block=1.0, max_faults=1))
+
+        log = FrameLog(b.physics, third_chunk_started)
+        monkeypatch.setattr(b.physics, "frames", log)
+        recovered_after: list[int] = []
+
+        def recover() -> None:
+            recovered_after.append(len(log.calls))
+            setup.recover()
+
+        with caplog.at_level(logging.WARNING, logger="orchestrator.retry"):
+            y = retrying(setup.forward, max_retries=2, recover=recover)(x, theta)
+        assert injector.counts["short_block"] == 1 and recovered_after == [3]
+        assert "physical forward failed (camera, command 'DATA:NEXT?'" in caplog.text
+        sizes = setup.chunk_sizes(240)
+        assert sizes == [16, 32, 64, 128]
+        first, second = log.calls[:3], log.calls[3:]
+        assert [len(p) for p, _ in first] == sizes[:3] and [len(p) for p, _ in second] == sizes
+        np.testing.assert_array_equal(np.concatenate([p for p, _ in second]),
+                                      setup.patterns(x.double(), theta.double()))
+        assert torch.equal(y, outputs_from(setup, np.concatenate([f for _, f in second])))
+        assert nmse(y, clean) < 2 * nmse(again, clean) + 0.01
+
+
+def test_an_slm_without_sequence_banks_is_told_to_go_without_pipelining(bench, monkeypatch) -> None:
+    """An SLM that does not know SEQ:BANK<n> refuses the first upload (-113): the error says how to go without."""
+    from simulators.instruments import SimPhaseSLM
+    from simulators.scpi.commands import CommandTree
+
+    tree = CommandTree()
+    for command in SimPhaseSLM.commands.commands:
+        if "BANK" not in command.pattern:
+            tree.add(command.pattern, command.handler, command.nargs)
+    monkeypatch.setattr(SimPhaseSLM, "commands", tree)
+    x, theta = batch(8, seed=12)
+    with open_setup(config(), N, bench=bench) as setup:
+        with pytest.raises(InstrumentError, match=r"slm, command 'SEQ:BANK1 #<.* byte block> \(set "
+                                                  r"instruments.slm.pipeline: false .*\): .*-113"):
+            setup.forward(x, theta)
+    with open_setup(config(**{"instruments.slm.pipeline": False}), N, bench=bench) as setup:
+        assert setup.forward(x, theta).shape == (8, N)

@@ -9,9 +9,21 @@ Wiring::
 The encoding (x and θ as phases on spectral bins of the SLM, the SH spectrum summed in output bins around the
 measured centre, in units of the transform-limited reference) is ``encoding.optical``.
 
-A batch is ONE SLM pattern sequence and ONE camera kinetic series: the SLM shows each pattern, waits its settling
-time and pulses its trigger out, the camera takes one exposure per pulse. Split only when the SLM's sequence memory
-(``SEQ:MAX?``, ``max_sequence``) is smaller than the batch.
+A batch is shown as SLM pattern sequences feeding ONE camera kinetic series: the SLM shows each pattern, waits its
+settling time and pulses its trigger out, the camera takes one exposure per pulse.
+
+Pipelined (``instruments.slm.pipeline``, the default): the batch is split into chunks, the first of
+``pipeline_chunk`` patterns and each next one twice the previous (up to the sequence memory). Chunk j + 1 is uploaded
+into the SLM's other sequence bank while chunk j plays, and the camera's frames are read (``DATA:NEXT?``) while the
+later exposures are taken, so the serial lines' upload and read-out overlap the patterns' display: the device's own
+time (settling, exposure, read-out per pattern) then sets the pace. What is not hidden: the first chunk's upload and
+the last frames' read-out. Sequential (``pipeline: false``, for an SLM without sequence banks or a camera without
+``DATA:NEXT?``): per memory-sized chunk, upload, arm the camera, play, wait, read the series, strictly in turn.
+Either way a failure anywhere raises at once and the frames read so far are dropped: a batch is measured whole or
+not at all (PAT's retry measures it again after ``recover()``).
+
+The simulated bench draws its noise per sequence, so the same patterns split into other chunks get other (equally
+distributed) noise; the same chunks give the same numbers pipelined or not.
 
 Calibration on opening (``calibrate_instruments``): the dark frame (shutter closed), the spectrometer offset (the
 centroid of the transform-limited SH spectrum against the column the spectrometer's nominal calibration gives
@@ -22,9 +34,11 @@ Safety: gray levels stay inside [gray_min, gray_max] (checked here and in the dr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -32,8 +46,9 @@ import torch
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from torch import Tensor
 
-from drivers.camera import ADC_MAX_COUNTS, ELECTRONS_PER_COUNT_AT_GAIN_1, EXPOSURE_MAX_S, EXPOSURE_MIN_S
-from drivers.errors import InstrumentError, LimitViolation, ProtocolError
+from drivers.camera import (ADC_MAX_COUNTS, ELECTRONS_PER_COUNT_AT_GAIN_1, EXPOSURE_MAX_S, EXPOSURE_MIN_S,
+                            KINETIC_COUNT_MAX)
+from drivers.errors import InstrumentError, InstrumentReportedError, InstrumentTimeout, LimitViolation, ProtocolError
 from common.models import FieldError, StrictModel
 from drivers.resources import Resource
 from drivers.setups.base import PhysicalSetup, check_batch, uniform_bounds
@@ -61,6 +76,12 @@ class SLMConfig(SerialInstrumentConfig):
     gray_max: int = Field(255, ge=0, le=255, description="highest gray level ever sent (safety limit)")
     max_sequence: PositiveInt | None = Field(None, description="patterns per sequence upload; default the SLM's memory")
     dwell_margin_s: float = Field(5e-4, ge=0, description="extra time per pattern beyond settling + camera cycle, s")
+    pipeline: bool = Field(True, description="upload the next chunk of a batch into the SLM's other sequence bank "
+                           "while the current one plays, and read the camera's frames while it exposes the next ones "
+                           "(needs SEQ:BANK<n> on the SLM and DATA:NEXT? on the camera); false: upload, play and "
+                           "read strictly in turn")
+    pipeline_chunk: PositiveInt = Field(16, description="patterns in the first chunk of a pipelined batch (its upload "
+                                        "is not hidden); each next chunk is twice the previous, up to the memory")
 
     @model_validator(mode="after")
     def _ordered(self) -> "SLMConfig":
@@ -136,9 +157,10 @@ class OpticalSetup(PhysicalSetup):
         range, set the camera and the sequence timing."""
         slm, cam = self.slm, self.camera
         cc = self.cfg.camera
-        cam.abort()  # a series left armed by a failed batch refuses new settings
         for inst in (slm, cam):
-            inst.clear()  # *CLS: an old power-on bit or error must not fail the first batch
+            inst.clear()  # *CLS: an old power-on bit or error (e.g. a read-out sent to a camera that had reset) must
+            # not fail the first batch, nor the abort below
+        cam.abort()  # a series left armed by a failed batch refuses new settings
         if self.lut is None:
             self.lut = self._checked_lut()
         slm.blank()
@@ -187,13 +209,25 @@ class OpticalSetup(PhysicalSetup):
         room = self.slm.sequence_max
         return min(room, self.cfg.slm.max_sequence or room)
 
+    def chunk_sizes(self, k: int) -> list[int]:
+        """Patterns per sequence when ``k`` patterns are shown pipelined: ``pipeline_chunk``, then each chunk twice
+        the previous (an upload of 2 c patterns fits in the display of c), at most ``sequence_room()``."""
+        room = self.sequence_room()
+        size, sizes = min(self.cfg.slm.pipeline_chunk, room), []
+        while k > 0:
+            sizes.append(min(size, k))
+            k -= sizes[-1]
+            size = min(2 * size, room)
+        return sizes
+
     def device_seconds_per_item(self) -> dict[str, float]:
         """The instruments' own time per batch item, s: the SLM showing it (settling, exposure, read-out, margin) and
-        the serial lines carrying its pattern and its spectrum (10 bits per byte)."""
+        the serial lines carrying its pattern and its spectrum (10 bits per byte); pipelined, only the lines' time
+        beyond the display's, which the overlap cannot hide."""
         roi = self.calibration.roi[1] if self.calibration else self.camera.sensor_size[0]
+        lines = self.enc.shaper.n_pixels * 10 / self.cfg.slm.baud_rate + 2 * roi * 10 / self.cfg.camera.baud_rate
         return {"device": self._dwell,
-                "serial_lines": (self.enc.shaper.n_pixels * 10 / self.cfg.slm.baud_rate
-                                 + 2 * roi * 10 / self.cfg.camera.baud_rate)}
+                "serial_lines": max(0.0, lines - self._dwell) if self.cfg.slm.pipeline else lines}
 
     # -- the physical forward pass --------------------------------------------------------------------------------
     def patterns(self, x: Tensor, theta: Tensor) -> np.ndarray:
@@ -206,17 +240,25 @@ class OpticalSetup(PhysicalSetup):
         return gray.numpy().astype(np.uint8)
 
     def forward(self, x: Tensor, theta: Tensor) -> Tensor:
-        """Run a batch through the device: one SLM sequence and one camera series (per memory-sized chunk)."""
+        """Run a batch through the device: pipelined chunks feeding one camera series (``measure_pipelined``), or one
+        SLM sequence and one camera series per memory-sized chunk (``measure``); then both instruments' status."""
         if self.calibration is None:
             raise RuntimeError("the optical setup must be calibrated (calibrate_instruments) before a forward pass")
         x, theta = x.detach().double(), theta.detach().double()
         check_batch(self.slm.name, x, theta, self.n_inputs, self.param_bounds)
         gray = self.patterns(x, theta)
         t0 = time.perf_counter()
-        chunks = [self.measure(gray[i:i + self.sequence_room()]) for i in range(0, len(gray), self.sequence_room())]
+        if self.cfg.slm.pipeline:
+            parts = [gray[i:i + KINETIC_COUNT_MAX] for i in range(0, len(gray), KINETIC_COUNT_MAX)]
+            chunks = [self.measure_pipelined(part) for part in parts]
+            uploads = sum(len(self.chunk_sizes(len(part))) for part in parts)
+        else:
+            room = self.sequence_room()
+            chunks = [self.measure(gray[i:i + room]) for i in range(0, len(gray), room)]
+            uploads = len(chunks)
         for inst in (self.slm, self.camera):
             inst.check_status()  # a reset or an error during the batch makes its outputs worthless
-        self.counters.record(x.shape[0], len(chunks), time.perf_counter() - t0)
+        self.counters.record(x.shape[0], uploads, time.perf_counter() - t0)
         spectra = torch.as_tensor(np.concatenate(chunks) - self.dark)
         return output_units(spectra @ self.output_weights.T, self.enc, self.calibration.reference_mean).float()
 
@@ -239,6 +281,72 @@ class OpticalSetup(PhysicalSetup):
         frames = cam.read_series()
         if frames.shape[0] != k:
             raise ProtocolError(cam.name, "DATA?", f"expected {k} frames, got {frames.shape[0]}")
+        return self._checked_frames(frames)
+
+    def measure_pipelined(self, gray: np.ndarray) -> np.ndarray:
+        """Show the patterns [K, n_pixels] (K <= 10,000, one kinetic series) in chunks that alternate between the
+        SLM's two sequence banks; the camera's spectra [K, columns] (counts), equal to what ``measure`` gives for the
+        same chunks. While chunk j plays: chunk j + 1 is uploaded, then the frames taken so far are read, until
+        a few patterns before chunk j ends; then ``*OPC?`` and chunk j + 1 starts."""
+        slm, cam = self.slm, self.camera
+        k = len(gray)
+        sizes = self.chunk_sizes(k)
+        starts = np.cumsum([0, *sizes])
+        if self._series != k:
+            cam.kinetic_count = k
+            self._series = k
+        frames: list[np.ndarray] = []
+        got = 0
+
+        def read(until: float, need: int, poll: float) -> None:  # frames taken so far, until ``need`` or ``until``
+            nonlocal got
+            while True:
+                new = cam.read_new_frames()
+                if len(new):
+                    frames.append(new)
+                    got += len(new)
+                now = time.monotonic()
+                if got >= need or now >= until:
+                    return
+                time.sleep(min(until - now, poll))
+
+        with self._naming_missing_commands():
+            slm.load_sequence(gray[:sizes[0]], bank=1)
+            cam.start()
+            for j, size in enumerate(sizes):
+                bank = 1 + j % 2
+                started = time.monotonic()
+                ends = started + slm.start_sequence(bank=bank)
+                if j + 1 < len(sizes):
+                    slm.load_sequence(gray[starts[j + 1]:starts[j + 2]], bank=3 - bank)
+                # a read started before ``until`` carries at most about three frames: done before the chunk ends
+                read(until=ends - 3 * self._dwell, need=int(starts[j + 1]), poll=2 * self._dwell)
+                slm.wait_done(timeout_s=self.cfg.slm.timeout_s + 2 * size * self._dwell)
+            # the last frame is read out one camera cycle after the last trigger; longer means triggers were missed
+            grace = CAMERA_GRACE_S + 4 * self._cycle
+            read(until=time.monotonic() + grace, need=k, poll=self._cycle / 2)
+        if got != k:
+            raise InstrumentTimeout(cam.name, "DATA:NEXT?", f"{got} of {k} frames arrived within {grace:g} s of the "
+                                                            f"last SLM pattern (external trigger: check the trigger "
+                                                            f"cable and that the pulses come no faster than KIN:CYCL?)")
+        return self._checked_frames(np.concatenate(frames))
+
+    @contextlib.contextmanager
+    def _naming_missing_commands(self) -> Iterator[None]:
+        """An instrument refusing a pipelining command as unknown (-113): say how to go without."""
+        try:
+            yield
+        except InstrumentReportedError as err:
+            if any(code == -113 for code, _ in err.errors):
+                raise InstrumentReportedError(err.instrument, f"{err.command} (set instruments.slm.pipeline: false "
+                                              f"for instruments without sequence banks or DATA:NEXT?)",
+                                              err.errors) from err
+            raise
+
+    def _checked_frames(self, frames: np.ndarray) -> np.ndarray:
+        """The spectra [K, columns] as float counts, checked against the calibrated read-out; clipped ones counted."""
+        cam = self.camera
+        k = len(frames)
         if self.dark is not None and frames.shape[1] != len(self.dark):
             raise InstrumentError(cam.name, "READ:ROI", f"frames of {frames.shape[1]} columns, the calibrated read-out "
                                                         f"has {len(self.dark)}: the camera's ROI was changed")
