@@ -28,6 +28,18 @@ Exact command strings, shown for channel 1 (channel 2 uses SOUR2:, OUTP2, TRIG2)
     *TRG                                                   bus trigger
 
 Each setting is followed by ``SYST:ERR?`` (see ``drivers.scpi.SCPIInstrument``).
+
+Overlapping uploads with playback (issue 14, point 3): the 33500B keeps named arbitrary waveforms in a channel's
+volatile memory (``DATA:ARB <name>`` stores one, ``FUNC:ARB <name>`` selects the one that plays, ``DATA:VOL:CLE``
+frees them), so a second waveform can sit in memory beside the one playing. Whether an upload into volatile memory is
+accepted while another waveform plays with the output on, and whether ``FUNC:ARB`` then switches without a gap or a
+glitch: not verified (the Keysight 33500 programming guide was not among the references searched). This driver does
+not pipeline: the electronic and mechanical setups (``drivers.setups.awg_scope``) encode a whole batch as ONE
+waveform (the items in time slots with guard intervals), played once on a bus trigger and recorded by one
+single-shot scope acquisition, so there is no next waveform to load while one plays unless a batch outgrows the
+AWG memory or the scope record (``items_per_upload``). On the realtime electronic bench the instruments already
+account for 0.96 of a PAT epoch's wall time (experiments/results_speed.md, electronic_digits), which leaves little
+for an overlap to win.
 """
 
 from __future__ import annotations

@@ -14,6 +14,15 @@ Settings sent together (one ``set_*`` call) are followed by one ``SYST:ERR?`` ch
 an IEEE 488.2 block with an ``#8`` + 8-digit header; in ASC format the block holds comma-separated volts.
 Waveform scaling follows the preamble: volts = (code - yreference) * yincrement + yorigin and
 t = (i - xreference) * xincrement + xorigin, in seconds relative to the trigger.
+
+Overlapping read-out with acquisition (issue 14, point 3): this driver reads a record after the acquisition is done
+(``:DIG`` or ``:SING``, then ``:WAV:DATA?``); whether an InfiniiVision can send one record while it acquires the next:
+not verified. Segmented memory (many triggered records in one acquisition, read afterwards) exists on the 1000
+X-Series: the DSOX1204A/G user's guide lists segmented acquisitions (re-armed about 19 us after each segment); for
+the DSOX1102G itself not verified, nor whether it needs a licence. This driver does not use it: the electronic and
+mechanical setups record a whole batch as one single-shot record of one waveform, so segments would add trigger
+re-arms, not overlap; and on the realtime electronic bench the instruments already account for 0.96 of a PAT
+epoch's wall time (experiments/results_speed.md).
 """
 
 from __future__ import annotations

@@ -224,13 +224,17 @@ class TrainingBar:
     def __init__(self, bar: Progress):
         self.bar = bar
         self.calibration: TaskID | None = None
+        self.step = ""  # the calibration step its bar shows
         self.epoch: TaskID | None = None
         self.run: TaskID | None = None
 
     def calibrating(self, what: str, i: int, n: int) -> None:
-        if self.calibration is None:
-            self.calibration = self.bar.add_task(what, total=None)
-        self.bar.update(self.calibration, description=what, completed=i, total=n or None)
+        """A step of the calibration (twin data, a fit: ``n`` 0 when its length is unknown); each step a bar."""
+        if self.calibration is None or what != self.step:
+            if self.calibration is not None:
+                self.bar.update(self.calibration, visible=False)
+            self.calibration, self.step = self.bar.add_task(what, total=n or None), what
+        self.bar.update(self.calibration, completed=i, total=n or None)
 
     def batch(self, done: int, n: int, epoch: int, epochs: int) -> None:
         if self.epoch is None:

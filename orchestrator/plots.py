@@ -48,7 +48,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 def _wrap(title: str, width_in: float) -> str:
     """A figure title broken into lines that fit ``width_in`` inches (at the default title size)."""
-    return "\n".join(textwrap.wrap(title, max(30, int(width_in * 9.5)))) or title
+    return "\n".join(textwrap.wrap(title, max(30, int(width_in * 11)))) or title
 
 
 def number(value: Any) -> float:
