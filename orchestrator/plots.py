@@ -26,6 +26,7 @@ from common.files import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 _MAX_SCATTER_POINTS = 20_000
+_MAX_TRACE_BINS = 64
 _DPI = 110
 
 
@@ -154,7 +155,8 @@ def plot_physical_outputs(outputs: np.ndarray | Sequence[np.ndarray], path: str 
                           axis: OutputAxis | None = None, sample_classes: Sequence[str] | None = None,
                           n_traces: int = 3) -> Path:
     """The device outputs of a layer for many samples as a heat map (samples by output position, grouped by class
-    when ``sample_classes`` are given), and the first ``n_traces`` samples each in a panel of its own, with the
+    when ``sample_classes`` are given), and ``n_traces`` samples (of different classes where there are) each in a
+    panel of its own, with the
     instrument's full scale dashed; one column per layer.
 
     Args:
@@ -171,6 +173,7 @@ def plot_physical_outputs(outputs: np.ndarray | Sequence[np.ndarray], path: str 
     if labels is not None and len(labels) != len(layers):
         raise ValueError(f"{len(labels)} labels for {len(layers)} layers")
     n_traces = min(n_traces, min(len(y) for y in layers))
+    shown = _samples_to_trace(min(len(y) for y in layers), n_traces, sample_classes)
     # a fixed layout, in inches (the constrained one doubles the time to draw): columns of 3.6 in, 1.6 in between
     # them and at the right for the colour bar and its label
     n_cols, col, gap, left = len(layers), 3.6, 1.6, 0.85
@@ -189,12 +192,12 @@ def plot_physical_outputs(outputs: np.ndarray | Sequence[np.ndarray], path: str 
         name = labels[number - 1] if labels is not None else f"layer {number}"
         _output_heat_map(fig, ax_map, x, values, lay, sample_classes)
         ax_map.set_title(f"{name}: {len(y)} samples x {y.shape[1]} outputs", fontsize=10)
-        for k in range(n_traces):
+        for k, i in enumerate(shown):
             ax = fig.add_subplot(grid[1 + k, number - 1], sharex=ax_map)
-            ax.plot(x, values[k], marker="o" if len(x) <= 50 else None, ms=2.5, lw=1)
+            ax.plot(x, values[i], marker="o" if len(x) <= 50 else None, ms=2.5, lw=1)
             for level in lay.full_scale:
                 ax.axhline(level, color="C3", ls="--", lw=0.8)
-            which = f"sample {k + 1}" + (f" (class {sample_classes[k]})" if sample_classes is not None else "")
+            which = f"sample {i + 1}" + (f" (class {sample_classes[i]})" if sample_classes is not None else "")
             ax.text(0.01, 0.96, which, transform=ax.transAxes, ha="left", va="top", fontsize=8,
                     bbox={"facecolor": "white", "alpha": 0.6, "edgecolor": "none", "pad": 1})
             ax.grid(alpha=0.3)
@@ -211,6 +214,17 @@ def plot_physical_outputs(outputs: np.ndarray | Sequence[np.ndarray], path: str 
                    loc="lower right", fontsize=8, frameon=False)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def _samples_to_trace(n_samples: int, n_traces: int, sample_classes: Sequence[str] | None) -> list[int]:
+    """The first sample of each class in turn, then the next ones, until there are ``n_traces``."""
+    if sample_classes is None:
+        return list(range(n_traces))
+    seen: dict[str, int] = {}
+    for i in range(n_samples):
+        seen.setdefault(str(sample_classes[i]), i)
+    first = list(seen.values())[:n_traces]
+    return first + [i for i in range(n_samples) if i not in first][:n_traces - len(first)]
 
 
 def _output_heat_map(fig: Figure, ax: Any, x: np.ndarray, values: np.ndarray, axis: OutputAxis,
@@ -269,13 +283,15 @@ def plot_twin_vs_device(y_device: np.ndarray, y_twin: np.ndarray, path: str | Pa
     ax_sc.legend(loc="lower right", fontsize=8, framealpha=0.5)  # the data lie along the diagonal: this corner is free
     ax_sc.grid(alpha=0.3)
 
+    shown = min(y_device.shape[1], _MAX_TRACE_BINS)  # more bins than this would be a blur of lines
     for k in range(min(n_examples, len(y_device))):
-        line, = ax_tr.plot(y_device[k], lw=1.5)
-        ax_tr.plot(y_twin[k], lw=1.5, ls="--", color=line.get_color())
+        line, = ax_tr.plot(y_device[k, :shown], lw=1.5)
+        ax_tr.plot(y_twin[k, :shown], lw=1.5, ls="--", color=line.get_color())
     ax_tr.set_xlabel("output bin")
     ax_tr.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_tr.set_ylabel("output")
-    ax_tr.set_title(f"{min(n_examples, len(y_device))} held-out samples, one colour each", fontsize=10)
+    part = "" if shown == y_device.shape[1] else f", their first {shown} of {y_device.shape[1]} outputs"
+    ax_tr.set_title(f"{min(n_examples, len(y_device))} held-out samples, one colour each{part}", fontsize=10)
     # the legend says only what the line styles mean, outside the axes, so it hides no data
     ax_tr.legend(handles=[Line2D([], [], color="0.3", lw=1.5, label="device"),
                           Line2D([], [], color="0.3", lw=1.5, ls="--", label="twin")],

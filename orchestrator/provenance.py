@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 from datetime import datetime, timezone
-from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,6 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-@lru_cache(maxsize=1)
 def code_version() -> dict[str, Any]:
     """``pnn_lab_version``, ``git_commit`` and ``git_dirty`` (True/False, or "unknown") of the running code.
 

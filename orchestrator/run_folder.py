@@ -112,11 +112,11 @@ class RunWatch(TrainingWatch):
         self.folder = folder
         self.board = RunBoard(folder.path) if tensorboard else None
         self.t0 = time.perf_counter()
-        self.plot_s = 0.0
+        self.plot_s = self.last_plot_s = 0.0  # all plots after epochs so far, and the last ones, s
         self.image_written = False
 
     def start(self, step: int, resumed: bool) -> None:
-        self.t0, self.plot_s = time.perf_counter(), 0.0
+        self.t0, self.plot_s, self.last_plot_s = time.perf_counter(), 0.0, 0.0
         if self.board is not None:
             self.board.start(step, resumed)
 
@@ -126,13 +126,14 @@ class RunWatch(TrainingWatch):
 
     def epoch_evaluated(self, rows: list[dict], evaluation: Evaluation | None) -> None:
         self.image_written = False
-        if self.plot_s > PLOT_SHARE * (time.perf_counter() - self.t0):
+        if self.plot_s + self.last_plot_s > PLOT_SHARE * (time.perf_counter() - self.t0):  # this one included
             log.debug("plots after epoch %s skipped (drawing them took %.1f s so far)", rows[-1]["epoch"], self.plot_s)
             return
         t0 = time.perf_counter()
         self.folder.write_plots(rows, evaluation, f"after epoch {rows[-1]['epoch']}")
         self.image_written = evaluation is not None and bool(evaluation.layer_outputs)
-        self.plot_s += time.perf_counter() - t0
+        self.last_plot_s = time.perf_counter() - t0
+        self.plot_s += self.last_plot_s
 
     def epoch_done(self, step: int, row: dict) -> None:
         if self.board is not None:
