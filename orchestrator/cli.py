@@ -1,4 +1,4 @@
-"""The ``pnn`` command: check, calibrate, run, bench, compare, sim serve, resources.
+"""The ``pnn`` command: check, calibrate, run, bench, compare, sweep, sim serve, resources.
 
 Exit codes: 0 success, 1 unexpected error, 2 bad experiment file, arguments or data set, 3 instrument error,
 4 unreadable twin, twin data or checkpoint file, 130 interrupted.
@@ -471,6 +471,54 @@ def bench(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str 
             run_bench(cfg, out_dir, simulate=simulate, data_dir=resolve_data_dir(data_dir), rows=wanted,
                       on_row=lambda m, t: console.print(f"bench row: {m} / {t}"), stop=stop)
         out_console.print((out_dir / "bench.md").read_text())
+
+
+@main.command()
+@click.argument("sweep_file", metavar="SWEEP", type=click.Path())
+@click.option("--simulate", is_flag=True, help="Every trial starts its own simulated bench on free loopback ports.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Sweep folder (default runs/sweeps/<sweep>): results.csv, results.md, sweep.png, trials/<id>/.")
+@click.option("--address", default=None, metavar="auto|ray://HOST:10001",
+              help="Run on an existing Ray cluster (default: Ray embedded in this process, bound to 127.0.0.1).")
+@click.option("--resume", is_flag=True, help="Continue the sweep in --out (unfinished trials from their checkpoints).")
+@click.option("--retry-failed", is_flag=True, help="With --resume: run the failed trials again.")
+@click.option("--cpus", type=click.IntRange(min=1), default=None,
+              help="CPUs of the embedded Ray (default: all of this machine's).")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None,
+              help="Override the sweep file's max_concurrent (trials at once).")
+@data_opt
+def sweep(sweep_file: str, simulate: bool, out: str | None, address: str | None, resume: bool, retry_failed: bool,
+          cpus: int | None, max_concurrent: int | None, data_dir: str | None) -> None:
+    """Search an experiment's settings on Ray Tune: each trial is a pnn run with its own run folder; results in
+    SWEEP_DIR/results.md. Exit 0 when the sweep ran to its end (failed trials are listed), 1 when every trial failed,
+    2 for a bad sweep file or option, 130 when stopped (continue with --resume)."""
+    from orchestrator.sweep import SweepError, SweepOptions, run_sweep
+    from orchestrator.sweep_file import load_sweep
+
+    with _errors_to_exit_codes():
+        loaded = load_sweep(sweep_file)
+        if max_concurrent is not None:
+            loaded.config.max_concurrent = max_concurrent
+        if not simulate:  # real instruments: no placeholder resources
+            require_resources(loaded.base, loaded.experiment_path)
+        out_dir = Path(out or Path("runs") / "sweeps" / loaded.name)
+        setup_files = click.get_current_context().find_root().params.get("setup_files", ())
+        options = SweepOptions(out_dir, simulate=simulate, address=address, resume=resume, retry_failed=retry_failed,
+                               num_cpus=cpus, data_dir=resolve_data_dir(data_dir), setup_files=list(setup_files))
+        try:
+            outcome = run_sweep(loaded, options)
+        except SweepError as err:
+            console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+    click.echo((outcome.out / "results.md").read_text())  # Markdown: whole lines, to a terminal or a file
+    out_console.print(f"sweep folder: {outcome.out}", highlight=False, soft_wrap=True)
+    if outcome.interrupted:
+        again = f"pnn sweep {sweep_file}{' --simulate' if simulate else ''} --out {outcome.out} --resume"
+        console.print(f"[yellow]the sweep stopped before its end[/yellow]: continue it with {escape(again)}",
+                      highlight=False, soft_wrap=True)
+        sys.exit(130)
+    if outcome.rows and all(r.status == "failed" for r in outcome.rows):
+        sys.exit(1)
 
 
 @main.group()
