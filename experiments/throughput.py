@@ -2,8 +2,8 @@
 
     python experiments/throughput.py experiments/electronic_digits.yaml [--batch 512] [--repeats 5] [--realtime]
 
-Prints device samples per second through the whole stack (drivers, pyvisa-py or pyserial, simulated instruments,
-physics) for a few batch sizes, the uploads per forward call, the share of wall time spent computing physics, and
+Prints device samples per second (of wall time, and per CPU-second of the process) through the whole stack (drivers,
+pyvisa-py or pyserial, simulated instruments, physics) for a few batch sizes, the uploads per forward call, the share of wall time spent computing physics, and
 the instruments' own time per sample with the share of wall time it accounts for (``device_busy_share``: in realtime
 mode, how busy the simulated devices and their serial lines are; the rest is the software around them).
 """
@@ -42,14 +42,17 @@ def main() -> None:
             x = 2 * torch.rand(batch, n, generator=gen) - 1
             setup.forward(x, theta)  # warm-up
             busy0, calls0, uploads0 = bench.physics.busy_s, setup.counters.forward_calls, setup.counters.uploads
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             for _ in range(args.repeats):
                 setup.forward(x, theta)
-            wall = time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             physics = bench.physics.busy_s - busy0
             per_item = setup.device_seconds_per_item()
             rows.append({"experiment": cfg.experiment, "width": n, "batch": batch, "realtime": args.realtime,
                          "samples_per_s": round(batch * args.repeats / wall, 1),
+                         # per CPU-second of this process (drivers, links, simulated instruments and physics all
+                         # run in it): the one-core figure, steadier than wall time on a shared machine
+                         "samples_per_cpu_s": round(batch * args.repeats / cpu, 1),
                          "uploads_per_forward": (setup.counters.uploads - uploads0)
                          / (setup.counters.forward_calls - calls0),
                          "physics_share": round(physics / wall, 3), "other_share": round(1 - physics / wall, 3),
