@@ -3,9 +3,10 @@
     python experiments/throughput.py experiments/electronic_digits.yaml [--batch 512] [--repeats 5] [--realtime]
 
 Prints device samples per second (of wall time, and per CPU-second of the process) through the whole stack (drivers,
-pyvisa-py or pyserial, simulated instruments, physics) for a few batch sizes, the uploads per forward call, the share of wall time spent computing physics, and
-the instruments' own time per sample with the share of wall time it accounts for (``device_busy_share``: in realtime
-mode, how busy the simulated devices and their serial lines are; the rest is the software around them).
+pyvisa-py or pyserial, simulated instruments, physics) for a few batch sizes, the uploads per forward call, the share
+of wall time spent computing physics, and the instruments' own time per sample with the share of wall time it
+accounts for (``device_busy_share``: in realtime mode, how busy the simulated devices and their serial lines are; the
+rest is the software around them).
 """
 
 from __future__ import annotations
