@@ -83,6 +83,28 @@ class PhysicsTwinConfig(StrictModel):
     patience: PositiveInt = 10
 
 
+class RefineConfig(StrictModel):
+    """Online refinement of the twin from the device measurements training makes (``orchestrator.refine``).
+
+    PAT measures each physical layer's (x, θ, y) in every training batch; these go into a ring buffer of the last
+    ``buffer_size`` samples (and into HDF5 files in the run folder). Every ``every_batches`` batches a copy of the
+    twin is fine-tuned for ``steps`` Adam steps on the buffer mixed with the original twin data, in a worker thread,
+    and its weights replace the twin's between two batches. In silico, the device measures every
+    ``measure_every``-th training batch for it (the training forward stays on the twin)."""
+
+    enabled: bool = False
+    every_batches: PositiveInt = Field(10, description="batches between two refinements")
+    buffer_size: PositiveInt = Field(4096, description="device samples (x, θ, y of one layer) kept, the newest")
+    steps: PositiveInt = Field(40, description="Adam steps per refinement")
+    batch_size: PositiveInt = Field(128, description="samples per Adam step")
+    lr: PositiveFloat = Field(1e-3, description="Adam learning rate of the fine-tuning")
+    mix_fraction: float = Field(0.5, ge=0, lt=1, description="share of each step's samples drawn from the original "
+                                                             "twin data (so the twin does not forget)")
+    measure_every: PositiveInt = Field(1, description="in silico: the device measures every N-th training batch")
+    overlap: bool = Field(True, description="fine-tune in a worker while the device measures the next batches "
+                                            "(the weights are swapped in at the next refinement); false: at once")
+
+
 class TwinConfig(StrictModel):
     """Which twin supplies the gradients, and how twins are calibrated."""
 
@@ -92,10 +114,26 @@ class TwinConfig(StrictModel):
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     neural: NeuralTwinConfig = Field(NeuralTwinConfig(), description="the neural twin, and the hybrid twin's residual")
     physics: PhysicsTwinConfig = PhysicsTwinConfig()
+    refine: RefineConfig = RefineConfig()
+
+
+class SpsaConfig(StrictModel):
+    """Step sizes of ``mode: perturbative`` (SPSA; Spall 1998): at step k (from 0) every trainable parameter moves
+    by a_k times the gradient estimate, a_k = a / (k + 1 + A)^alpha, measured with perturbations of ±c_k,
+    c_k = c / (k + 1)^gamma (parameter units; θ in its bounds' units)."""
+
+    a: PositiveFloat = 0.5
+    c: PositiveFloat = 0.05
+    A: float = Field(50.0, ge=0, description="stability constant, about a tenth of the steps")
+    alpha: float = Field(0.602, gt=0, le=1)
+    gamma: float = Field(0.101, gt=0, le=1)
 
 
 class TrainingConfig(StrictModel):
-    mode: Literal["pat", "in_silico"] = "pat"
+    mode: Literal["pat", "in_silico", "perturbative"] = Field(
+        "pat", description="pat: device forward, twin backward; in_silico: the twin for both; perturbative: SPSA "
+                           "with two device forwards per step and no twin")
+    spsa: SpsaConfig = SpsaConfig()
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: PositiveFloat = 0.02
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -147,6 +185,15 @@ class ExperimentConfig(StrictModel):
         if low < lo or high > hi:
             raise FieldError("network.theta_bounds", f"[{low:g}, {high:g}] must lie inside [{lo:g}, {hi:g}] for "
                              f"the {self.setup} setup")
+        return self
+
+    @model_validator(mode="after")
+    def _refine_has_a_twin_to_refine(self) -> "ExperimentConfig":
+        if self.twin.refine.enabled and self.training.mode == "perturbative":
+            raise FieldError("twin.refine.enabled", "perturbative training uses no twin: there is none to refine")
+        if self.twin.refine.enabled and self.twin.kind == "perfect":
+            raise FieldError("twin.refine.enabled", "the perfect twin is the simulator's own physics: refine a fitted "
+                                                    "twin (neural, physics or hybrid)")
         return self
 
     @model_validator(mode="after")

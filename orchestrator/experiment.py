@@ -3,6 +3,7 @@ write the run folder (``orchestrator.run_folder``)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import time
@@ -20,6 +21,7 @@ from orchestrator.datasets import Dataset, load_dataset
 from orchestrator.lab import device_outputs, device_width
 from orchestrator.kits import setup_kit
 from orchestrator.network import PhysicalNetwork, digital_baseline
+from orchestrator.refine import ARTIFACT, Refiner, refine_metadata
 from orchestrator.provenance import data_checksum, environment, twin_record, utc_now, version_line
 from orchestrator.run_folder import RunFolder, RunWatch, ended_early, run_log
 from orchestrator.session import open_session
@@ -43,26 +45,72 @@ def build_network(cfg: ExperimentConfig, data: Dataset, width: int) -> PhysicalN
                            input_layer=n.input)
 
 
-def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, twin: nn.Module, out: Path, *,
+def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, twin: nn.Module | None, out: Path, *,
                    resume: bool, bench=None, on_batch=None, on_epoch=None, stop: StopRequest | None = None,
-                   twin_info: dict | None = None, tensorboard: bool = True) -> dict:
+                   twin_info: dict | None = None, tensorboard: bool = True, twin_data_samples: int = 0) -> dict:
     """Train and evaluate one network on an open setup; writes the run folder and returns the summary.
 
-    ``twin_info`` describes the twin for the provenance (``provenance.twin_record``); ``tensorboard`` writes event
-    files."""
+    ``twin`` is None for perturbative training. ``twin_info`` describes the twin for the provenance
+    (``provenance.twin_record``); ``tensorboard`` writes event files; ``twin_data_samples``: the device samples
+    measured for the twin's data in this session (0 when an existing twin was loaded)."""
     with run_log(out, append=resume):
         return _train_on_setup(cfg, data, setup, twin, Path(out), resume=resume, bench=bench, on_batch=on_batch,
-                               on_epoch=on_epoch, stop=stop, twin_info=twin_info, tensorboard=tensorboard)
+                               on_epoch=on_epoch, stop=stop, twin_info=twin_info, tensorboard=tensorboard,
+                               twin_data_samples=twin_data_samples)
 
 
-def _train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, twin: nn.Module, out: Path, *,
+def twin_data_cost(twin_info: dict | None) -> int:
+    """The device samples the twin's data cost (its twin_data.h5 beside the artifact: samples x repeats); 0 for the
+    perfect twin, no twin, or data that are not there."""
+    artifact = (twin_info or {}).get("artifact")
+    path = Path(artifact).parent / "twin_data.h5" if artifact else None
+    if path is None or not path.is_file():
+        return 0
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["y"].shape[0]) * int(f.attrs.get("repeats", 1))
+    except (OSError, KeyError) as err:
+        log.warning("cannot read the size of %s: %s", path, err)
+        return 0
+
+
+def make_refiner(cfg: ExperimentConfig, setup: PhysicalSetup, twin: nn.Module, out: Path,
+                 twin_info: dict | None) -> Refiner:
+    """The twin's online refinement for this run: mixed with the twin data it was fitted on, if they are there."""
+    from orchestrator.calibrate import encoding_key
+    from twins.data import load_twin_data
+
+    info = twin_info or {}
+    original = None
+    if info.get("artifact"):
+        path = Path(info["artifact"]).parent / "twin_data.h5"
+        if path.is_file():
+            original = load_twin_data(path)
+            if info.get("twin_data_checksum") not in (None, original.checksum()):
+                log.warning("%s is not the data the twin was fitted on; refining on the run's measurements only", path)
+                original = None
+    if original is None and cfg.twin.refine.mix_fraction > 0:
+        log.warning("no original twin data to mix into the refinement: the twin is refined on the run's measurements")
+    lineage = {"refined_from": info.get("artifact"), "original_val_nmse": info.get("val_nmse"),
+               "setup": cfg.setup, "experiment": cfg.experiment, "twin": cfg.twin.kind,
+               "encoding": encoding_key(cfg.encoding), "n": int(setup.n_inputs), "n_outputs": int(setup.n_outputs),
+               "instruments": json.dumps(setup.snapshot(), default=str)}
+    return Refiner(twin, cfg.twin.refine, out, original, refine_metadata(setup, encoding_key(setup.enc), out),
+                   {k: v for k, v in lineage.items() if v is not None}, seed=cfg.seed)
+
+
+def _train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, twin: nn.Module | None, out: Path, *,
                     resume: bool, bench, on_batch, on_epoch, stop: StopRequest | None, twin_info: dict | None,
-                    tensorboard: bool) -> dict:
+                    tensorboard: bool, twin_data_samples: int) -> dict:
     session_started = utc_now()
     torch.manual_seed(cfg.seed)
     net = build_network(cfg, data, setup.n_inputs)
+    refine = cfg.twin.refine.enabled
     about = {
-        "experiment": cfg.experiment, "setup": cfg.setup, "mode": cfg.training.mode, "twin": cfg.twin.kind,
+        "experiment": cfg.experiment, "setup": cfg.setup, "mode": cfg.training.mode,
+        "twin": cfg.twin.kind if twin is not None else "-", "refine": refine,
         "network": "hybrid" if net.hybrid else "fully physical", "depth": cfg.network.depth,
         "width": setup.n_inputs, "trainable_parameters": net.n_trainable(), "dataset": cfg.task.dataset}
     folder = RunFolder(out, about, data.class_names, setup_kit(cfg.setup).output_axis(cfg, setup))
@@ -73,8 +121,10 @@ def _train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, 
              version_line())
     about["provenance"] = run_provenance(cfg, data, twin_info, previous)
     watch = RunWatch(folder, tensorboard=tensorboard)
+    twin_samples = twin_data_cost(twin_info) if twin is not None else 0
+    refiner = make_refiner(cfg, setup, twin, out, twin_info) if refine and twin is not None else None
     trainer = Trainer(net, data, setup.forward, twin, cfg.training, cfg.seed, out, recover=setup.recover,
-                      on_batch=on_batch, stop=stop, watch=watch)
+                      on_batch=on_batch, stop=stop, watch=watch, refiner=refiner, twin_samples=twin_samples)
     folder.start(cfg, setup.snapshot(), {**about, **times})
     c = setup.counters
     calls0, samples0, inst0, clipped0 = c.forward_calls, c.samples, c.instrument_s, c.clipped_records
@@ -107,6 +157,10 @@ def _train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, 
         # training epochs (of all sessions, if resumed) + the final evaluation
         "wall_time_s": trainer.wall_s + eval_s,
         "physical_forward_calls": c.forward_calls - calls0, "device_samples": c.samples - samples0,
+        # device samples by purpose: training, evaluation, refinement over all sessions; twin data measured in this one
+        "device_samples_by_purpose": {**asdict(trainer.samples), "twin_data": twin_data_samples},
+        "twin_data_samples": twin_samples,  # what the twin's data cost, whenever they were measured
+        "device_samples_budget": twin_samples + trainer.samples.training + trainer.samples.refinement,
         "samples_per_s": (c.samples - samples0) / inst_s if inst_s > 0 else None,
         "instrument_time_s": inst_s, "uploads_per_forward_max": max(c.history[calls0:], default=0),
         "scope_clipped_records": c.clipped_records - clipped0,
@@ -122,6 +176,13 @@ def _train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, 
         summary["physics_share_of_wall"] = summary["physics_time_s"] / wall if wall > 0 else None
     if cfg.training.mode == "in_silico":
         summary["twin_test_accuracy"] = rows[-1].get("twin_test_accuracy") if rows else None
+    if refiner is not None:
+        summary["refine"] = {"refinements": refiner.refinements, "samples": refiner.samples,
+                             "artifact": ARTIFACT if (out / ARTIFACT).exists() else None,
+                             "twin_nmse_recent_first": next((r["twin_nmse_recent_before"] for r in rows
+                                                             if r.get("twin_nmse_recent_before") is not None), None),
+                             "twin_nmse_recent_last": next((r["twin_nmse_recent_last"] for r in reversed(rows)
+                                                            if r.get("twin_nmse_recent_last") is not None), None)}
     folder.write_results(rows, Evaluation.of(data.y_test, test_pred, record))
     summary["ended"] = utc_now()
     folder.write_summary(summary)
@@ -151,15 +212,22 @@ def run(cfg: ExperimentConfig, out: Path, *, simulate: bool, resume: bool, data_
     data = load_task(cfg, data_dir)
     n = device_width(cfg, data.x_train.shape[1])
     with run_log(out, append=resume), open_session(cfg, n, simulate=simulate) as session:
-        twin = session.twin(progress=on_calibration)
+        before = session.setup.counters.samples
+        twin = None if cfg.training.mode == "perturbative" else session.twin(progress=on_calibration)
         return train_on_setup(cfg, data, session.setup, twin, out, resume=resume, bench=session.bench,
                               on_batch=on_batch, on_epoch=on_epoch, stop=stop,
-                              twin_info=twin_record(cfg.twin.kind, session.artifacts, out))
+                              twin_info=twin_record(cfg.twin.kind, session.artifacts, out) if twin is not None else
+                              {"kind": None, "note": "perturbative training uses no twin"},
+                              twin_data_samples=session.setup.counters.samples - before)
 
 
 BENCH_ROWS = [("pat", "neural"), ("pat", "physics"), ("pat", "perfect"), ("in_silico", "neural"), ("digital", "-")]
-"""The default rows of ``pnn bench``; ``BENCH_ROW_CHOICES`` are all it can run."""
-BENCH_ROW_CHOICES = BENCH_ROWS + [("pat", "hybrid"), ("in_silico", "physics"), ("in_silico", "hybrid")]
+"""The default rows of ``pnn bench``; ``BENCH_ROW_CHOICES`` are all it can run. A mode ``pat+refine`` or
+``in_silico+refine`` is that mode with ``twin.refine.enabled``; ``perturbative`` (SPSA) uses no twin."""
+BENCH_ROW_CHOICES = BENCH_ROWS + [("pat", "hybrid"), ("in_silico", "physics"), ("in_silico", "hybrid"),
+                                  *[(f"{mode}+refine", kind) for mode in ("pat", "in_silico")
+                                    for kind in ("neural", "physics", "hybrid")],
+                                  ("perturbative", "-")]
 
 
 def train_digital(cfg: ExperimentConfig, data: Dataset, n_params: int) -> dict:
@@ -200,29 +268,63 @@ def bench(cfg: ExperimentConfig, out: Path, *, simulate: bool, data_dir: str | N
             else:
                 if kind == "perfect" and sim is None:
                     continue
-                row_cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"mode": mode}),
-                                                 "twin": cfg.twin.model_copy(update={"kind": kind})})
-                twin = session.twin(kind, cfg=row_cfg)
-                row_out = out / f"{mode}_{kind}"
+                base_mode, refine = mode.removesuffix("+refine"), mode.endswith("+refine")
+                row_cfg = cfg.model_copy(update={
+                    "training": cfg.training.model_copy(update={"mode": base_mode}),
+                    "twin": cfg.twin.model_copy(update={
+                        "kind": kind if kind != "-" else cfg.twin.kind,
+                        "refine": cfg.twin.refine.model_copy(update={"enabled": refine})})})
+                row_out = out / f"{mode.replace('+', '_')}_{kind}".removesuffix("_-")
+                before = setup.counters.samples
+                twin = session.twin(kind, cfg=row_cfg) if base_mode != "perturbative" else None
                 results.append(train_on_setup(row_cfg, data, setup, twin, row_out, resume=False, bench=sim,
-                                              stop=stop, twin_info=twin_record(kind, session.artifacts, row_out),
-                                              **callbacks))
+                                              stop=stop, twin_data_samples=setup.counters.samples - before,
+                                              twin_info=twin_record(kind, session.artifacts, row_out)
+                                              if twin is not None else None, **callbacks))
+                results[-1]["mode"] = mode
+                results[-1]["run_folder"] = str(row_out)
             atomic_write_bytes(out / "bench.json", json.dumps(results, indent=2).encode())
     atomic_write_bytes(out / "bench.md", bench_table(cfg, results).encode())
+    plot_bench_samples(cfg, results, out / "bench_samples.png")
     return results
+
+
+def plot_bench_samples(cfg: ExperimentConfig, results: list[dict], path: Path) -> Path | None:
+    """``bench_samples.png``: each row's device test accuracy after its evaluated epochs against the device samples
+    consumed by then (the twin's data, training, refinement; evaluation not counted). None when no row has any."""
+    from orchestrator import plots
+
+    curves = []
+    for r in results:
+        folder = r.get("run_folder")
+        if not folder or not (Path(folder) / "metrics.csv").is_file():
+            continue
+        with open(Path(folder) / "metrics.csv", newline="") as f:
+            rows = [row for row in csv.DictReader(f) if row.get("test_accuracy") and row.get("device_samples_budget")]
+        points = [(float(row["device_samples_budget"]), float(row["test_accuracy"])) for row in rows]
+        if points:
+            points[-1] = (points[-1][0], r["test_accuracy"])  # the final evaluation on the whole test set
+            twin = f" ({r['twin']} twin)" if r.get("twin") not in (None, "-") else ""
+            curves.append((f"{r['mode']}{twin}", points))
+    if not curves:
+        return None
+    return plots.plot_accuracy_vs_samples(curves, path, f"{cfg.experiment}: device test accuracy against the "
+                                                       f"device samples consumed")
 
 
 def bench_table(cfg: ExperimentConfig, results: list[dict]) -> str:
     """The bench results as a Markdown table."""
     lines = [f"# {cfg.experiment}: benchmark", "",
              "| mode | twin | network | test accuracy | train accuracy | parameters | wall time (s) | device samples/s "
-             "| device busy share |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| device busy share | device samples (twin data + training + refinement) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         sps = r.get("samples_per_s")
+        budget = r.get("device_samples_budget")
         lines.append(f"| {r['mode']} | {r['twin']} | {r.get('network', '')} | {r['test_accuracy']:.3f} | "
                      f"{r['train_accuracy']:.3f} | {r.get('trainable_parameters', '')} | {r['wall_time_s']:.0f} | "
-                     f"{'' if sps is None else f'{sps:.0f}'} | {_share(r.get('device_busy_share'))} |")
+                     f"{'' if sps is None else f'{sps:.0f}'} | {_share(r.get('device_busy_share'))} | "
+                     f"{'' if budget is None else budget} |")
     return "\n".join(lines) + "\n"
 
 

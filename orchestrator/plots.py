@@ -370,7 +370,28 @@ def plot_compared_runs(curves: Sequence[Curve], path: str | Path, title: str = "
     return _save(fig, path)
 
 
-__all__ = ["OutputAxis", "Curve", "plot_compared_runs", "plot_learning_curves", "plot_confusion_matrix", "plot_physical_outputs",
+def plot_accuracy_vs_samples(curves: Sequence[tuple[str, Sequence[tuple[float, float]]]], path: str | Path,
+                             title: str = "Accuracy against device samples") -> Path:
+    """Device test accuracy against the device samples consumed (log axis): one line per (label, [(samples,
+    accuracy), ...]); the last point of each line is marked larger (the final evaluation)."""
+    fig, (ax,) = _figure(1, 8.5, 4.5)
+    for k, (label, points) in enumerate(curves):
+        xy = np.asarray([p for p in points if p[0] > 0], dtype=float).reshape(-1, 2)
+        if not len(xy):
+            continue
+        ax.plot(xy[:, 0], xy[:, 1], "-", marker="o", ms=3, color=f"C{k % 10}", label=label)
+        ax.plot(xy[-1:, 0], xy[-1:, 1], "o", ms=7, color=f"C{k % 10}")
+    ax.set_xscale("log")
+    ax.set_xlabel("device samples consumed (twin data + training + refinement; one layer of one input each)")
+    ax.set_ylabel("test accuracy, measured on the device")
+    ax.grid(alpha=0.3, which="both")
+    if curves:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.suptitle(_wrap(title, 8.5))
+    return _save(fig, path)
+
+
+__all__ = ["OutputAxis", "Curve", "plot_accuracy_vs_samples", "plot_compared_runs", "plot_learning_curves", "plot_confusion_matrix", "plot_physical_outputs",
            "plot_twin_vs_device", "plot_trace", "plot_frequency_response"]
 
 

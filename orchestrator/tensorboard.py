@@ -5,7 +5,9 @@ The step of every value is the global batch step: the batches trained so far ove
 Per batch: ``train/loss``. Per epoch, at its last batch's step: ``train/loss_epoch``, ``accuracy/test_device``,
 ``accuracy/train_running``, ``accuracy/test_twin`` (in silico), ``time/instrument_s``, ``time/twin_s``,
 ``time/optimizer_s``, ``time/other_s``, ``time/epoch_s``, ``time/device_busy_share``, ``device/forward_failures``,
-``device/batches_retried``, ``device/recoveries``, ``train/lr``, ``train/epoch``; and the image
+``device/batches_retried``, ``device/recoveries``, ``train/lr``, ``train/epoch``, ``samples/training``,
+``samples/evaluation``, ``samples/refinement``, ``samples/budget`` (device samples consumed), with twin refinement
+``twin/nmse_recent_before`` and ``twin/nmse_recent_after``; and the image
 ``device/physical_outputs`` (the figure of ``physical_outputs.png``) whenever that file was rewritten.
 
 A fresh run removes the event files of an earlier run in its folder; a resumed one continues at the checkpoint's
@@ -30,7 +32,10 @@ EPOCH_SCALARS = {
     "instrument_s": "time/instrument_s", "twin_s": "time/twin_s", "optimizer_s": "time/optimizer_s",
     "other_s": "time/other_s", "seconds": "time/epoch_s", "device_busy_share": "time/device_busy_share",
     "forward_failures": "device/forward_failures", "batches_retried": "device/batches_retried",
-    "recoveries": "device/recoveries", "lr": "train/lr", "epoch": "train/epoch"}
+    "recoveries": "device/recoveries", "lr": "train/lr", "epoch": "train/epoch",
+    "device_samples_training": "samples/training", "device_samples_evaluation": "samples/evaluation",
+    "device_samples_refinement": "samples/refinement", "device_samples_budget": "samples/budget",
+    "twin_nmse_recent_before": "twin/nmse_recent_before", "twin_nmse_recent_after": "twin/nmse_recent_after"}
 """metrics.csv column -> TensorBoard tag of the per-epoch scalars."""
 IMAGE_TAG = "device/physical_outputs"
 

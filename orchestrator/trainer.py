@@ -1,7 +1,13 @@
 """Training and evaluation of a physical network, with metrics, checkpoints and resume.
 
-Modes: ``pat`` (device forward, twin backward) and ``in_silico`` (twin forward and backward). Evaluation is always
-on the device. One row of metrics.csv per finished epoch.
+Modes: ``pat`` (device forward, twin backward), ``in_silico`` (twin forward and backward) and ``perturbative``
+(SPSA: two device forwards per step with every trainable parameter perturbed by ±c_k, no twin; ``spsa_step``).
+Evaluation is always on the device. One row of metrics.csv per finished epoch. With a ``Refiner``
+(``orchestrator.refine``) the twin is fine-tuned from the training's own device measurements between batches.
+
+Device samples are the currency (``DeviceSamples``): every item of every physical forward is counted by what it was
+for (training, evaluation, refinement), over all sessions; metrics.csv has the running totals per epoch, and the
+``device_samples_budget``: the twin's data plus training plus refinement.
 
 The checkpoint (checkpoint.pt, written atomically) says where training is: the epoch in progress, how many of its
 batches are done, and everything needed to continue exactly there (network, optimizer, the metric rows, the epoch's
@@ -32,9 +38,10 @@ import io
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -47,6 +54,9 @@ from orchestrator.network import Layer, PhysicalNetwork
 from orchestrator.pat import physics_aware
 from common.files import CorruptFileError, atomic_write_bytes, read_torch_file
 from orchestrator.retry import RetryCounts, retrying
+
+if TYPE_CHECKING:
+    from orchestrator.refine import Refiner
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +137,50 @@ def time_split(parts: dict[str, float], wall_s: float) -> dict[str, float | None
 
 
 @dataclass
+class DeviceSamples:
+    """Device samples (items of a physical forward: one layer of one input) consumed, by purpose, over all sessions
+    of a run. The twin's data are counted where they were measured (``calibrate``); see ``Trainer.twin_samples``."""
+
+    training: int = 0
+    evaluation: int = 0
+    refinement: int = 0
+
+    def columns(self, twin_samples: int = 0) -> dict[str, int]:
+        """metrics.csv's columns: the running totals and the budget (twin data + training + refinement)."""
+        return {"device_samples_training": self.training, "device_samples_evaluation": self.evaluation,
+                "device_samples_refinement": self.refinement,
+                "device_samples_budget": twin_samples + self.training + self.refinement}
+
+
+def spsa_gains(k: int, a: float, c: float, A: float, alpha: float, gamma: float) -> tuple[float, float]:
+    """Spall's gain sequences at step k (from 0): a_k = a / (k + 1 + A)^alpha, c_k = c / (k + 1)^gamma."""
+    return a / (k + 1 + A) ** alpha, c / (k + 1) ** gamma
+
+
+def spsa_gradient(loss: Callable[[], float], params: list[Tensor], c: float, generator: torch.Generator,
+                  project: Callable[[], None] | None = None) -> tuple[list[Tensor], float, float]:
+    """One simultaneous-perturbation estimate of d loss / d params (Spall 1992): every element moved by ±c at once
+    with a random Rademacher sign Δ, g = (loss(p + cΔ) - loss(p - cΔ)) / (2c) Δ. ``loss()`` is called twice;
+    ``project`` (e.g. keeping θ in its bounds) after each perturbation. The parameters end as they started.
+    Returns the estimate (one tensor per parameter), loss(p + cΔ) and loss(p - cΔ)."""
+    deltas = [torch.randint(0, 2, p.shape, generator=generator).to(p.dtype) * 2 - 1 for p in params]
+    base = [p.detach().clone() for p in params]
+    losses = []
+    for sign in (1.0, -1.0):
+        with torch.no_grad():
+            for p, b, d in zip(params, base, deltas):
+                p.copy_(b + sign * c * d)
+            if project is not None:
+                project()
+        losses.append(float(loss()))
+    with torch.no_grad():
+        for p, b in zip(params, base):
+            p.copy_(b)
+    scale = (losses[0] - losses[1]) / (2 * c)
+    return [scale * d for d in deltas], losses[0], losses[1]
+
+
+@dataclass
 class EpochProgress:
     """The epoch in progress (0-based) and how far it got: its first ``batches_done`` batches are trained; the sums
     give its running loss and accuracy, ``seconds`` its training time so far (over all sessions), ``retries_at_start``
@@ -183,13 +237,20 @@ class Trainer:
     def __init__(self, net: PhysicalNetwork, data: Dataset, device: Layer, twin: nn.Module | None,
                  settings: TrainingConfig, seed: int, out_dir: Path, recover: Callable[[], None] | None = None,
                  on_batch: Callable[[int, int, int, int], None] | None = None, stop: StopRequest | None = None,
-                 watch: TrainingWatch | None = None):
-        """``on_batch(batches_done, batches_per_epoch, epoch, epochs)`` after every batch (epoch counted from 1)."""
+                 watch: TrainingWatch | None = None, refiner: "Refiner | None" = None, twin_samples: int = 0):
+        """``on_batch(batches_done, batches_per_epoch, epoch, epochs)`` after every batch (epoch counted from 1);
+        ``refiner`` refines ``twin`` from the training's device measurements; ``twin_samples``: the device samples
+        the twin's data cost (for the budget column)."""
         self.net, self.data, self.twin, self.s, self.seed = net, data, twin, settings, seed
         self.out_dir = Path(out_dir)
         self.retries = RetryCounts()
         self.clock = Stopwatch()
-        self.device = self.clock.timed("instrument", retrying(device, settings.max_retries, recover, self.retries))
+        self.samples = DeviceSamples()
+        self.purpose = "training"  # what the device's samples are counted as now (see ``counting``)
+        self.twin_samples = twin_samples
+        self.refiner = refiner
+        measured = self.clock.timed("instrument", retrying(device, settings.max_retries, recover, self.retries))
+        self.device = self._counted(measured)
         self.on_batch = on_batch
         self.stop = stop
         self.watch = watch or TrainingWatch()
@@ -199,17 +260,40 @@ class Trainer:
         else:
             self.opt = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
                                        weight_decay=settings.weight_decay)
-        if twin is None or settings.mode not in ("pat", "in_silico"):
-            raise ValueError(f"training mode {settings.mode!r} needs a twin; modes are 'pat' and 'in_silico'")
-        # PAT: the device forward, the twin's gradient; in silico: the twin for both
-        self.train_layer: Layer = (physics_aware(self.device, twin) if settings.mode == "pat"
-                                   else self.clock.timed("twin", twin))
+        if settings.mode not in ("pat", "in_silico", "perturbative"):
+            raise ValueError(f"unknown training mode {settings.mode!r}; modes are 'pat', 'in_silico', 'perturbative'")
+        if twin is None and settings.mode != "perturbative":
+            raise ValueError(f"training mode {settings.mode!r} needs a twin")
+        if refiner is not None and settings.mode == "perturbative":
+            raise ValueError("perturbative training uses no twin: there is none to refine")
+        # the device's training measurements, recorded for the refinement
+        self.measuring = refiner.recording(self.device) if refiner is not None else self.device
+        # PAT: the device forward, the twin's gradient; in silico: the twin for both; perturbative: the device only
+        self.train_layer: Layer = (physics_aware(self.measuring, twin) if settings.mode == "pat"
+                                   else self.clock.timed("twin", twin) if settings.mode == "in_silico"
+                                   else self.device)
         self.rows: list[dict] = []
         self.at = EpochProgress()
         self.saved_position = (0, 0)  # the position() the checkpoint file holds
         self.wall_s = 0.0
         self.step = 0  # batches trained over the whole run (all sessions): the global step of the last one
         self.evaluation: Evaluation | None = None  # the last evaluation on the device
+
+    def _counted(self, device: Layer) -> Layer:
+        def call(x: Tensor, theta: Tensor) -> Tensor:
+            y = device(x, theta)
+            setattr(self.samples, self.purpose, getattr(self.samples, self.purpose) + int(x.shape[0]))
+            return y
+        return call
+
+    @contextmanager
+    def counting(self, purpose: str) -> Iterator[None]:
+        """Count the device's samples as ``purpose`` (a ``DeviceSamples`` field) inside the block."""
+        before, self.purpose = self.purpose, purpose
+        try:
+            yield
+        finally:
+            self.purpose = before
 
     @property
     def n_batches(self) -> int:
@@ -229,7 +313,10 @@ class Trainer:
                  "epoch_progress": asdict(self.at), "batch_size": self.s.batch_size, "n_train": len(self.data.y_train),
                  "net": self.net.state_dict(), "opt": self.opt.state_dict(), "rows": self.rows,
                  "wall_s": self.wall_s, "retries": asdict(self.retries), "torch_rng": torch.get_rng_state(),
-                 "global_step": self.step}
+                 "global_step": self.step, "device_samples": asdict(self.samples)}
+        if self.refiner is not None:
+            self.refiner.save()
+            state["refine"] = self.refiner.state()
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(self.out_dir / CHECKPOINT, buf.getvalue())
@@ -257,6 +344,12 @@ class Trainer:
                                    f"or optimizer ({type(err).__name__}: {err}); resume with the settings it was saved "
                                    f"with, or {remedy}") from err
         self.rows, self.wall_s = rows, wall_s
+        self.samples = DeviceSamples(**state.get("device_samples", {}))
+        if self.refiner is not None:
+            if "refine" not in state:
+                raise CorruptFileError(f"{path}: this run was trained without twin.refine; resume it without it, or "
+                                       f"{remedy}")
+            self.refiner.load_state(state["refine"])
         self.resume_from(state, path)
         return True
 
@@ -303,17 +396,10 @@ class Trainer:
         clock = self.clock
         for idx in batches[at.batches_done:]:
             t0, before = time.perf_counter(), dict(clock.seconds)
-            waited = getattr(self.train_layer, "twin_wait_s", 0.0)
-            logits = self.net(x_all[idx], self.train_layer)
-            loss = nn.functional.cross_entropy(logits, y_all[idx])
-            self.opt.zero_grad()
-            t1 = time.perf_counter()
-            loss.backward()
-            t2 = time.perf_counter()
-            self.opt.step()
-            self.net.project_()
-            clock.add("twin", t2 - t1 + getattr(self.train_layer, "twin_wait_s", 0.0) - waited)
-            clock.add("optimizer", time.perf_counter() - t2)
+            if self.s.mode == "perturbative":
+                logits, loss = self.spsa_step(x_all[idx], y_all[idx])
+            else:
+                logits, loss = self.gradient_step(x_all[idx], y_all[idx], at.batches_done)
             for part, seconds in clock.since(before).items():
                 at.time_parts[part] = at.time_parts.get(part, 0.0) + seconds
             at.loss_sum += loss.item() * len(idx)
@@ -321,11 +407,60 @@ class Trainer:
             at.seen += len(idx)
             at.batches_done += 1
             self.step += 1
+            if self.refiner is not None:  # between two batches: the only place the twin's weights change
+                waited = self.refiner.wait_s
+                self.refiner.after_batch(at.batches_done)
+                clock.add("twin", self.refiner.wait_s - waited)
+                at.time_parts["twin"] = at.time_parts.get("twin", 0.0) + self.refiner.wait_s - waited
             self.watch.batch(self.step, loss.item())
             at.seconds += time.perf_counter() - t0
             if self.on_batch:
                 self.on_batch(at.batches_done, len(batches), at.epoch + 1, self.s.epochs)
             self.stop_if_requested()
+
+    def gradient_step(self, x: Tensor, y: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+        """One PAT or in-silico step on the batch (x [B, F], y [B]); in silico with refinement, the device measures
+        every ``measure_every``-th batch for the twin. Returns the logits and the loss."""
+        clock = self.clock
+        if self.refiner is not None and self.s.mode == "in_silico" and batch % self.refiner.s.measure_every == 0:
+            with torch.no_grad(), self.counting("refinement"):
+                self.net(x, self.measuring)
+        waited = getattr(self.train_layer, "twin_wait_s", 0.0)
+        logits = self.net(x, self.train_layer)
+        loss = nn.functional.cross_entropy(logits, y)
+        self.opt.zero_grad()
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        self.opt.step()
+        self.net.project_()
+        clock.add("twin", t2 - t1 + getattr(self.train_layer, "twin_wait_s", 0.0) - waited)
+        clock.add("optimizer", time.perf_counter() - t2)
+        return logits, loss
+
+    def spsa_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """One SPSA step (``spsa_gradient``) on the batch: two device forwards of the network with all its trainable
+        parameters perturbed by ±c_k (θ kept in its bounds), then every parameter moves by -a_k times the estimate
+        and θ is projected into its bounds. The perturbation follows (seed, step), so a resumed run draws the same.
+        Returns the mean of the two perturbed logits and the mean of the two losses."""
+        sp = self.s.spsa
+        a_k, c_k = spsa_gains(self.step, sp.a, sp.c, sp.A, sp.alpha, sp.gamma)
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        logits: list[Tensor] = []
+
+        def loss() -> float:
+            logits.append(self.net(x, self.train_layer))
+            return float(nn.functional.cross_entropy(logits[-1], y))
+
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
+        with torch.no_grad():
+            grads, loss_plus, loss_minus = spsa_gradient(loss, params, c_k, gen, self.net.project_)
+            t0 = time.perf_counter()
+            for p, g in zip(params, grads):
+                p.sub_(a_k * g)
+            self.net.project_()
+            self.clock.add("optimizer", time.perf_counter() - t0)
+        return (logits[0] + logits[1]) / 2, torch.tensor(0.5 * (loss_plus + loss_minus))
 
     def finish_epoch(self) -> dict:
         """Evaluate the trained epoch on the device, add its row to metrics.csv and checkpoint: the next epoch is
@@ -347,7 +482,16 @@ class Trainer:
         if self.s.mode == "in_silico":
             row["twin_test_accuracy"] = (self.accuracy(self.data.x_test[:k], self.data.y_test[:k], self.twin)
                                          if evaluate else None)
-        row["lr"] = self.learning_rate(at.epoch)
+        if self.s.mode == "perturbative":
+            sp = self.s.spsa
+            row["lr"] = spsa_gains(self.step - 1, sp.a, sp.c, sp.A, sp.alpha, sp.gamma)[0]  # a_k of the last step
+        else:
+            row["lr"] = self.learning_rate(at.epoch)
+        if self.refiner is not None:
+            waited = self.refiner.wait_s
+            row.update(self.refiner.finish_epoch())
+            self.clock.add("twin", self.refiner.wait_s - waited)
+        row.update(self.samples.columns(self.twin_samples))
         self.watch.epoch_evaluated(self.rows + [row], evaluation)
         row["seconds"] = at.seconds + time.perf_counter() - t0
         parts = {part: at.time_parts.get(part, 0.0) + s for part, s in self.clock.since(before).items()}
@@ -380,9 +524,10 @@ class Trainer:
         layer = layer or self.device
         x = torch.as_tensor(x)
         preds = []
-        for part in torch.split(x, self.s.eval_batch_size):
-            preds.append(self.net(part, layer, record).argmax(1))
-            record = None  # record physical outputs of the first evaluation batch only
+        with self.counting("evaluation"):
+            for part in torch.split(x, self.s.eval_batch_size):
+                preds.append(self.net(part, layer, record).argmax(1))
+                record = None  # record physical outputs of the first evaluation batch only
         return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
     def accuracy(self, x, y, layer: Layer | None = None) -> float:
@@ -418,4 +563,8 @@ class Trainer:
         finally:
             if self.stop is not None:
                 self.stop.training = False
+            if self.refiner is not None:
+                self.refiner.close()
+        if self.refiner is not None:
+            self.refiner.save()
         return self.rows

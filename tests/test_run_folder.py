@@ -129,7 +129,8 @@ def test_the_run_folder_holds_its_log_event_files_and_provenance(two_runs) -> No
     n_batches = math.ceil(N_TRAIN / 16)
     acc = events(out)
     assert steps(acc, "train/loss") == list(range(1, 2 * n_batches + 1))
-    assert set(EPOCH_SCALARS.values()) - {"accuracy/test_twin"} <= set(acc.Tags()["scalars"])
+    assert set(EPOCH_SCALARS.values()) - {"accuracy/test_twin", "twin/nmse_recent_before",
+                                           "twin/nmse_recent_after"} <= set(acc.Tags()["scalars"])
     assert steps(acc, "accuracy/test_device") == [n_batches, 2 * n_batches]
     assert IMAGE_TAG in acc.Tags()["images"]
 

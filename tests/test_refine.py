@@ -1,0 +1,161 @@
+"""Online twin refinement (``twin.refine``): the twin learns from PAT's own device measurements.
+
+A deliberately biased physics twin on the simulated electronic bench gets better within a few batches; the buffer is
+bounded; ``resume`` restores the buffer and the refined twin (and ends like an uninterrupted run); PAT's backward
+pass always differentiates the weights its forward pass used, even while a refinement runs beside it.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from orchestrator.config import RefineConfig, TrainingConfig
+from orchestrator.network import PhysicalNetwork
+from orchestrator.refine import Refiner, RingBuffer
+from orchestrator.trainer import StopRequest, Trainer, TrainingStopped
+from tests.test_trainer import device_fn, make_data, stop_after
+
+
+def test_the_buffer_keeps_only_the_newest_samples() -> None:
+    buffer = RingBuffer(20)
+    for k in range(10):
+        x = np.full((7, 3), k, np.float32)
+        buffer.add(x + np.arange(7)[:, None] / 10, x[:, :2], x[:, :1])
+        assert len(buffer) == min(20, 7 * (k + 1))
+    data = buffer.data()
+    assert len(data) == 20 and buffer.arrays[0].shape == (20, 3)  # bounded: the storage never grows
+    newest = np.concatenate([np.full(7, k) + np.arange(7) / 10 for k in range(10)])[-20:]
+    np.testing.assert_allclose(data.x[:, 0], newest, rtol=1e-6)  # the newest 20, oldest first
+    big = RingBuffer(5)
+    big.add(np.arange(12, dtype=np.float32)[:, None], np.zeros((12, 1)), np.zeros((12, 1)))  # more than it holds
+    assert big.data().x[:, 0].tolist() == [7, 8, 9, 10, 11]
+
+
+class ToyTwin(nn.Module):
+    """tanh(a x θ) + b x: the test device is a = 1.5, b = 0.05; this twin starts biased at a = 1, b = 0. Its forward
+    pass records the weights it used, and its backward pass the weights then (``seen``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(1.0))
+        self.b = nn.Parameter(torch.tensor(0.0))
+        self.seen: list[tuple[str, tuple[float, float]]] = []
+
+    def weights(self) -> tuple[float, float]:
+        return float(self.a), float(self.b)
+
+    def forward(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(self.a * x * theta) + self.b * x
+        if y.requires_grad and not self.training:  # inside PAT (not the refinement's own fine-tuning)
+            self.seen.append(("forward", self.weights()))
+            y.register_hook(lambda g: self.seen.append(("backward", self.weights())) or g)
+        return y
+
+
+def make_refining_trainer(out: Path, twin: ToyTwin, epochs: int = 2, **refine) -> Trainer:
+    torch.manual_seed(0)
+    net = PhysicalNetwork(8, 4, width=8, depth=2, seed=0)
+    settings = TrainingConfig(epochs=epochs, batch_size=8, lr=0.05)
+    twin.requires_grad_(False).eval()
+    cfg = RefineConfig(enabled=True, **{"every_batches": 2, "buffer_size": 64, "steps": 15, "batch_size": 32,
+                                        "lr": 0.05, "mix_fraction": 0.0, **refine})
+    return Trainer(net, make_data(), device_fn, twin, settings, seed=0, out_dir=out,
+                   refiner=Refiner(twin, cfg, out, seed=0))
+
+
+def test_pat_backward_never_sees_weights_other_than_its_forward_pass(tmp_path: Path) -> None:
+    """Refinement after every batch, overlapping the next: every backward pass sees exactly the weights its forward
+    pass used, and the weights do change between batches (the refinements are swapped in)."""
+    twin = ToyTwin()
+    trainer = make_refining_trainer(tmp_path, twin, epochs=1, every_batches=1)
+    trainer.fit()
+    forwards = [w for what, w in twin.seen if what == "forward"]
+    backwards = [w for what, w in twin.seen if what == "backward"]
+    assert len(forwards) == len(backwards) == 8 * 2  # 8 batches, 2 layers
+    pairs = list(zip(forwards, backwards))
+    assert all(f == b for f, b in pairs), pairs
+    assert len(set(forwards)) >= 4  # refined weights arrived between batches
+    assert trainer.refiner.refinements >= 7
+    assert twin.a > 1.1  # towards the device's 1.5
+
+
+def test_resume_restores_the_buffer_and_the_refined_twin(tmp_path: Path) -> None:
+    """Stopped inside epoch 2 with a refinement still pending, then resumed: the buffer, the twin and the pending
+    refinement come back as saved, and the run ends exactly like an uninterrupted one."""
+    whole = make_refining_trainer(tmp_path / "whole", ToyTwin())
+    whole.fit()
+
+    request = StopRequest()
+    twin = ToyTwin()
+    first = make_refining_trainer(tmp_path / "cut", twin)
+    first.on_batch, first.stop = stop_after(11, request), request  # epoch 2, batch 3: after an odd batch
+    with pytest.raises(TrainingStopped):
+        first.fit()
+    saved_buffer = first.refiner.buffer.data()
+    saved_twin = twin.weights()
+    assert first.refiner.refinements == 4 and len(first.refiner.buffer) == 64  # full: bounded at 64 samples
+
+    again_twin = ToyTwin()
+    again = make_refining_trainer(tmp_path / "cut", again_twin)
+    again.load_checkpoint()
+    np.testing.assert_array_equal(again.refiner.buffer.data().x, saved_buffer.x)
+    np.testing.assert_array_equal(again.refiner.buffer.data().y, saved_buffer.y)
+    assert again_twin.weights() == saved_twin != (1.0, 0.0)
+    assert again.refiner.pending is not None  # the refinement started after batch 10 waits for batch 12
+    resumed = make_refining_trainer(tmp_path / "cut", ToyTwin())
+    resumed.fit(resume=True)
+    assert resumed.twin.weights() == whole.twin.weights()
+    for (name, a), b in zip(whole.net.state_dict().items(), resumed.net.state_dict().values()):
+        assert torch.equal(a, b), name
+    cols = ("twin_nmse_recent_before", "twin_nmse_recent_after", "refinements", "device_samples_training")
+    assert [[r[c] for c in cols] for r in resumed.rows] == [[r[c] for c in cols] for r in whole.rows]
+    parts = sorted((tmp_path / "cut" / "refine_data").glob("part-*.h5"))
+    from twins.data import load_twin_data
+
+    assert sum(len(load_twin_data(p)) for p in parts) == resumed.refiner.samples == 2 * 60 * 2
+
+
+def test_refinement_improves_a_biased_physics_twin_on_the_bench(tmp_path: Path) -> None:
+    """The electronic bench's nominal physics twin with its output gain and offset deliberately wrong (x0.6, +0.1):
+    after a few PAT batches with refinement every 2 batches, its NMSE on the newest device measurements (before each
+    refinement: data it has not seen) falls at least four-fold; and the device samples PAT counted are all the setup
+    measured."""
+    from orchestrator.experiment_file import load_experiment
+    from orchestrator.kits import setup_kit
+    from orchestrator.session import open_session
+    from tests.test_cli import EXPERIMENT
+
+    cfg = load_experiment(EXPERIMENT, {"network.width": 32, "network.depth": 2})
+    with open_session(cfg, 32, simulate=True) as session:
+        setup = session.setup
+        twin = setup_kit(cfg.setup).physics_twin(cfg, setup, 32, 32)
+        with torch.no_grad():
+            twin.output_gain.mul_(0.6)
+            twin.output_offset.add_(0.1)
+        twin.requires_grad_(False).eval()
+        gen = np.random.default_rng(0)
+        x = gen.random((96, 32), dtype=np.float32)
+        from orchestrator.datasets import Dataset
+
+        data = Dataset("toy", x[:64], (x[:64, :4].argmax(1)).astype(np.int64), x[64:],
+                       (x[64:, :4].argmax(1)).astype(np.int64), 4, list("abcd"))
+        net = PhysicalNetwork(32, 4, width=32, depth=2, seed=0)
+        refine = RefineConfig(enabled=True, every_batches=2, steps=30, lr=0.02, batch_size=64, mix_fraction=0.0,
+                              overlap=False)
+        trainer = Trainer(net, data, setup.forward, twin, TrainingConfig(epochs=1, batch_size=8, lr=0.02), seed=0,
+                          out_dir=tmp_path, refiner=Refiner(twin, refine, tmp_path, seed=0))
+        before = setup.counters.samples
+        trainer.fit()
+        stats = trainer.rows[0]
+        assert trainer.refiner.refinements == 4
+        first, last = trainer.refiner.history[0][0], trainer.refiner.history[-1][0]
+        assert last < first / 4, trainer.refiner.history
+        assert stats["twin_nmse_recent_after"] < stats["twin_nmse_recent_before"]
+        s = trainer.samples
+        assert s.training == 64 * 2 and s.training + s.evaluation == setup.counters.samples - before
