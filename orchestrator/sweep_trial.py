@@ -106,6 +106,7 @@ class TrialRun:
         self.stop = StopRequest()
         self.thread: threading.Thread | None = None
         self.record: dict = {}
+        self.epochs = 0  # the trial's training.epochs, once its configuration is read
 
     # -- the worker's side ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -131,6 +132,7 @@ class TrialRun:
         resume = (self.out / CHECKPOINT).exists()
         try:
             cfg = trial_config(self.spec, self.settings)
+            self.epochs = cfg.training.epochs
             previous = read_json(summary_file) if resume else {}
             if previous.get("status") == "finished" and previous.get("epochs", 0) >= cfg.training.epochs:
                 log.info("trial %s finished in an earlier session", self.trial_id)
@@ -190,7 +192,9 @@ class TrialRun:
             kind, item = self.results.get()
             if kind == "epoch":
                 last = _scalars(item)
-                if last.get(self.metric) is not None:  # epochs without a device evaluation wait for the next one
+                # epochs without a device evaluation wait for the next one; the last epoch is reported with the final
+                # evaluation (so that a scheduler's decision at the last epoch cannot cut that evaluation short)
+                if last.get(self.metric) is not None and last.get("epoch", 0) < self.epochs:
                     return last
             elif kind == "done":
                 result = {**last, **_scalars({k: item.get(k) for k in ("test_accuracy", "train_accuracy",
