@@ -372,7 +372,8 @@ def calibrate(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: 
 @data_opt
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/<experiment>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out after its last finished epoch.")
-@click.option("--mode", type=click.Choice(["pat", "in_silico"]), default=None, help="Override training.mode.")
+@click.option("--mode", type=click.Choice(["pat", "in_silico", "perturbative"]), default=None,
+              help="Override training.mode (perturbative: SPSA on the device, no twin).")
 @click.option("--twin", type=click.Choice(["neural", "physics", "hybrid", "perfect"]), default=None,
               help="Override twin.kind.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override training.epochs.")
@@ -452,11 +453,13 @@ def compare(runs: tuple[str, ...], out: str) -> None:
 @data_opt
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder (default runs/<experiment>-bench).")
 @click.option("--rows", default=",".join(f"{m}:{t}" if m != "digital" else m for m, t in BENCH_ROWS), show_default=True,
-              help="Which rows, as MODE:TWIN (and 'digital'), comma-separated.")
+              help="Which rows, as MODE:TWIN (and 'digital', 'perturbative'; MODE+refine:TWIN refines the twin from "
+                   "the training's device measurements), comma-separated.")
 @faults_opt
 def bench(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | None, out: str | None,
           rows: str) -> None:
-    """Compare PAT (each twin), in-silico training, the perfect twin and a digital baseline."""
+    """Compare PAT (each twin), in-silico training, the perfect twin and a digital baseline (and, with --rows,
+    refined twins and perturbative training); bench.md, and bench_samples.png: accuracy against device samples."""
     from orchestrator.experiment import bench as run_bench
 
     with _errors_to_exit_codes():

@@ -116,3 +116,20 @@ def test_in_silico_refine_counts_every_device_sample_once(tmp_path: Path, monkey
     data = [load_twin_data(p) for p in parts]
     assert sum(len(d) for d in data) == by["refinement"]
     assert data[0].metadata["setup"] == "electronic" and "encoding" in data[0].metadata
+
+
+def test_bench_adds_the_perturbative_row_and_plots_accuracy_against_device_samples(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench"
+    result = pnn("bench", EXPERIMENT, *RUN, "--set", "training.epochs=2", "--out", out,
+                 "--rows", "pat:perfect,perturbative")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "bench.json").read_text())
+    assert [(r["mode"], r["twin"]) for r in rows] == [("pat", "perfect"), ("perturbative", "-")]
+    pat, spsa = rows
+    assert pat["device_samples_budget"] == 2 * N_TRAIN * 1  # the perfect twin cost no measurements
+    assert spsa["device_samples_budget"] == 2 * 2 * N_TRAIN * 1  # two forwards per step
+    assert (out / "perturbative" / "metrics.csv").is_file()
+    assert "device samples (twin data + training + refinement)" in (out / "bench.md").read_text()
+    assert (out / "bench_samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
