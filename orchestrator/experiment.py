@@ -117,8 +117,8 @@ def _train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, 
     previous = folder.previous_summary() if resume else {}
     times = {"started": previous.get("started", session_started) if resume else session_started,
              "session_started": session_started}
-    log.info("%s: %s, %s twin, into %s (%s)", cfg.experiment, cfg.training.mode, cfg.twin.kind, out,
-             version_line())
+    log.info("%s: %s, %s, into %s (%s)", cfg.experiment, cfg.training.mode + (" + refine" if refine else ""),
+             f"{cfg.twin.kind} twin" if twin is not None else "no twin", out, version_line())
     about["provenance"] = run_provenance(cfg, data, twin_info, previous)
     watch = RunWatch(folder, tensorboard=tensorboard)
     twin_samples = twin_data_cost(twin_info) if twin is not None else 0

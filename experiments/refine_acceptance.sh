@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The runs of results_refine.md (issue 17): twin refinement on optical_vowels with the neural twin, and perturbative
+# (SPSA) training against PAT at the same device-sample budget on electronic_digits. Simulated benches.
+#   PNN_DATA_DIR=../shared/data experiments/refine_acceptance.sh optical [EPOCHS] [SEEDS...]
+#   PNN_DATA_DIR=../shared/data experiments/refine_acceptance.sh electronic
+# Each run is a run folder under runs/refine17/; the twins are calibrated once into runs/refine17/artifacts/.
+set -euo pipefail
+OUT=runs/refine17
+what=${1:-optical}
+if [ "$what" = optical ]; then
+  epochs=${2:-100}
+  shift $(( $# > 2 ? 2 : $# ))
+  seeds=${*:-0 1 2}
+  art="artifacts_dir=$OUT/artifacts/optical_vowels"
+  for seed in $seeds; do
+    for mode in pat in_silico; do
+      for refine in false true; do
+        suffix=""
+        if [ "$refine" = true ]; then suffix="+refine"; fi
+        name="optical_vowels-$mode$suffix-seed$seed"
+        [ -f "$OUT/$name/summary.json" ] && grep -q '"status": "finished"' "$OUT/$name/summary.json" && continue
+        pnn run experiments/optical_vowels.yaml --simulate --mode "$mode" --twin neural --epochs "$epochs" \
+          --set "$art" --set "seed=$seed" --set "twin.refine.enabled=$refine" --out "$OUT/$name" \
+          > "$OUT/$name.log" 2>&1 || echo "$name failed"
+      done
+    done
+  done
+else
+  art="artifacts_dir=$OUT/artifacts/electronic_digits"
+  pnn run experiments/electronic_digits.yaml --simulate --out "$OUT/electronic_digits-pat" --set "$art" \
+    > "$OUT/electronic_digits-pat.log" 2>&1
+  # the same device samples as PAT's twin data + training: (twin data + 15 epochs x N x 3 layers) / (2 x N x 3)
+  epochs=$(python - "$OUT/electronic_digits-pat/summary.json" <<'EOF'
+import json, sys
+s = json.load(open(sys.argv[1]))
+n = s["provenance"]["data"]["n_train"]
+print(round(s["device_samples_budget"] / (2 * n * s["depth"])))
+EOF
+)
+  pnn run experiments/electronic_digits.yaml --simulate --out "$OUT/electronic_digits-perturbative" \
+    --set training.mode=perturbative --set training.spsa.A=20 --epochs "$epochs" \
+    > "$OUT/electronic_digits-perturbative.log" 2>&1
+fi
