@@ -502,6 +502,7 @@ def sweep(sweep_file: str, simulate: bool, out: str | None, address: str | None,
         loaded = load_sweep(sweep_file)
         if max_concurrent is not None:
             loaded.config.max_concurrent = max_concurrent
+        simulate = simulate or loaded.config.simulate
         if not simulate:  # real instruments: no placeholder resources
             require_resources(loaded.base, loaded.experiment_path)
         out_dir = Path(out or Path("runs") / "sweeps" / loaded.name)

@@ -116,6 +116,8 @@ class SweepConfig(StrictModel):
     cpus_per_trial: PositiveFloat = 1.0
     max_concurrent: PositiveInt | None = Field(None, description="default: as many as the CPUs allow")
     scheduler: SchedulerConfig | None = None
+    simulate: bool = Field(False, description="every trial on its own simulated bench, as --simulate (which also "
+                           "turns it on); for sweeps that only make sense on the simulator")
     bench: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]+$",
                               description="real instruments: the Ray resource bench:<name> each trial holds "
                                           "(default: one per instrument, bench:<its resource string>)")

@@ -99,6 +99,21 @@ def test_integer_fields_are_drawn_as_whole_numbers(tmp_path: Path) -> None:
     assert isinstance(space["training.lr"].sample(), float)
 
 
+def test_the_shipped_sweep_runs_on_the_simulator_as_written() -> None:
+    """The shipped sweep says simulate: true, so `pnn sweep experiments/sweeps/electronic_digits_lr.yaml` needs no
+    --simulate although its base experiment names no instrument."""
+    loaded = load_sweep(EXPERIMENT.parent / "sweeps" / "electronic_digits_lr.yaml")
+    assert loaded.config.simulate and loaded.experiment_path.resolve() == EXPERIMENT
+
+
+def test_a_sweep_on_real_instruments_with_placeholder_resources_stops_before_ray(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, {"space": {"training.lr": {"grid": [0.1]}}, "simulate": False})
+    result = CliRunner().invoke(main, ["sweep", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "instruments.awg.resource" in result.output and "placeholder" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 # -- sweeps on Ray -----------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
