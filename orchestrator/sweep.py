@@ -265,9 +265,9 @@ def param_space(spec: dict) -> dict[str, Any]:
     integers = set(spec.get("integer_paths", []))
     for key, dist in spec["sweep"]["space"].items():
         if dist.get("grid") is not None:
-            space[key] = tune.grid_search(dist["grid"])
+            space[key] = tune.grid_search(list(dist["grid"]))  # a linked dimension: its labels
         elif dist.get("choice") is not None:
-            space[key] = tune.choice(dist["choice"])
+            space[key] = tune.choice(list(dist["choice"]))
         elif dist.get("uniform") is not None:
             lo, hi = dist["uniform"]
             space[key] = tune.randint(round(lo), round(hi) + 1) if key in integers else tune.uniform(lo, hi)

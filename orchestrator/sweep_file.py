@@ -14,6 +14,15 @@ everything before Ray starts and reports each problem as ``file:line: field: mes
     max_concurrent: 2
     scheduler: {asha: {grace_epochs: 1, reduction_factor: 2}}
 
+A **linked dimension** sets several fields at once: its name is not a field, and its ``grid`` or ``choice`` is a
+mapping from a label (what the trial's settings and the results show) to the dotted paths and values it sets::
+
+    space:
+      mode:
+        grid:
+          pat: {training.mode: pat}
+          pat+refine: {training.mode: pat, twin.refine.enabled: true}
+
 Each dotted path is checked against the experiment model of the base file's setup (an unknown field is reported at
 its line, with the allowed names), and every value the space can take (each grid or choice value, both ends of a
 range, and every combination of them up to ``MAX_COMBINATIONS``) is validated by that model as ``pnn run`` would.
@@ -54,10 +63,11 @@ EPOCH_METRICS = {"test_accuracy": "max", "train_loss": "min", "train_accuracy_ru
 class Distribution(StrictModel):
     """One dimension of the search space: exactly one of ``grid`` (every value, in every sample), ``choice`` (one
     value drawn per trial), ``uniform: [low, high]`` or ``loguniform: [low, high]`` (drawn per trial; whole numbers
-    for an integer field)."""
+    for an integer field). A ``grid`` or ``choice`` given as a mapping label -> {dotted path: value} is a linked
+    dimension: each value sets every field it names."""
 
-    grid: list[Any] | None = Field(None, min_length=1)
-    choice: list[Any] | None = Field(None, min_length=1)
+    grid: list[Any] | dict[str, dict[str, Any]] | None = Field(None, min_length=1)
+    choice: list[Any] | dict[str, dict[str, Any]] | None = Field(None, min_length=1)
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None
 
@@ -81,13 +91,48 @@ class Distribution(StrictModel):
             raise FieldError("loguniform", "must be [low, high] with 0 < low < high")
         return self
 
+    @model_validator(mode="after")
+    def _variants_set_something(self) -> "Distribution":
+        for label, settings in (self.linked or {}).items():
+            if not settings:
+                raise FieldError(f"{self.kind}.{label}", "sets no field: give at least one dotted path and value")
+        return self
+
     @property
     def kind(self) -> str:
         return next(k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None)
 
+    @property
+    def linked(self) -> dict[str, dict[str, Any]] | None:
+        """A linked dimension's variants (label -> {dotted path: value}); None for a dimension over one field."""
+        return linked_variants(self.model_dump())
+
     def values(self) -> list[Any]:
-        """The values to validate before the sweep: all of a grid or choice, both ends of a range."""
+        """The values to validate before the sweep: all of a grid or choice (a linked one's labels), both ends of a
+        range."""
         return list(getattr(self, self.kind))
+
+
+def linked_variants(dist: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """The variants of a linked dimension given as plain data (a ``Distribution``'s dump, as the stored spec holds
+    it), or None."""
+    values = dist.get("grid") if dist.get("grid") is not None else dist.get("choice")
+    return values if isinstance(values, dict) else None
+
+
+def expand_settings(space: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """A trial's settings by dotted path: each linked dimension's label replaced by the fields its variant sets.
+    ``space`` is the sweep file's space as plain data (``SweepConfig.model_dump(mode="json")["space"]``)."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        variants = linked_variants(space[key]) if isinstance(space.get(key), dict) else None
+        if variants is None:
+            out[key] = value
+        elif value not in variants:
+            raise ValueError(f"{key}: {value!r} is none of its labels ({', '.join(variants)})")
+        else:
+            out.update(variants[value])
+    return out
 
 
 class AshaConfig(StrictModel):
@@ -150,8 +195,10 @@ class Sweep:
         return self.config.sweep or self.path.stem
 
     def trial_config(self, settings: dict[str, Any]) -> ExperimentConfig:
-        """The experiment of one trial: the base with ``settings`` (dotted path -> value) applied, validated."""
-        return validate_settings(self.base, self.base_data, settings)
+        """The experiment of one trial: the base with ``settings`` (dotted path -> value, or a linked dimension's
+        label) applied, validated."""
+        space = self.config.model_dump(mode="json")["space"]
+        return validate_settings(self.base, self.base_data, expand_settings(space, settings))
 
     def spec(self) -> dict:
         """What a trial needs, as plain data (stored in the sweep folder for --resume)."""
@@ -188,19 +235,31 @@ def load_sweep(path: str | Path) -> Sweep:
     model = type(base_file)
     problems: list[Problem] = []
     leaf_types: dict[str, Any] = {}
+    linked = {key: dist.linked for key, dist in config.space.items() if dist.linked is not None}
     for section, keys in (("set", config.set), ("space", config.space)):
         for key in keys:
+            if key in linked and section == "space":
+                problems += _linked_problems(file, line, model, key, config.space[key].kind, linked[key])
+                continue
             try:
                 leaf_types[key] = field_type(model, key)
             except FieldPathError as err:
                 problems.append((file, line(section, key), f"{section}.{key}", str(err)))
     if problems:
         raise ConfigError(problems)
-    clash = sorted(set(config.set) & set(config.space))
+    where_set: dict[str, list[str]] = {}  # dotted path -> the places that set it: "set", "space", "space.<linked>"
+    for key in config.space:
+        for set_path in (dict.fromkeys(p for v in linked[key].values() for p in v) if key in linked else [key]):
+            where_set.setdefault(set_path, []).append(f"space.{key}" if key in linked else "space")
+    for key in config.set:
+        where_set.setdefault(key, []).append("set")
+    clash = [(field, places) for field, places in where_set.items() if len(places) > 1]
     if clash:
-        raise ConfigError([(file, line("space", key), f"space.{key}", "is also in set: give it in one place")
-                           for key in clash])
-
+        raise ConfigError([(file, line("space", field) if places[0] == "space" else line(*places[0].split(".", 1)),
+                            f"space.{field}" if places[0] == "space" else places[0],
+                            ("" if places[0] == "space" else f"sets {field}, which ") +
+                            f"is also set in {' and '.join(places[1:])}: give it in one place")
+                           for field, places in clash])
     try:
         base = validate_settings(base_file, base_file.model_dump(mode="json"), config.set)
     except (ValidationError, ValueError) as err:
@@ -208,7 +267,7 @@ def load_sweep(path: str | Path) -> Sweep:
                            for key, message in _refusals(err, list(config.set))]) from None
     base_data = base.model_dump(mode="json")
 
-    integer_paths = {key for key in config.space if _takes_whole_numbers(leaf_types[key])}
+    integer_paths = {key for key in config.space if key not in linked and _takes_whole_numbers(leaf_types[key])}
     candidates: dict[str, list[Any]] = {}
     for key, dist in config.space.items():
         values = dist.values()
@@ -216,26 +275,58 @@ def load_sweep(path: str | Path) -> Sweep:
             values = [round(v) for v in values]
         candidates[key] = values
         for i, value in enumerate(values):
+            settings = linked[key][value] if key in linked else {key: value}
             try:
-                validate_settings(base, base_data, {key: value})
+                validate_settings(base, base_data, settings)
             except (ValidationError, ValueError) as err:
-                where = ("space", key, dist.kind, i) if dist.kind in ("grid", "choice") else ("space", key, dist.kind)
-                for field_name, message in _refusals(err, [key]):
-                    problems.append((file, line(*where), dotted(where[:2]) + f".{dist.kind}" +
-                                     (f"[{i}]" if len(where) == 4 else ""),
-                                     f"{value!r} is refused by the experiment: {field_name}: {message}"))
+                if key in linked:
+                    where: tuple = ("space", key, dist.kind, value)
+                    name, shown = dotted(where), ", ".join(f"{k}={v!r}" for k, v in settings.items())
+                elif dist.kind in ("grid", "choice"):
+                    where, name, shown = ("space", key, dist.kind, i), f"space.{key}.{dist.kind}[{i}]", repr(value)
+                else:
+                    where, name, shown = ("space", key, dist.kind), f"space.{key}.{dist.kind}", repr(value)
+                for field_name, message in _refusals(err, list(settings)):
+                    problems.append((file, line(*where), name,
+                                     f"{shown} is refused by the experiment: {field_name}: {message}"))
     if problems:
         raise ConfigError(problems)
-    problems += _combination_problems(file, line("space"), base, base_data, candidates)
+    problems += _combination_problems(file, line("space"), base, base_data, candidates, linked)
     if problems:
         raise ConfigError(problems)
     log.debug("sweep %s: %d dimensions over %s", path, len(config.space), experiment_path)
     return Sweep(path.resolve(), config, experiment_path, base, base_data, integer_paths)
 
 
+def _linked_problems(file: str, line: Any, model: type[BaseModel], key: str, kind: str,
+                     variants: dict[str, dict[str, Any]]) -> list[Problem]:
+    """A linked dimension's name must not be a field (its values set fields by their own paths), and every path its
+    variants set must be one."""
+    try:
+        field_type(model, key)
+    except FieldPathError:
+        pass
+    else:
+        return [(file, line("space", key), f"space.{key}",
+                 (f"is a field of the experiment, but its {kind} is a mapping of labels to settings (a linked "
+                  f"dimension): give the field a list of values, or the linked dimension a name that is no field"))]
+    problems: list[Problem] = []
+    for label, settings in variants.items():
+        for path in settings:
+            try:
+                field_type(model, path)
+            except FieldPathError as err:
+                problems.append((file, line("space", key, kind, label, path), f"space.{key}.{kind}.{label}.{path}",
+                                 str(err)))
+    return problems
+
+
 def _combination_problems(file: str, line: int | None, base: ExperimentConfig, base_data: dict,
-                          candidates: dict[str, list[Any]]) -> list[Problem]:
-    """Combinations of the space's values the experiment model refuses together (at most the first three)."""
+                          candidates: dict[str, list[Any]],
+                          linked: dict[str, dict[str, dict[str, Any]]] | None = None) -> list[Problem]:
+    """Combinations of the space's values the experiment model refuses together (at most the first three); a linked
+    dimension's value is its label, which sets the fields of its variant."""
+    linked = linked or {}
     count = 1
     for values in candidates.values():
         count *= len(values)
@@ -247,10 +338,13 @@ def _combination_problems(file: str, line: int | None, base: ExperimentConfig, b
     keys = list(candidates)
     for combo in itertools.product(*candidates.values()):
         settings = dict(zip(keys, combo))
+        fields: dict[str, Any] = {}
+        for key, value in settings.items():
+            fields.update(linked[key][value] if key in linked else {key: value})
         try:
-            validate_settings(base, base_data, settings)
+            validate_settings(base, base_data, fields)
         except (ValidationError, ValueError) as err:
-            refused = "; ".join(f"{f}: {m}" for f, m in _refusals(err, keys))
+            refused = "; ".join(f"{f}: {m}" for f, m in _refusals(err, list(fields)))
             what = ", ".join(f"{k}={v!r}" for k, v in settings.items())
             problems.append((file, line, "space", f"the combination {what} is refused by the experiment: {refused}"))
             if len(problems) == 3:
@@ -335,5 +429,6 @@ def kit_experiment_model(setup: str) -> type[ExperimentConfig]:
     return setup_kit(setup).experiment
 
 
-__all__ = ["Sweep", "SweepConfig", "Distribution", "load_sweep", "validate_settings", "field_type", "FieldPathError",
-           "EPOCH_METRICS", "describe_space", "kit_experiment_model"]
+__all__ = ["Sweep", "SweepConfig", "Distribution", "load_sweep", "linked_variants", "expand_settings",
+           "validate_settings", "field_type", "FieldPathError", "EPOCH_METRICS", "describe_space",
+           "kit_experiment_model"]

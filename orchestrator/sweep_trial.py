@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from common.files import atomic_write_bytes
-from orchestrator.sweep_file import kit_experiment_model
+from orchestrator.sweep_file import expand_settings, kit_experiment_model
 from orchestrator.trainer import CHECKPOINT, StopRequest, TrainingStopped
 from orchestrator.yamlconfig import set_by_path
 
@@ -50,8 +50,10 @@ class TrialFailedBefore(TrialError):
 
 
 def trial_config(spec: dict, settings: dict[str, Any]):
-    """The trial's experiment: the stored base with its settings applied, validated by the setup's model; a trial
-    that varies what its twin is calibrated for keeps its twin in ``<artifacts_dir>-<hash of those settings>``."""
+    """The trial's experiment: the stored base with its settings applied (a linked dimension's label: the fields of
+    its variant), validated by the setup's model; a trial that varies what its twin is calibrated for keeps its twin
+    in ``<artifacts_dir>-<hash of those settings>``."""
+    settings = expand_settings(spec["sweep"]["space"], settings)
     data = copy.deepcopy(spec["base"])
     for path, value in settings.items():
         set_by_path(data, path, value)

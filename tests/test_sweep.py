@@ -99,6 +99,64 @@ def test_integer_fields_are_drawn_as_whole_numbers(tmp_path: Path) -> None:
     assert isinstance(space["training.lr"].sample(), float)
 
 
+LINKED = {"mode": {"grid": {"pat": {"training.mode": "pat"},
+                            "pat+refine": {"training.mode": "pat", "twin.refine.enabled": True},
+                            "perturbative": {"training.mode": "perturbative"}}},
+          "point": {"choice": {"deep": {"network.depth": 2}, "small-twin": {"twin.samples": 300}}}}
+
+
+def test_a_linked_dimension_sets_several_fields_per_value(tmp_path: Path) -> None:
+    from orchestrator.sweep import param_space
+    from orchestrator.sweep_trial import artifacts_key, trial_config
+
+    sweep = load_sweep(write_sweep(tmp_path, {"space": LINKED}))
+    space = param_space(sweep.spec())
+    assert space["mode"] == {"grid_search": ["pat", "pat+refine", "perturbative"]}  # Tune sees the labels
+    assert {space["point"].sample() for _ in range(30)} == {"deep", "small-twin"}
+    cfg = sweep.trial_config({"mode": "pat+refine", "point": "small-twin"})
+    assert (cfg.training.mode, cfg.twin.refine.enabled, cfg.twin.samples) == ("pat", True, 300)
+    spec = {**sweep.spec(), "base": {**sweep.base_data, "artifacts_dir": "art"}}
+    trial = trial_config(spec, {"mode": "perturbative", "point": "deep"})  # what a Ray worker builds
+    assert (trial.training.mode, trial.network.depth, trial.artifacts_dir) == ("perturbative", 2, "art")
+    assert trial_config(spec, {"mode": "pat", "point": "small-twin"}).artifacts_dir == \
+        f"art-{artifacts_key({'twin.samples': 300})}"  # a twin of its own, as for a dotted path in the space
+
+
+@pytest.mark.parametrize("space, line_text, expected", [
+    ({"mode": {"grid": {"a": {"training.mdoe": "pat"}}}}, "training.mdoe",
+     "space.mode.grid.a.training.mdoe: training has no field 'mdoe' (did you mean 'mode'?)"),
+    ({"mode": {"grid": {"spsa+refine": {"training.mode": "perturbative", "twin.refine.enabled": True}}}},
+     "spsa+refine", ("space.mode.grid.spsa+refine: training.mode='perturbative', twin.refine.enabled=True is "
+                     "refused by the experiment: twin.refine.enabled: perturbative training uses no twin")),
+    ({"mode": {"grid": {"a": {}}}}, "a: {}", "space.mode.grid.a: sets no field"),
+    ({"training": {"grid": {"pat": {"training.mode": "pat"}}}}, "training:",
+     "space.training: is a field of the experiment, but its grid is a mapping of labels to settings"),
+    ({"mode": {"grid": {"d2": {"network.depth": 2}}}, "network.depth": {"grid": [1]}}, "mode:",
+     "space.mode: sets network.depth, which is also set in space: give it in one place"),
+])
+def test_linked_dimension_problems(tmp_path: Path, space: dict, line_text: str, expected: str) -> None:
+    path = write_sweep(tmp_path, {"space": space})
+    with pytest.raises(ConfigError) as err:
+        load_sweep(path)
+    assert str(err.value).startswith(f"{path}:{line_of(path, line_text)}: {expected}"), str(err.value)
+
+
+def test_a_linked_dimension_clashes_with_set_and_combinations_are_checked(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, {"set": {"twin.samples": 500}, "space": LINKED})
+    with pytest.raises(ConfigError, match=r"space.point: sets twin.samples, which is also set in set"):
+        load_sweep(path)
+    path = write_sweep(tmp_path, {"space": {"mode": LINKED["mode"],
+                                            "twin.refine.enabled": {"grid": [False, True]}}}, "clash.yaml")
+    with pytest.raises(ConfigError, match=r"space.mode: sets twin.refine.enabled, which is also set in space"):
+        load_sweep(path)
+    path = write_sweep(tmp_path, {"space": {"mode": {"grid": {"spsa": {"training.mode": "perturbative"}}},
+                                            "twin.kind": {"grid": ["perfect"]},
+                                            "point": {"grid": {"refine": {"twin.refine.enabled": True}}}}}, "c.yaml")
+    with pytest.raises(ConfigError, match=r"the combination mode='spsa', twin.kind='perfect', point='refine' is "
+                                          r"refused by the experiment: twin.refine.enabled: perturbative"):
+        load_sweep(path)
+
+
 def test_the_shipped_sweep_runs_on_the_simulator_as_written() -> None:
     """The shipped sweep says simulate: true, so `pnn sweep experiments/sweeps/electronic_digits_lr.yaml` needs no
     --simulate although its base experiment names no instrument."""
