@@ -35,13 +35,20 @@ SLOW_BATCHES = ["--set", "training.batch_size=150", "--set", "simulate.realtime=
 OUTPUTS_OFF = "simulated awg after the run: outputs off"
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class PnnProcess:
     """``pnn ARGS`` as a subprocess; its stderr lines are collected as they arrive."""
 
     def __init__(self, cwd: Path, *args):
+        # Ctrl-C's default action in the child, as in a terminal: a test run started in the background by a
+        # non-interactive shell ignores SIGINT, and a child would inherit that
         self.proc = subprocess.Popen(_pnn_executable() + [str(a) for a in args], cwd=cwd, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
+                                     preexec_fn=_default_sigint)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
