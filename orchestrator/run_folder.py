@@ -104,9 +104,25 @@ class RunFolder:
         self.write_plots(rows, evaluation, "final")
 
 
+def _optional(what: str):
+    """Decorate a ``RunWatch`` method: an error in it (a full disk, a plotting or TensorBoard failure) is logged as a
+    warning and training goes on; the device time of an epoch is not lost for a picture."""
+    def wrap(method):
+        def call(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - anything, and only here: the watch shows, it does not train
+                if what not in self.failed:
+                    log.warning("%s failed (%s: %s); training goes on without it", what, type(err).__name__, err)
+                self.failed.add(what)
+        return call
+    return wrap
+
+
 class RunWatch(TrainingWatch):
     """What the run folder shows while training: plots after the epochs (paced, see ``PLOT_SHARE``) and
-    TensorBoard event files. ``close`` closes the event files (on every way out)."""
+    TensorBoard event files. ``close`` closes the event files (on every way out). A failure in any of them is
+    logged once and does not stop training (``_optional``)."""
 
     def __init__(self, folder: RunFolder, tensorboard: bool = True):
         self.folder = folder
@@ -114,16 +130,20 @@ class RunWatch(TrainingWatch):
         self.t0 = time.perf_counter()
         self.plot_s = self.last_plot_s = 0.0  # all plots after epochs so far, and the last ones, s
         self.image_written = False
+        self.failed: set[str] = set()  # what failed already (warned once)
 
+    @_optional("TensorBoard")
     def start(self, step: int, resumed: bool) -> None:
         self.t0, self.plot_s, self.last_plot_s = time.perf_counter(), 0.0, 0.0
         if self.board is not None:
             self.board.start(step, resumed)
 
+    @_optional("TensorBoard")
     def batch(self, step: int, loss: float) -> None:
         if self.board is not None:
             self.board.batch(step, loss)
 
+    @_optional("the plots after an epoch")
     def epoch_evaluated(self, rows: list[dict], evaluation: Evaluation | None) -> None:
         self.image_written = False
         if self.plot_s + self.last_plot_s > PLOT_SHARE * (time.perf_counter() - self.t0):  # this one included
@@ -135,6 +155,7 @@ class RunWatch(TrainingWatch):
         self.last_plot_s = time.perf_counter() - t0
         self.plot_s += self.last_plot_s
 
+    @_optional("TensorBoard")
     def epoch_done(self, step: int, row: dict) -> None:
         if self.board is not None:
             image = self.folder.path / "physical_outputs.png" if self.image_written else None

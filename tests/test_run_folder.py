@@ -184,3 +184,26 @@ def test_pnn_version_names_the_package_and_the_commit() -> None:
     if shutil.which("git") and (ROOT / ".git").exists():
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
         assert f"commit {head.stdout.strip()[:12]}" in text
+
+
+def test_a_failing_plot_or_event_file_warns_once_and_does_not_stop_training(tmp_path: Path, caplog,
+                                                                              monkeypatch) -> None:
+    """The watch only shows the run: a full disk or a plotting error must not end training and lose the epoch."""
+    folder = RunFolder(tmp_path)
+    watch = RunWatch(folder, tensorboard=True)
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(folder, "write_plots", no_space)
+    monkeypatch.setattr(watch.board, "epoch", no_space)
+    rows = [{"epoch": 1, "train_loss": 1.0, "test_accuracy": 0.5}]
+    with caplog.at_level("WARNING", logger="orchestrator.run_folder"):
+        watch.start(0, resumed=False)
+        for epoch in (1, 2):
+            watch.epoch_evaluated(rows, None)  # must not raise
+            watch.epoch_done(epoch, rows[-1])
+    watch.close()
+    warned = [r.getMessage() for r in caplog.records if "training goes on" in r.getMessage()]
+    assert len(warned) == 2, warned  # once for the plots, once for TensorBoard, not once per epoch
+    assert any("plots" in w and "No space left" in w for w in warned)
