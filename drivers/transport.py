@@ -518,12 +518,12 @@ def open_link(resource: str, *, name: str, visa_library: str = "@py", timeout_s:
     link: Link
     if flow_control not in _VISA_FLOW:
         raise ValueError(f"{name}: flow_control must be one of {', '.join(_VISA_FLOW)}, got {flow_control!r}")
-    if not read_termination and (resource.upper().endswith("::SOCKET") or not is_visa_resource(resource)):
-        raise ValueError(f"{name}: {resource} needs a read_termination (raw sockets and serial ports have no "
-                         f"end-of-message signal)")
     if is_placeholder(resource):
         raise NotConnected(name, None, f"{resource} is a placeholder, not an address: set the {name}'s resource "
                                        f"string in the experiment file")
+    if not read_termination and (resource.upper().endswith("::SOCKET") or not is_visa_resource(resource)):
+        raise ValueError(f"{name}: {resource} needs a read_termination (raw sockets and serial ports have no "
+                         f"end-of-message signal)")
     if is_visa_resource(resource):
         link = VisaLink(resource, name, visa_library=visa_library, baud_rate=baud_rate, flow_control=flow_control,
                         **common)

@@ -185,6 +185,9 @@ def test_a_shipped_file_without_simulate_names_the_line_to_set_and_touches_nothi
 def test_nothing_can_be_opened_at_a_placeholder() -> None:
     with pytest.raises(NotConnected, match="is a placeholder, not an address"):
         open_link("<your AWG's VISA resource>", name="awg")
+    for placeholder in ("<your AWG's VISA resource>", "<your AWG's serial port>"):  # no read_termination either:
+        with pytest.raises(NotConnected, match="is a placeholder, not an address"):  # the placeholder is the problem
+            open_link(placeholder, name="awg", read_termination="")
 
 
 # -- set-up notes a newcomer can follow (issue 15, item 7) ---------------------------------------------------------
