@@ -161,21 +161,24 @@ def spsa_gradient(loss: Callable[[], float], params: list[Tensor], c: float, gen
                   project: Callable[[], None] | None = None) -> tuple[list[Tensor], float, float]:
     """One simultaneous-perturbation estimate of d loss / d params (Spall 1992): every element moved by ±c at once
     with a random Rademacher sign Δ, g = (loss(p + cΔ) - loss(p - cΔ)) / (2c) Δ. ``loss()`` is called twice;
-    ``project`` (e.g. keeping θ in its bounds) after each perturbation. The parameters end as they started.
+    ``project`` (e.g. keeping θ in its bounds) after each perturbation. The parameters end as they started, also
+    when ``loss()`` raises.
     Returns the estimate (one tensor per parameter), loss(p + cΔ) and loss(p - cΔ)."""
     deltas = [torch.randint(0, 2, p.shape, generator=generator).to(p.dtype) * 2 - 1 for p in params]
     base = [p.detach().clone() for p in params]
     losses = []
-    for sign in (1.0, -1.0):
+    try:
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for p, b, d in zip(params, base, deltas):
+                    p.copy_(b + sign * c * d)
+                if project is not None:
+                    project()
+            losses.append(float(loss()))
+    finally:  # also when a forward fails: the parameters must not stay perturbed (a checkpoint would save them)
         with torch.no_grad():
-            for p, b, d in zip(params, base, deltas):
-                p.copy_(b + sign * c * d)
-            if project is not None:
-                project()
-        losses.append(float(loss()))
-    with torch.no_grad():
-        for p, b in zip(params, base):
-            p.copy_(b)
+            for p, b in zip(params, base):
+                p.copy_(b)
     scale = (losses[0] - losses[1]) / (2 * c)
     return [scale * d for d in deltas], losses[0], losses[1]
 

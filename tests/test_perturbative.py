@@ -55,6 +55,34 @@ def test_spsa_gradient_agrees_with_the_true_gradient_in_expectation() -> None:
     assert float((one - true).norm()) > 0.3 * float(true.norm())
 
 
+def test_a_device_failure_in_the_second_spsa_forward_leaves_the_parameters_unperturbed(tmp_path: Path) -> None:
+    """The device fails for good in the second (minus) forward of the second SPSA step: the failure propagates, and
+    the network and the checkpoint hold the parameters after the first step, not the perturbed ones."""
+    from drivers.errors import InstrumentError
+    from common.files import read_torch_file
+    from orchestrator.config import TrainingConfig
+    from orchestrator.network import PhysicalNetwork
+    from orchestrator.retry import DeviceFailure
+    from orchestrator.trainer import CHECKPOINT, Trainer
+    from tests.test_trainer import FlakyDevice, make_data
+
+    # two layers: a step is device calls (+) 1, 2 and (-) 3, 4; the 2nd step's minus forward starts at call 7, and
+    # with two retries calls 7, 8, 9 are its three attempts
+    device = FlakyDevice(fail_calls={7, 8, 9})
+    net = PhysicalNetwork(8, 4, width=8, depth=2, seed=0)
+    settings = TrainingConfig(mode="perturbative", epochs=1, batch_size=16, max_retries=2)
+    after_first: list[dict] = []
+    trainer = Trainer(net, make_data(), device, None, settings, seed=0, out_dir=tmp_path, recover=lambda: None,
+                      on_batch=lambda *_: after_first.append({k: v.clone() for k, v in net.state_dict().items()}))
+    with pytest.raises(DeviceFailure) as failure:
+        trainer.fit()
+    assert isinstance(failure.value, InstrumentError) and device.calls == 9 and len(after_first) == 1
+    saved = read_torch_file(tmp_path / CHECKPOINT, "checkpoint", "")["net"]
+    for name, before in after_first[0].items():
+        assert torch.equal(net.state_dict()[name], before), name
+        assert torch.equal(saved[name], before), name
+
+
 def test_perturbative_training_learns_on_the_bench_without_a_twin(tmp_path: Path, monkeypatch) -> None:
     """SPSA on the simulated electronic bench: no twin is calibrated, the training loss falls over the epochs, every
     step is two device forwards of the network, and the device samples add up."""
