@@ -84,13 +84,18 @@ class RingBuffer:
                 "arrays": None if self.arrays is None else [torch.from_numpy(a.copy()) for a in self.arrays]}
 
     def load_state(self, state: dict) -> None:
+        """Continue from ``state()``; saved with another capacity, the samples are re-added oldest first (a smaller
+        buffer keeps the newest)."""
+        saved = RingBuffer(int(state["capacity"]))
         arrays = state["arrays"]
-        self.arrays = None if arrays is None else tuple(t.numpy().astype(np.float32) for t in arrays)
-        self.next, self.size = int(state["next"]), int(state["size"])
-        if self.arrays is not None and self.capacity != int(state["capacity"]):  # a resized buffer keeps the newest
-            kept = self.data()
-            self.capacity, self.arrays, self.next, self.size = self.capacity, None, 0, 0
-            self.add(kept.x, kept.theta, kept.y)
+        saved.arrays = None if arrays is None else tuple(t.numpy().astype(np.float32) for t in arrays)
+        saved.next, saved.size = int(state["next"]), int(state["size"])
+        if saved.capacity == self.capacity or saved.arrays is None:
+            self.arrays, self.next, self.size = saved.arrays, saved.next, saved.size
+            return
+        kept = saved.data()  # read with the capacity it was saved with
+        self.arrays, self.next, self.size = None, 0, 0
+        self.add(kept.x, kept.theta, kept.y)
 
 
 def _stack(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:

@@ -37,6 +37,24 @@ def test_the_buffer_keeps_only_the_newest_samples() -> None:
     assert big.data().x[:, 0].tolist() == [7, 8, 9, 10, 11]
 
 
+@pytest.mark.parametrize("capacity", [100, 30, 50], ids=["grown", "shrunk", "same"])
+def test_a_buffer_resized_between_sessions_keeps_its_newest_samples_in_order(capacity: int) -> None:
+    """Saved full and wrapped around (70 samples through 50 places), loaded with another buffer_size: the samples
+    come back oldest first, the newest ``capacity`` of them when it shrank, and new ones go after them."""
+    saved = RingBuffer(50)
+    values = np.arange(70, dtype=np.float32)[:, None]
+    saved.add(values, values * 2, values * 3)
+    resized = RingBuffer(capacity)
+    resized.load_state(saved.state())
+    kept = list(range(70))[-min(50, capacity):]
+    data = resized.data()
+    assert data.x[:, 0].tolist() == kept and data.theta[:, 0].tolist() == [2 * v for v in kept]
+    assert data.y[:, 0].tolist() == [3 * v for v in kept]
+    resized.add(np.full((3, 1), 70, np.float32), np.zeros((3, 1)), np.zeros((3, 1)))
+    assert resized.data().x[:, 0].tolist() == (kept + [70] * 3)[-capacity:]
+    assert resized.capacity == capacity and resized.arrays[0].shape == (capacity, 1)
+
+
 class ToyTwin(nn.Module):
     """tanh(a x θ) + b x: the test device is a = 1.5, b = 0.05; this twin starts biased at a = 1, b = 0. Its forward
     pass records the weights it used, and its backward pass the weights then (``seen``)."""
