@@ -37,6 +37,7 @@ try:  # a Ctrl-C while the libraries load (torch takes seconds): nothing has bee
     from orchestrator.datasets import DatasetError
     from orchestrator.experiment import BENCH_ROW_CHOICES, BENCH_ROWS
     from orchestrator.kits import KitError
+    from orchestrator.run_folder import RunFolder
     from orchestrator.trainer import CHECKPOINT, StopRequest, TrainingStopped
     from common.files import CorruptFileError
 except KeyboardInterrupt:
@@ -132,7 +133,7 @@ def _saved_for_resume() -> str:
     out_dir, started, resume = folder
     checkpoint = out_dir / CHECKPOINT
     if checkpoint.exists() and checkpoint.stat().st_mtime >= started:
-        position = _previous_summary(out_dir).get("checkpoint")
+        position = RunFolder(out_dir).previous_summary().get("checkpoint")
         if position and (out_dir / "summary.json").stat().st_mtime >= started:
             where = f"after epoch {position['epoch']} batch {position['batch']} of {position['batches_per_epoch']} "
         else:
@@ -143,22 +144,13 @@ def _saved_for_resume() -> str:
     return "; no batch was trained, so no checkpoint was saved"
 
 
-def _previous_summary(out_dir: Path) -> dict:
-    """The summary.json of a run folder ({} if there is none or it cannot be read)."""
-    try:
-        summary = json.loads((out_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
-
-
 def _resume_or_exit(out_dir: Path, epochs: int) -> None:
     """--resume: refuse a folder without a checkpoint (exit 2); leave a finished run as it is (exit 0)."""
     if not (out_dir / CHECKPOINT).exists():
         console.print(f"[red]error:[/red] --resume: {escape(str(out_dir))} holds no checkpoint ({CHECKPOINT}) to "
                       f"continue; run without --resume to start a new run there", highlight=False, soft_wrap=True)
         sys.exit(2)
-    summary = _previous_summary(out_dir)
+    summary = RunFolder(out_dir).previous_summary()
     done = summary.get("epochs")
     if summary.get("status") == "finished" and isinstance(done, int) and done >= epochs:
         accuracy = summary.get("test_accuracy")
@@ -394,7 +386,8 @@ def run(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | 
         if resume:
             _resume_or_exit(out_dir, cfg.training.epochs)
         elif (out_dir / "summary.json").exists():
-            status = _previous_summary(out_dir).get("status", "previous")  # unreadable: overwritten all the same
+            # an unreadable summary: overwritten all the same
+            status = RunFolder(out_dir).previous_summary().get("status", "previous")
             console.print(f"note: {out_dir} holds a {status} run; it will be overwritten"
                           + ("" if status == "finished" else " (to continue it instead, use --resume)"))
         click.get_current_context().meta["run_folder"] = (out_dir, time.time(), resume)
