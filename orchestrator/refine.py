@@ -124,6 +124,8 @@ class Refiner:
         self.lineage = dict(lineage or {})
         self.seed = seed
         self.buffer = RingBuffer(settings.buffer_size)
+        # the batch in progress's measurements: committed between batches (``after_batch``), dropped if it fails
+        self.staged: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.recent: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # measured since the last refinement point
         self.unsaved: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # not yet in an HDF5 part
         self.parts = 0  # HDF5 parts written
@@ -138,14 +140,25 @@ class Refiner:
 
     # -- the training thread ---------------------------------------------------------------------------------------
     def record(self, x: Tensor, theta: Tensor, y: Tensor) -> None:
-        """One physical forward's measurements: x [B, n], θ [n_params] or [B, n_params], y [B, n_outputs]."""
+        """One physical forward's measurements: x [B, n], θ [n_params] or [B, n_params], y [B, n_outputs]. They are
+        staged until the batch is done (``commit``): a batch that fails is measured again on resume, so its
+        measurements must not reach the buffer, the HDF5 parts or the checkpoint."""
         x_np = x.detach().cpu().numpy().astype(np.float32)
         th = theta.detach().cpu().expand(x.shape[0], -1) if theta.dim() == 1 else theta.detach().cpu()
-        sample = (x_np, th.numpy().astype(np.float32), y.detach().cpu().numpy().astype(np.float32))
-        self.buffer.add(*sample)
-        self.recent.append(sample)
-        self.unsaved.append(sample)
-        self.samples += len(x_np)
+        self.staged.append((x_np, th.numpy().astype(np.float32), y.detach().cpu().numpy().astype(np.float32)))
+
+    def commit(self) -> None:
+        """The completed batch's measurements go into the buffer, the next refinement's data and the next HDF5 part."""
+        for sample in self.staged:
+            self.buffer.add(*sample)
+            self.recent.append(sample)
+            self.unsaved.append(sample)
+            self.samples += len(sample[0])
+        self.staged = []
+
+    def drop_staged(self) -> None:
+        """Forget the measurements of a batch that failed (it is measured again when the run resumes)."""
+        self.staged = []
 
     def recording(self, device):
         """``device`` (x, θ) -> y, with every measurement recorded."""
@@ -157,7 +170,8 @@ class Refiner:
 
     def after_batch(self, batches_done: int) -> None:
         """Called between batches (``batches_done`` of the epoch): at every ``every_batches``-th, swap in the
-        pending refinement and start the next."""
+        pending refinement and start the next. The batch's measurements are committed first."""
+        self.commit()
         if batches_done % self.s.every_batches == 0:
             self.swap_pending()
             self.start()
@@ -253,7 +267,7 @@ class Refiner:
             self.twin.load_state_dict(state["twin"])
         self.buffer.load_state(state["buffer"])
         self.recent = [tuple(t.numpy() for t in s) for s in state["recent"]]
-        self.unsaved = []
+        self.staged, self.unsaved = [], []
         self.epoch_stats = [tuple(s) for s in state["epoch_stats"]]
         self.history = [tuple(s) for s in state.get("history", [])]
         self.parts, self.samples = int(state["parts"]), int(state["samples"])

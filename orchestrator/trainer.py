@@ -559,7 +559,10 @@ class Trainer:
                     progress(row["epoch"], row)
                 self.stop_if_requested()
         except InstrumentError:
-            # a failed batch changed nothing yet (the device is called before the optimizer step)
+            # a failed batch changed nothing yet (the device is called before the optimizer step); the measurements
+            # its earlier layers made are dropped, as the resumed run measures the batch again
+            if self.refiner is not None:
+                self.refiner.drop_staged()
             self.save_checkpoint()
             log.warning("checkpoint saved after epoch %d batch %d of %d", *self.position(), self.n_batches)
             raise

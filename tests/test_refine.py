@@ -19,7 +19,8 @@ from orchestrator.config import RefineConfig, TrainingConfig
 from orchestrator.network import PhysicalNetwork
 from orchestrator.refine import Refiner, RingBuffer
 from orchestrator.trainer import StopRequest, Trainer, TrainingStopped
-from tests.test_trainer import device_fn, make_data, stop_after
+from orchestrator.retry import DeviceFailure
+from tests.test_trainer import FlakyDevice, device_fn, make_data, stop_after
 
 
 def test_the_buffer_keeps_only_the_newest_samples() -> None:
@@ -76,14 +77,14 @@ class ToyTwin(nn.Module):
         return y
 
 
-def make_refining_trainer(out: Path, twin: ToyTwin, epochs: int = 2, **refine) -> Trainer:
+def make_refining_trainer(out: Path, twin: ToyTwin, epochs: int = 2, device=device_fn, **refine) -> Trainer:
     torch.manual_seed(0)
     net = PhysicalNetwork(8, 4, width=8, depth=2, seed=0)
     settings = TrainingConfig(epochs=epochs, batch_size=8, lr=0.05)
     twin.requires_grad_(False).eval()
     cfg = RefineConfig(enabled=True, **{"every_batches": 2, "buffer_size": 64, "steps": 15, "batch_size": 32,
                                         "lr": 0.05, "mix_fraction": 0.0, **refine})
-    return Trainer(net, make_data(), device_fn, twin, settings, seed=0, out_dir=out,
+    return Trainer(net, make_data(), device, twin, settings, seed=0, out_dir=out,
                    refiner=Refiner(twin, cfg, out, seed=0))
 
 
@@ -138,6 +139,29 @@ def test_resume_restores_the_buffer_and_the_refined_twin(tmp_path: Path) -> None
 
     assert sum(len(load_twin_data(p)) for p in parts) == resumed.refiner.samples == 2 * 60 * 2
 
+
+def test_a_batch_that_fails_in_its_second_layer_records_nothing(tmp_path: Path) -> None:
+    """Two layers, refinement on: the device fails for good in layer 2 of batch 3 (calls 5, 6; 6, 7, 8 fail), after
+    layer 1 was measured. The checkpoint's buffer, sample count and HDF5 parts hold only batches 1 and 2; resumed,
+    the run measures batch 3 again and records every training sample exactly once."""
+    from common.files import read_torch_file
+    from orchestrator.trainer import CHECKPOINT
+    from twins.data import load_twin_data
+
+    first = make_refining_trainer(tmp_path, ToyTwin(), epochs=1, device=FlakyDevice(fail_calls={6, 7, 8}))
+    with pytest.raises(DeviceFailure):
+        first.fit()
+    assert first.saved_position == (1, 2)
+    completed = 2 * 8 * 2  # 2 batches of 8, 2 layers
+    state = read_torch_file(tmp_path / CHECKPOINT, "checkpoint", "")["refine"]
+    assert state["samples"] == completed and state["buffer"]["size"] == completed
+    parts = sorted((tmp_path / "refine_data").glob("part-*.h5"))
+    assert sum(len(load_twin_data(p)) for p in parts) == completed
+
+    resumed = make_refining_trainer(tmp_path, ToyTwin(), epochs=1)
+    resumed.fit(resume=True)
+    parts = sorted((tmp_path / "refine_data").glob("part-*.h5"))
+    assert resumed.refiner.samples == sum(len(load_twin_data(p)) for p in parts) == 60 * 2
 
 def test_refinement_improves_a_biased_physics_twin_on_the_bench(tmp_path: Path) -> None:
     """The electronic bench's nominal physics twin with its output gain and offset deliberately wrong (x0.6, +0.1):
