@@ -382,7 +382,8 @@ def run(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | 
                                     (("training.mode", mode), ("twin.kind", twin), ("training.epochs", epochs)) if v)
         cfg = _load(experiment, extra)
         out_dir = Path(out or Path("runs") / cfg.experiment)
-        require_bench_for(cfg.twin.kind, simulated=simulate)
+        if cfg.training.mode != "perturbative":  # perturbative training uses no twin, whatever twin.kind says
+            require_bench_for(cfg.twin.kind, simulated=simulate)
         if resume:
             _resume_or_exit(out_dir, cfg.training.epochs)
         elif (out_dir / "summary.json").exists():

@@ -189,6 +189,11 @@ def _train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, 
     return summary
 
 
+def no_twin_record() -> dict:
+    """The provenance's twin entry of a run that uses no twin (perturbative training)."""
+    return {"kind": None, "note": "perturbative training uses no twin"}
+
+
 def run_provenance(cfg: ExperimentConfig, data: Dataset, twin_info: dict | None, previous: dict) -> dict:
     """Where the run came from (``orchestrator.provenance``), and the data's checksum; warns when a resumed run's
     data differ from those its first session used."""
@@ -217,7 +222,7 @@ def run(cfg: ExperimentConfig, out: Path, *, simulate: bool, resume: bool, data_
         return train_on_setup(cfg, data, session.setup, twin, out, resume=resume, bench=session.bench,
                               on_batch=on_batch, on_epoch=on_epoch, stop=stop,
                               twin_info=twin_record(cfg.twin.kind, session.artifacts, out) if twin is not None else
-                              {"kind": None, "note": "perturbative training uses no twin"},
+                              no_twin_record(),
                               twin_data_samples=session.setup.counters.samples - before)
 
 
@@ -280,7 +285,7 @@ def bench(cfg: ExperimentConfig, out: Path, *, simulate: bool, data_dir: str | N
                 results.append(train_on_setup(row_cfg, data, setup, twin, row_out, resume=False, bench=sim,
                                               stop=stop, twin_data_samples=setup.counters.samples - before,
                                               twin_info=twin_record(kind, session.artifacts, row_out)
-                                              if twin is not None else None, **callbacks))
+                                              if twin is not None else no_twin_record(), **callbacks))
                 results[-1]["mode"] = mode
                 results[-1]["run_folder"] = str(row_out)
             atomic_write_bytes(out / "bench.json", json.dumps(results, indent=2).encode())

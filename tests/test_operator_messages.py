@@ -76,6 +76,17 @@ def test_run_against_an_unreachable_instrument_claims_nothing_that_did_not_happe
     assert "no instrument was reached, nothing was switched on; no batch was trained" in text
 
 
+def test_perturbative_run_on_real_instruments_ignores_twin_kind_perfect(tmp_path: Path, monkeypatch) -> None:
+    """Perturbative training uses no twin: twin.kind perfect does not refuse real instruments (it goes on to open
+    them, which here fails as an unreachable instrument does)."""
+    monkeypatch.chdir(tmp_path)
+    result = pnn("run", EXPERIMENT, *unreachable(), "--mode", "perturbative", "--twin", "perfect",
+                 "--out", tmp_path / "run")
+    text = plain(result.output)
+    assert "perfect twin exists only" not in text, text
+    assert result.exit_code == 3 and "could not connect to awg" in text, text
+
+
 def test_check_exits_3_when_an_instrument_cannot_be_reached(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     result = pnn("check", EXPERIMENT, *unreachable())

@@ -159,5 +159,7 @@ def test_bench_adds_the_perturbative_row_and_plots_accuracy_against_device_sampl
     assert pat["device_samples_budget"] == 2 * N_TRAIN * 1  # the perfect twin cost no measurements
     assert spsa["device_samples_budget"] == 2 * 2 * N_TRAIN * 1  # two forwards per step
     assert (out / "perturbative" / "metrics.csv").is_file()
+    provenance = json.loads((out / "perturbative" / "summary.json").read_text())["provenance"]
+    assert provenance["twin"] == {"kind": None, "note": "perturbative training uses no twin"}  # as pnn run's
     assert "device samples (twin data + training + refinement)" in (out / "bench.md").read_text()
     assert (out / "bench_samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
