@@ -6,6 +6,7 @@
 # Each run is a run folder under runs/refine17/; the twins are calibrated once into runs/refine17/artifacts/.
 set -euo pipefail
 OUT=runs/refine17
+mkdir -p "$OUT"  # the runs' logs go there before pnn creates their folders
 what=${1:-optical}
 if [ "$what" = optical ]; then
   epochs=${2:-100}
