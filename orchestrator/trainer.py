@@ -19,7 +19,8 @@ completed batch when training stops early:
   recovering the instruments, then ``DeviceFailure`` is raised).
 Time is accounted for per epoch (metrics.csv) on the training thread: ``instrument_s`` (physical forwards, retries
 and recoveries included, and the device evaluation), ``twin_s`` (PAT: the backward pass, the twins' VJPs, and any
-wait for a twin's forward pass after the device finished; in silico: the twin's forward and backward passes),
+wait for a twin's forward pass after the device finished; in silico: the twin's forward and backward passes; with a
+``Refiner``: its waits for a refinement, and with ``overlap: false`` the fine-tuning itself),
 ``optimizer_s`` (the step and the projection of θ), ``other_s`` (the rest: the digital layers, data, bookkeeping)
 and ``device_busy_share`` = instrument_s / seconds.
 

@@ -8,6 +8,7 @@ pass always differentiates the weights its forward pass used, even while a refin
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,24 @@ def test_a_batch_that_fails_in_its_second_layer_records_nothing(tmp_path: Path) 
     resumed.fit(resume=True)
     parts = sorted((tmp_path / "refine_data").glob("part-*.h5"))
     assert resumed.refiner.samples == sum(len(load_twin_data(p)) for p in parts) == 60 * 2
+
+def test_refinement_without_overlap_is_counted_as_twin_time(tmp_path: Path, monkeypatch) -> None:
+    """overlap: false fine-tunes on the training thread at once: that time is the twin's (twin_s), not other_s. Each
+    of the epoch's 4 refinements (8 batches, every 2) is made to take at least 0.1 s."""
+    import orchestrator.refine as refine
+
+    original = refine._refine
+
+    def slow_refine(*args):
+        time.sleep(0.1)
+        return original(*args)
+
+    monkeypatch.setattr(refine, "_refine", slow_refine)
+    trainer = make_refining_trainer(tmp_path, ToyTwin(), epochs=1, overlap=False, steps=2)
+    row = trainer.fit()[0]
+    assert trainer.refiner.refinements == 4
+    assert trainer.refiner.wait_s >= 0.4
+    assert row["twin_s"] >= 0.4 and row["other_s"] < row["seconds"] - 0.4
 
 def test_refinement_improves_a_biased_physics_twin_on_the_bench(tmp_path: Path) -> None:
     """The electronic bench's nominal physics twin with its output gain and offset deliberately wrong (x0.6, +0.1):
