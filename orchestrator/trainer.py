@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from drivers.errors import InstrumentError
-from orchestrator.config import TrainingConfig
+from orchestrator.config import ConfigError, TrainingConfig
 from orchestrator.datasets import Dataset
 from orchestrator.network import Layer, PhysicalNetwork
 from orchestrator.pat import physics_aware
@@ -328,7 +328,8 @@ class Trainer:
 
     def load_checkpoint(self) -> bool:
         """Restore the last checkpoint; False if there is none. Raises CorruptFileError naming the file, what is wrong
-        and what to do, for a truncated, corrupted or foreign checkpoint or one of another network."""
+        and what to do, for a truncated, corrupted or foreign checkpoint or one of another network; ConfigError
+        (the CLI's exit 2) for a checkpoint of a run with twin.refine resumed without it."""
         path = self.out_dir / CHECKPOINT
         if not path.exists():
             return False
@@ -338,6 +339,10 @@ class Trainer:
                    if not isinstance(state, dict) or key not in state]
         if missing:
             raise CorruptFileError(f"{path}: not a pnn-lab checkpoint (no {', '.join(missing)}); {remedy}")
+        if self.refiner is None and "refine" in state:  # resumed without it, the refined twin would be dropped
+            raise ConfigError([(str(path), None, "twin.refine", "this run was trained with twin.refine (the checkpoint "
+                                "holds its refined twin and measurements); resume it with the same twin.refine, or "
+                                f"{remedy}")])
         try:
             self.net.load_state_dict(state["net"])
             self.opt.load_state_dict(state["opt"])

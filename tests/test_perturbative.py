@@ -146,6 +146,24 @@ def test_in_silico_refine_counts_every_device_sample_once(tmp_path: Path, monkey
     assert data[0].metadata["setup"] == "electronic" and "encoding" in data[0].metadata
 
 
+def test_pnn_run_resume_without_the_refinement_a_run_was_trained_with_is_exit_2(tmp_path: Path, monkeypatch) -> None:
+    """A run trained with twin.refine, resumed without it: one line naming the checkpoint and twin.refine, exit 2;
+    the checkpoint is left as it was."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "refined"
+    common = (EXPERIMENT, *RUN, "--mode", "in_silico", "--twin", "neural", "--out", out, "--set", "task.n_train=64",
+              "--set", "task.n_test=16", "--set", "twin.samples=100", "--set", "twin.neural.epochs=1")
+    result = pnn("run", *common, "--epochs", 1, "--set", "twin.refine.enabled=true",
+                 "--set", "twin.refine.every_batches=2", "--set", "twin.refine.steps=2")
+    assert result.exit_code == 0, result.output
+    checkpoint = (out / "checkpoint.pt").read_bytes()
+    result = pnn("run", *common, "--epochs", 2, "--resume")
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if "twin.refine" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"{out / 'checkpoint.pt'}: twin.refine: this run was trained "
+                                                   "with twin.refine"), result.stderr
+    assert (out / "checkpoint.pt").read_bytes() == checkpoint
+
 def test_bench_adds_the_perturbative_row_and_plots_accuracy_against_device_samples(tmp_path: Path,
                                                                                     monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)

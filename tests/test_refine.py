@@ -182,6 +182,23 @@ def test_refinement_without_overlap_is_counted_as_twin_time(tmp_path: Path, monk
     assert trainer.refiner.wait_s >= 0.4
     assert row["twin_s"] >= 0.4 and row["other_s"] < row["seconds"] - 0.4
 
+def test_resuming_a_refined_run_without_refinement_is_refused(tmp_path: Path) -> None:
+    """A checkpoint with a refined twin, resumed by a trainer without twin.refine: refused (ConfigError, the CLI's
+    exit 2) before anything is loaded, instead of silently training on with the unrefined twin."""
+    from orchestrator.config import ConfigError
+
+    first = make_refining_trainer(tmp_path, ToyTwin(), epochs=1)
+    first.fit()
+    assert first.refiner.refinements > 0
+    torch.manual_seed(0)
+    plain = Trainer(PhysicalNetwork(8, 4, width=8, depth=2, seed=0), make_data(), device_fn, ToyTwin(),
+                    TrainingConfig(epochs=2, batch_size=8, lr=0.05), seed=0, out_dir=tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        plain.fit(resume=True)
+    assert str(refused.value).startswith(f"{tmp_path / 'checkpoint.pt'}: twin.refine: this run was trained with "
+                                         "twin.refine")
+    assert "\n" not in str(refused.value) and plain.rows == [] and plain.step == 0
+
 def test_refinement_improves_a_biased_physics_twin_on_the_bench(tmp_path: Path) -> None:
     """The electronic bench's nominal physics twin with its output gain and offset deliberately wrong (x0.6, +0.1):
     after a few PAT batches with refinement every 2 batches, its NMSE on the newest device measurements (before each
