@@ -27,6 +27,7 @@ from drivers.errors import NotConnected
 from drivers.resources import is_placeholder
 from drivers.transport import open_link
 from orchestrator.experiment_file import load_experiment
+from orchestrator.yamlconfig import ConfigError
 from test_cli import EXPERIMENT, _pnn_executable, plain, pnn
 from test_interrupts import PnnProcess
 
@@ -211,6 +212,13 @@ def test_the_readme_walkthrough_commands_run_as_written_on_the_shipped_files() -
     commands = re.findall(r"pnn (?:check|calibrate|run|bench) experiments/[^`\n]+", readme)  # spans and blocks
     assert len(commands) >= 4, commands
     assert all("--simulate" in command for command in commands), commands
+    for name in sorted({command.split()[2] for command in commands}):  # the files they name exist and load
+        path = ROOT / name
+        assert path.is_file(), f"README.md names {name}, which does not exist"
+        try:
+            load_experiment(path)
+        except ConfigError as err:
+            pytest.fail(f"README.md names {name}, which does not load: {err}")
     assert "`pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu`" in readme
     assert "read_termination" in readme
 
