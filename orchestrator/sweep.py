@@ -457,10 +457,18 @@ def _sweep_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
+def tune_stop_handler_installed(handler: Any) -> bool:
+    """Whether SIGUSR1 may be sent to this process to ask Tune to stop: only while a handler is installed (Tune
+    installs its own inside ``tune.run``, well after ``Tuner.fit`` starts). Without one (SIG_DFL), SIGUSR1's default
+    action would kill the process; ignored (SIG_IGN) or unknown (None, set outside Python), it would do nothing or
+    something unknown. Then the stop file alone asks the trials to stop, and Tune ends when they have."""
+    return callable(handler)
+
+
 class _StopOnSignals:
     """While Tune runs: the first Ctrl-C or SIGTERM writes the stop file (every trial stops after its current batch,
     saving its checkpoint and switching its outputs off) and asks Tune to stop and save its state (SIGUSR1, Tune's
-    own stop signal); a second one aborts (KeyboardInterrupt)."""
+    own stop signal, sent only once Tune has installed its handler); a second one aborts (KeyboardInterrupt)."""
 
     def __init__(self, stop_file: Path):
         self.stop_file = stop_file
@@ -483,7 +491,8 @@ class _StopOnSignals:
         os.write(2, f"{signal.Signals(signum).name}: stopping the sweep: every trial stops after its current batch "
                     f"and saves its checkpoint (again to abort at once)\n".encode())
         self.stop_file.write_text("stop\n")
-        os.kill(os.getpid(), signal.SIGUSR1)
+        if tune_stop_handler_installed(signal.getsignal(signal.SIGUSR1)):
+            os.kill(os.getpid(), signal.SIGUSR1)
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():

@@ -280,3 +280,14 @@ def test_two_trials_on_one_served_bench_run_one_after_the_other(ray_instance, tm
     for r in outcome.rows:
         summary = json.loads((tmp_path / "sweep" / "trials" / r.trial / "summary.json").read_text())
         assert summary["simulated"] is False and summary["status"] == "finished"
+
+
+def test_ctrl_c_sends_tune_its_stop_signal_only_once_tune_handles_it() -> None:
+    """Tune installs its SIGUSR1 handler only inside tune.run; a Ctrl-C before that must not send SIGUSR1, whose
+    default action would kill the sweep (the stop file alone then asks the trials to stop)."""
+    from orchestrator.sweep import tune_stop_handler_installed
+
+    assert not tune_stop_handler_installed(signal.SIG_DFL)
+    assert not tune_stop_handler_installed(signal.SIG_IGN)
+    assert not tune_stop_handler_installed(None)
+    assert tune_stop_handler_installed(lambda signum, frame: None)
