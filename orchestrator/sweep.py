@@ -196,22 +196,33 @@ def _ray_initialized() -> bool:
 
 def start_embedded_ray(num_cpus: int | None = None, resources: dict[str, float] | None = None) -> None:
     """Start Ray in this process on this machine: ``num_cpus`` (default all), the given custom resources, no
-    dashboard, every service on 127.0.0.1 (Ray otherwise binds the machine's address, reachable from the network)."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray then resolves this node to the loopback address
+    dashboard, every service on 127.0.0.1 (Ray otherwise binds the machine's address, reachable from the network).
+    Raises SweepError, with Ray shut down, where it cannot be kept there."""
     import ray
-    from ray._private import ray_constants
 
-    ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
+    try:  # private: Ray reads the variable once, when ray_constants is imported, in every process it starts
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
+    except (ImportError, AttributeError) as err:
+        raise SweepError(f"cannot keep the embedded Ray on 127.0.0.1 with Ray {ray.__version__} "
+                         f"(ray._private.ray_constants.ENABLE_RAY_CLUSTER: {err}); install the Ray version "
+                         f"pyproject.toml names, or start Ray yourself and pass --address") from None
     t0 = time.perf_counter()
-    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, resources=dict(resources or {}), include_dashboard=False,
-             _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.WARNING,
-             configure_logging=False)
+    # Ray's services (started by ray.init) inherit the variable and read it when they import ray; the workers are
+    # started by the raylet, from its environment, so this process's own can be restored once Ray is up.
+    with _environ(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"):  # Ray then resolves this node to the loopback address
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, resources=dict(resources or {}), include_dashboard=False,
+                 _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.WARNING,
+                 configure_logging=False)
     address = ray.nodes()[0].get("NodeManagerAddress")
+    if address != "127.0.0.1":  # Ray runs any code a client sends: not reachable from the network
+        ray.shutdown()
+        raise SweepError(f"the embedded Ray (Ray {ray.__version__}) bound to {address}, not to 127.0.0.1, and was "
+                         f"shut down: it would run any code sent to it from the network")
     log.info("embedded Ray started in %.1f s on %s: %s", time.perf_counter() - t0, address,
              ", ".join(f"{k} {v:g}" for k, v in sorted(ray.cluster_resources().items())
                        if not k.startswith(("node:", "memory", "object_store"))))
-    if address != "127.0.0.1":
-        log.warning("Ray bound to %s, not to 127.0.0.1", address)
 
 
 def _check_cluster(options: SweepOptions, benches: dict[str, float]) -> None:

@@ -180,10 +180,12 @@ def ray_instance():
     pytest.importorskip("ray")
     from orchestrator.sweep import start_embedded_ray
 
+    before = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     start_embedded_ray(num_cpus=2, resources={f"bench:{BENCH}": 1})
     import ray
 
     assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"  # embedded Ray stays on the loopback interface
+    assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == before  # set for ray.init only
     yield ray
     ray.shutdown()
 
