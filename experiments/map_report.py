@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from matplotlib.ticker import NullFormatter
 
 from orchestrator.plots import _figure, _save
 
@@ -42,6 +44,8 @@ MODE_STYLE = {"in_silico": ("C1", "o", "--"), "in_silico+refine": ("C4", "D", "-
 PAPER = {"optical": [("paper: PAT 0.93 (Wright et al. 2022, SHG vowels)", 0.93)]}
 """Reference accuracies drawn as horizontal lines: the paper's optical vowels with PAT, as results_optical.md quotes
 it (the paper's in-silico figure is quoted there only as 'far below PAT')."""
+CHANCE = {"digits": 1 / 10, "mnist": 1 / 10, "fashion_mnist": 1 / 10, "fsdd": 1 / 10, "vowels": 1 / 7}
+"""Chance accuracy of each data set (one over its classes), drawn as a grey line."""
 FULL_SCALE = {"optical": [("PAT", 0.078, 0.879), ("in silico", 0.078, 0.594), ("PAT", 0.0036, 0.932),
                           ("in silico", 0.0036, 0.900)]}
 """This project's full-scale rows (100 epochs, depth 3; results_optical.md): (mode, twin NMSE, device accuracy)."""
@@ -54,7 +58,9 @@ class Trial:
     folder: Path
     setup: str
     experiment: str
+    dataset: str
     mode: str              # one of MODES
+    seed: int
     depth: int
     twin_key: str          # the twin's settings (without refine), "" for perturbative
     twin_label: str        # e.g. "neural 4000, 16 ch"
@@ -64,6 +70,8 @@ class Trial:
     epochs: int
     wall_time_s: float
     commit: str
+    started: str = ""      # ISO time the run started
+    refined_nmse: tuple[float, float] | None = None  # refine: the twin's NMSE on new device data, first epoch, last
 
 
 def read_trial(folder: Path) -> Trial | None:
@@ -84,7 +92,8 @@ def read_trial(folder: Path) -> Trial | None:
     by_purpose = summary.get("device_samples_by_purpose", {})
     twin_data = 0 if perturbative else _twin_samples(twin)
     return Trial(folder=folder, setup=summary.get("setup") or config["setup"], experiment=config["experiment"],
-                 mode=mode, depth=int(config["network"]["depth"]),
+                 dataset=config["task"]["dataset"], mode=mode, seed=int(config.get("seed", 0)),
+                 depth=int(config["network"]["depth"]),
                  twin_key="" if perturbative else json.dumps(twin, sort_keys=True),
                  twin_label="no twin" if perturbative else twin_label(twin),
                  twin_nmse=float(nmse) if isinstance(nmse, (int, float)) and not perturbative else None,
@@ -92,19 +101,28 @@ def read_trial(folder: Path) -> Trial | None:
                  budget=twin_data + int(by_purpose.get("training", 0)) + int(by_purpose.get("refinement", 0)),
                  epochs=int(summary.get("epochs", 0)), wall_time_s=float(summary.get("wall_time_s") or 0.0),
                  commit=str(summary.get("provenance", {}).get("git_commit", "?"))[:7]
-                 + ("+dirty" if summary.get("provenance", {}).get("git_dirty") is True else ""))
+                 + ("+dirty" if summary.get("provenance", {}).get("git_dirty") is True else ""),
+                 started=str(summary.get("started", "")), refined_nmse=_refined(summary))
+
+
+def _refined(summary: dict) -> tuple[float, float] | None:
+    refine = summary.get("refine")
+    if isinstance(refine, dict) and all(isinstance(refine.get(f"twin_nmse_recent_{k}"), (int, float))
+                                        for k in ("first", "last")):
+        return float(refine["twin_nmse_recent_first"]), float(refine["twin_nmse_recent_last"])
+    return None
 
 
 def _twin_samples(twin: dict) -> int:
-    """Device samples measured for the twin: the physics twin's own count, else ``twin.samples``, times repeats."""
-    samples = twin["physics"]["samples"] if twin["kind"] == "physics" else twin["samples"]
-    return int(samples) * int(twin.get("repeats", 1))
+    """Device samples measured for the twin: ``twin.samples`` times repeats (calibration measures them for every
+    kind; the physics twin fits its constants on the first ``twin.physics.samples``)."""
+    return int(twin["samples"]) * int(twin.get("repeats", 1))
 
 
 def twin_label(twin: dict) -> str:
     """A short description of a twin's settings: its kind, measured samples and size."""
     if twin["kind"] == "physics":
-        return f"physics {twin['physics']['samples']}"
+        return f"physics, {twin['physics']['samples']} of {twin['samples']}"
     neural = twin["neural"]
     size = (f"{neural['channels']} ch" if neural["architecture"] == "temporal_conv"
             else "MLP " + "-".join(str(h) for h in neural["hidden"]))
@@ -157,8 +175,8 @@ def base_point(trials: list[Trial], base: dict | None) -> tuple[str, int]:
 
 
 def samples_text(n: float) -> str:
-    """Device samples, short: 850 -> "0.8k", 68665 -> "69k"."""
-    return f"{n / 1000:.1f}k" if n < 9950 else f"{n / 1000:.0f}k"
+    """Device samples, short: 250 -> "0.25k", 4000 -> "4k", 68665 -> "69k"."""
+    return f"{n / 1000:.2g}k" if n < 9950 else f"{n / 1000:.0f}k"
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -175,10 +193,13 @@ class BenchMap:
     depth: int
 
     def cells(self) -> dict[tuple[str, int], dict[str, list[Trial]]]:
-        """(twin key, depth) -> mode -> trials; perturbative trials go to (base twin, their depth)."""
+        """(twin key, depth) -> mode -> trials; perturbative trials go to (base twin, their depth), one per seed (its
+        trials at other twins' points are the same run again)."""
         out: dict[tuple[str, int], dict[str, list[Trial]]] = defaultdict(lambda: defaultdict(list))
         for t in self.trials:
-            out[(self.twin_key if t.mode == "perturbative" else t.twin_key, t.depth)][t.mode].append(t)
+            runs = out[(self.twin_key if t.mode == "perturbative" else t.twin_key, t.depth)][t.mode]
+            if t.mode != "perturbative" or all(r.seed != t.seed for r in runs):
+                runs.append(t)
         return out
 
     def modes(self) -> list[str]:
@@ -201,6 +222,16 @@ class BenchMap:
 
     def label(self, twin_key: str) -> str:
         return next((t.twin_label for t in self.trials if t.twin_key == twin_key), "?")
+
+    def short_label(self, twin_key: str) -> str:
+        """What sets a twin apart from the base twin, for the plot: its samples, its size if not the base's
+        (e.g. "16k", "4k, 4 ch", "physics")."""
+        twin, base = json.loads(twin_key), json.loads(self.twin_key) if self.twin_key else {}
+        if twin["kind"] == "physics":
+            return "physics"
+        size = twin_label(twin).split(", ", 1)[1]
+        base_size = twin_label(base).split(", ", 1)[1] if base.get("kind") not in (None, "physics") else None
+        return f"{twin['samples'] / 1000:g}k" + (f", {size}" if size != base_size else "")
 
     def table(self) -> list[str]:
         """Markdown: one row per point, a column per mode with the device accuracy (mean ± sd over seeds) and the
@@ -255,6 +286,13 @@ class BenchMap:
             if len(curve) > 1:
                 out.append(f"{MODE_NAMES[mode]}: twin NMSE {curve[-1][0]:.4f} -> {curve[0][0]:.4f} (worst twin to "
                            f"best, depth {self.depth}): {curve[-1][1]:.3f} -> {curve[0][1]:.3f}")
+        refined = sorted(((self.nmse(t.twin_key) or 0.0, t) for t in self.trials
+                          if t.refined_nmse and t.depth == self.depth), key=lambda nt: -nt[0])
+        if refined:
+            out.append("the refined twin's NMSE on the newest device data, first epoch -> last (depth "
+                       f"{self.depth}, by twin): " + "; ".join(
+                           f"{MODE_NAMES[t.mode]}, {self.short_label(t.twin_key)}: {t.refined_nmse[0]:.4f} -> "
+                           f"{t.refined_nmse[1]:.4f}" for _, t in refined))
         return out
 
     def plot(self, path: Path) -> Path:
@@ -278,11 +316,16 @@ class BenchMap:
                 x, y, sd = zip(*curve)
                 right.errorbar(x, y, yerr=sd if any(sd) else None, color=color, marker=marker, ls=line,
                                label=MODE_NAMES[mode], capsize=3)
-        twins = sorted({(self.nmse(t.twin_key), self.label(t.twin_key)) for t in self.trials
+        twins = sorted({(self.nmse(t.twin_key), self.short_label(t.twin_key)) for t in self.trials
                         if t.twin_key and t.depth == self.depth and self.nmse(t.twin_key) is not None})
-        for k, (nmse, label) in enumerate(twins):  # which twin each NMSE is, along the bottom
-            left.annotate(label, (nmse, 0.0), xytext=(0, 4 + 9 * (k % 2)), textcoords="offset points",
-                          xycoords=("data", "axes fraction"), ha="center", fontsize=7, color="0.35")
+        for nmse, label in twins:  # which twin each NMSE is, upright along the bottom
+            left.annotate(label, (nmse, 0.0), xytext=(-2, 4), textcoords="offset points", rotation=90,
+                          xycoords=("data", "axes fraction"), ha="right", va="bottom", fontsize=7, color="0.35")
+        chance = {CHANCE[t.dataset] for t in self.trials if t.dataset in CHANCE}
+        if len(chance) == 1:
+            level = chance.pop()
+            for ax in (left, right):
+                ax.axhline(level, color="0.6", lw=0.8, label="chance")
         for text, value in PAPER.get(self.setup, []):
             for ax in (left, right):
                 ax.axhline(value, color="k", ls="-.", lw=1, label=text)
@@ -290,8 +333,14 @@ class BenchMap:
         for k, (mode, nmse, acc) in enumerate(full):
             left.plot(nmse, acc, marker="*", ms=11, mfc="none", ls="none",
                       color=MODE_STYLE["pat" if mode == "PAT" else "in_silico"][0],
-                      label="this project, full scale (100 epochs)" if k == 0 else None)
+                      label="this project, depth 3, 100 epochs (colour: mode)" if k == 0 else None)
         left.set_xscale("log")
+        if twins:  # plain numbers at 1-2-5 steps, no crowded minor labels
+            lo, hi = twins[0][0], twins[-1][0]
+            ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+                     for m in (1, 2, 5) if lo / 1.5 <= m * 10.0 ** e <= hi * 1.5]
+            left.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            left.xaxis.set_minor_formatter(NullFormatter())
         left.set_xlabel(f"twin held-out NMSE (depth {self.depth})")
         right.set_xlabel(f"physical layers (twin: {self.label(self.twin_key)})")
         right.set_xticks(sorted({t.depth for t in self.trials}))
@@ -299,9 +348,13 @@ class BenchMap:
             ax.set_ylabel("device test accuracy")
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3, which="both")
+        legend: dict[str, object] = {}  # one legend for both panels, below them
         for ax in (left, right):
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 0.08) if ax is left else None)
+            for handle, text in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(text, handle)
+        if legend:
+            fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=min(4, len(legend)),
+                       fontsize=8, frameon=False)
         epochs = sorted({t.epochs for t in self.trials})
         experiment = sorted({t.experiment for t in self.trials})
         fig.suptitle(f"{self.setup} bench ({', '.join(experiment)}, {'/'.join(map(str, epochs))} epochs per run): "
@@ -311,12 +364,14 @@ class BenchMap:
 
 def bench_section(bench: BenchMap, png: Path, md_dir: Path) -> list[str]:
     trials = bench.trials
-    commits = sorted({t.commit for t in trials})
+    commits = list(dict.fromkeys(t.commit for t in sorted(trials, key=lambda t: t.started)))
+    code = (", ".join(commits) if len(commits) <= 3 else
+            f"{commits[0]} ... {commits[-1]} ({len(commits)} commits by run start: the tree changed during the sweep)")
     wall = sum(t.wall_time_s for t in trials)
     rel = Path(png).resolve().relative_to(md_dir.resolve()) if md_dir.resolve() in png.resolve().parents else png
     epochs = ", ".join(map(str, sorted({t.epochs for t in trials})))
     intro = (f"{len(trials)} finished runs, {epochs} epochs each, {wall / 60:.0f} min of run wall time in all; code "
-             f"{', '.join(commits)}. Base point: depth {bench.depth}, twin {bench.label(bench.twin_key)}. Each cell: "
+             f"{code}. Base point: depth {bench.depth}, twin {bench.label(bench.twin_key)}. Each cell: "
              f"device test accuracy (device samples: twin data + training + refinement).")
     lines = [f"### {bench.setup} ({', '.join(sorted({t.experiment for t in trials}))})", "", intro, "",
              f"![{bench.setup} map]({rel})", ""]

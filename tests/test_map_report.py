@@ -96,6 +96,7 @@ def test_the_report_writes_the_table_rows_and_the_plot(tiny_run: Path, tmp_path:
     variant(tiny_run, trials / "refine-d1", mode="pat", refine=True, accuracy=0.75)
     variant(tiny_run, trials / "pat-s50", mode="pat", samples=50, nmse=0.5, accuracy=0.125)
     variant(tiny_run, trials / "spsa-d1", mode="perturbative", accuracy=0.1)
+    variant(tiny_run, trials / "spsa-s50", mode="perturbative", samples=50, accuracy=0.1)  # the same run again
     unfinished = variant(tiny_run, trials / "unfinished", mode="pat", depth=3, accuracy=0.9)
     summary = json.loads((unfinished / "summary.json").read_text())
     (unfinished / "summary.json").write_text(json.dumps({**summary, "status": "stopped"}))
@@ -105,7 +106,7 @@ def test_the_report_writes_the_table_rows_and_the_plot(tiny_run: Path, tmp_path:
     assert report.main([str(tmp_path / "sweep"), "--md", str(md), "--png-dir", str(tmp_path)]) == 0
     assert (tmp_path / "results_map_electronic.png").stat().st_size > 10_000
     text = md.read_text()
-    assert text.startswith("# kept\n\nprose\n") and "6 finished" in text
+    assert text.startswith("# kept\n\nprose\n") and "7 finished, 1 pending" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[0] == "| depth | twin | twin NMSE (held out) | in silico | PAT | PAT + refine | perturbative |"
     training = real["device_samples_by_purpose"]["training"]  # the copies keep the real run's counts
