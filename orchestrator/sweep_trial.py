@@ -217,9 +217,13 @@ class TrialRun:
         thread = self.thread
         if thread is None or not thread.is_alive():
             return
-        if self.stop.training:
+        if self.stop.signal is not None:
+            pass  # already asked (the sweep's stop file, or an earlier close): the run is on its way out; an
+            # interrupt now could land in its make-safe actions or its bookkeeping
+        elif self.stop.training:
             self.stop.signal = signal.SIGTERM
         else:
+            self.stop.signal = signal.SIGTERM
             _raise_in_thread(thread, KeyboardInterrupt)
         thread.join(grace_s)
         if thread.is_alive():
