@@ -336,7 +336,8 @@ class BenchMap:
                       label="this project, depth 3, 100 epochs (colour: mode)" if k == 0 else None)
         left.set_xscale("log")
         if twins:  # plain numbers at 1-2-5 steps, no crowded minor labels
-            lo, hi = twins[0][0], twins[-1][0]
+            shown = [n for n, _ in twins] + [n for _, n, _ in FULL_SCALE.get(self.setup, [])]
+            lo, hi = min(shown), max(shown)
             ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
                      for m in (1, 2, 5) if lo / 1.5 <= m * 10.0 ** e <= hi * 1.5]
             left.set_xticks(ticks, [f"{t:g}" for t in ticks])
