@@ -199,7 +199,7 @@ def run_provenance(cfg: ExperimentConfig, data: Dataset, twin_info: dict | None,
     data differ from those its first session used."""
     checksum = data_checksum(data.x_train, data.y_train, data.x_test, data.y_test)
     before = previous.get("provenance", {}).get("data", {}).get("sha256")
-    if before and before != checksum:
+    if isinstance(before, str) and before != checksum:   # (runs before 2026-12-06 held the files' checksums here)
         log.warning("the data differ from those the run's earlier session used (sha256 %s, now %s)", before[:12],
                     checksum[:12])
     log.info("data: %s, %d train / %d test samples, sha256 %s", data.name, len(data.y_train), len(data.y_test),
@@ -208,7 +208,8 @@ def run_provenance(cfg: ExperimentConfig, data: Dataset, twin_info: dict | None,
             "data": {"name": data.name, "sha256": checksum, "n_train": int(len(data.y_train)),
                      "n_test": int(len(data.y_test)), "n_features": data.n_features,
                      # where the data set came from: its files and their checksums, the split, the scaling
-                     **{k: v for k, v in data.info.items() if k in ("source", "sha256", "split", "scaling")}}}
+                     **{k: v for k, v in data.info.items() if k in ("source", "split", "scaling")},
+                     **({"files_sha256": data.info["sha256"]} if "sha256" in data.info else {})}}
 
 
 def run(cfg: ExperimentConfig, out: Path, *, simulate: bool, resume: bool, data_dir: str | None,

@@ -18,11 +18,14 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from orchestrator.datasets import load_dataset
+from orchestrator.datasets import Dataset, load_dataset
+from orchestrator.experiment import run_provenance
+from orchestrator.experiment_file import load_experiment
 from orchestrator.provenance import data_checksum
 from orchestrator.run_folder import RunFolder, RunWatch
 from orchestrator.tensorboard import EPOCH_SCALARS, IMAGE_TAG
@@ -207,3 +210,21 @@ def test_a_failing_plot_or_event_file_warns_once_and_does_not_stop_training(tmp_
     warned = [r.getMessage() for r in caplog.records if "training goes on" in r.getMessage()]
     assert len(warned) == 2, warned  # once for the plots, once for TensorBoard, not once per epoch
     assert any("plots" in w and "No space left" in w for w in warned)
+
+
+def test_a_data_set_with_file_checksums_keeps_the_data_checksum_and_resumes(caplog) -> None:
+    """A data set loaded from files (MNIST, vowels) records its files' checksums beside the data's own; a resumed run
+    whose first session recorded the files' checksums in the data's place (before 2026-12-06) still starts, and a
+    changed data set is warned about."""
+
+    cfg = load_experiment(EXPERIMENT)
+    x, y = np.linspace(0, 1, 12, dtype=np.float32).reshape(6, 2), np.array([0, 1, 0, 1, 0, 1])
+    data = Dataset("mnist", x, y, x[:2], y[:2], 2, ["0", "1"], info={"sha256": {"train.gz": "ab" * 32}})
+    fresh = run_provenance(cfg, data, None, {})
+    assert fresh["data"]["sha256"] == data_checksum(x, y, x[:2], y[:2])
+    assert fresh["data"]["files_sha256"] == {"train.gz": "ab" * 32}
+    old_format = {"provenance": {"data": {"sha256": {"train.gz": "ab" * 32}}}}
+    assert run_provenance(cfg, data, None, old_format)["data"]["sha256"] == fresh["data"]["sha256"]
+    with caplog.at_level("WARNING", logger="orchestrator.experiment"):
+        run_provenance(cfg, data, None, {"provenance": {"data": {"sha256": "cd" * 32}}})
+    assert "the data differ" in caplog.text
