@@ -376,3 +376,23 @@ def test_an_slm_without_sequence_banks_is_told_to_go_without_pipelining(bench, m
             setup.forward(x, theta)
     with open_setup(config(**{"instruments.slm.pipeline": False}), N, bench=bench) as setup:
         assert setup.forward(x, theta).shape == (8, N)
+
+
+def test_a_camera_without_data_next_is_told_to_go_without_pipelining(bench, monkeypatch) -> None:
+    """A camera that does not know DATA:NEXT? does not answer it (an unknown query has no reply): the timeout says
+    how to go without pipelining, and the sequential path works on the same camera."""
+    from simulators.instruments import SimSpectroscopyCamera
+    from simulators.scpi.commands import CommandTree
+
+    tree = CommandTree()
+    for command in SimSpectroscopyCamera.commands.commands:
+        if command.pattern != "DATA:NEXT?":
+            tree.add(command.pattern, command.handler, command.nargs)
+    monkeypatch.setattr(SimSpectroscopyCamera, "commands", tree)
+    x, theta = batch(8, seed=12)
+    with open_setup(config(**{"instruments.camera.timeout_s": 1}), N, bench=bench) as setup:
+        with pytest.raises(InstrumentError, match=r"camera, command 'DATA:NEXT\?'.*if the camera does not know "
+                                                  r"DATA:NEXT\?, set instruments.slm.pipeline: false"):
+            setup.forward(x, theta)
+    with open_setup(config(**{"instruments.slm.pipeline": False}), N, bench=bench) as setup:
+        assert setup.forward(x, theta).shape == (8, N)

@@ -144,6 +144,7 @@ class OpticalSetup(PhysicalSetup):
         self.lut_check: dict = {}
         self.output_weights: Tensor | None = None  # [n_outputs, ROI columns]: each column's share of each output
         self._series: int | None = None  # kinetic count the camera is set to
+        self._uploads = 0  # SLM sequence uploads so far (the forward passes' counters take their differences)
         self._dwell = 0.0  # time each pattern of a sequence is shown, s
         self._cycle = 0.0  # the camera's shortest time between triggers, s
 
@@ -247,18 +248,16 @@ class OpticalSetup(PhysicalSetup):
         x, theta = x.detach().double(), theta.detach().double()
         check_batch(self.slm.name, x, theta, self.n_inputs, self.param_bounds)
         gray = self.patterns(x, theta)
-        t0 = time.perf_counter()
+        t0, uploads_before = time.perf_counter(), self._uploads
         if self.cfg.slm.pipeline:
-            parts = [gray[i:i + KINETIC_COUNT_MAX] for i in range(0, len(gray), KINETIC_COUNT_MAX)]
-            chunks = [self.measure_pipelined(part) for part in parts]
-            uploads = sum(len(self.chunk_sizes(len(part))) for part in parts)
+            chunks = [self.measure_pipelined(gray[i:i + KINETIC_COUNT_MAX])
+                      for i in range(0, len(gray), KINETIC_COUNT_MAX)]
         else:
             room = self.sequence_room()
             chunks = [self.measure(gray[i:i + room]) for i in range(0, len(gray), room)]
-            uploads = len(chunks)
         for inst in (self.slm, self.camera):
             inst.check_status()  # a reset or an error during the batch makes its outputs worthless
-        self.counters.record(x.shape[0], uploads, time.perf_counter() - t0)
+        self.counters.record(x.shape[0], self._uploads - uploads_before, time.perf_counter() - t0)
         spectra = torch.as_tensor(np.concatenate(chunks) - self.dark)
         return output_units(spectra @ self.output_weights.T, self.enc, self.calibration.reference_mean).float()
 
@@ -271,7 +270,7 @@ class OpticalSetup(PhysicalSetup):
         if self._series != k:
             cam.kinetic_count = k
             self._series = k
-        slm.load_sequence(gray)
+        self._load_sequence(gray)
         cam.start()
         slm.start_sequence()
         budget = self.cfg.slm.timeout_s + 2 * k * self._dwell
@@ -311,14 +310,14 @@ class OpticalSetup(PhysicalSetup):
                 time.sleep(min(until - now, poll))
 
         with self._naming_missing_commands():
-            slm.load_sequence(gray[:sizes[0]], bank=1)
+            self._load_sequence(gray[:sizes[0]], bank=1)
             cam.start()
             for j, size in enumerate(sizes):
                 bank = 1 + j % 2
                 started = time.monotonic()
                 ends = started + slm.start_sequence(bank=bank)
                 if j + 1 < len(sizes):
-                    slm.load_sequence(gray[starts[j + 1]:starts[j + 2]], bank=3 - bank)
+                    self._load_sequence(gray[starts[j + 1]:starts[j + 2]], bank=3 - bank)
                 # a read started before ``until`` carries at most about three frames: done before the chunk ends
                 read(until=ends - 3 * self._dwell, need=int(starts[j + 1]), poll=2 * self._dwell)
                 slm.wait_done(timeout_s=self.cfg.slm.timeout_s + 2 * size * self._dwell)
@@ -331,16 +330,26 @@ class OpticalSetup(PhysicalSetup):
                                                             f"cable and that the pulses come no faster than KIN:CYCL?)")
         return self._checked_frames(np.concatenate(frames))
 
+    def _load_sequence(self, gray: np.ndarray, bank: int | None = None) -> None:
+        """Upload a sequence of patterns [K, n_pixels] (into ``bank``, if given), counted for the forward's counters."""
+        self.slm.load_sequence(gray, bank=bank)
+        self._uploads += 1
+
     @contextlib.contextmanager
     def _naming_missing_commands(self) -> Iterator[None]:
-        """An instrument refusing a pipelining command as unknown (-113): say how to go without."""
+        """An instrument refusing a pipelining command as unknown (-113), or a camera not answering ``DATA:NEXT?``
+        (an unknown query has no reply): say how to go without."""
+        hint = "set instruments.slm.pipeline: false for instruments without sequence banks or DATA:NEXT?"
         try:
             yield
+        except InstrumentTimeout as err:
+            if err.command == "DATA:NEXT?":
+                raise InstrumentTimeout(err.instrument, err.command, f"{err.detail} (if the camera does not know "
+                                                                     f"DATA:NEXT?, {hint})") from err
+            raise
         except InstrumentReportedError as err:
             if any(code == -113 for code, _ in err.errors):
-                raise InstrumentReportedError(err.instrument, f"{err.command} (set instruments.slm.pipeline: false "
-                                              f"for instruments without sequence banks or DATA:NEXT?)",
-                                              err.errors) from err
+                raise InstrumentReportedError(err.instrument, f"{err.command} ({hint})", err.errors) from err
             raise
 
     def _checked_frames(self, frames: np.ndarray) -> np.ndarray:
