@@ -2,11 +2,13 @@
 
 ``atomic_write`` / ``atomic_write_bytes``: a crash leaves the old file or the new one, never a torn one.
 ``read_torch_file``: ``torch.load(..., weights_only=True)`` after checking the archive's CRCs.
+``read_json_object``: a JSON object the project wrote for its own bookkeeping, {} when there is none to read.
 ``CorruptFileError``: a file the project wrote cannot be used; the message names the file and what to do.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -94,3 +96,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old or the new version, never a torn one."""
     with atomic_write(path) as tmp:
         tmp.write_bytes(data)
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path`` (a run's summary.json, a sweep trial's file); {} if the file is missing,
+    unreadable or holds anything but an object: bookkeeping that can be rebuilt, never a reason to stop."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from common.files import atomic_write_bytes
+from common.files import atomic_write_bytes, read_json_object
 from orchestrator import plots
 from orchestrator.config import ExperimentConfig, dump_config
 from orchestrator.tensorboard import RunBoard
@@ -61,11 +61,7 @@ class RunFolder:
 
     def previous_summary(self) -> dict:
         """The summary.json there now ({} if none or unreadable)."""
-        try:
-            summary = json.loads((self.path / "summary.json").read_text())
-        except (OSError, ValueError):
-            return {}
-        return summary if isinstance(summary, dict) else {}
+        return read_json_object(self.path / "summary.json")
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_bytes(self.path / "summary.json", json.dumps(summary, indent=2).encode())

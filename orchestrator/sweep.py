@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from common.files import read_json_object
 from orchestrator.sweep_file import Sweep
 from orchestrator.sweep_results import TrialRow, write_results
-from orchestrator.sweep_trial import STOP_FILE, TrialRun, read_json, read_trial_file
+from orchestrator.sweep_trial import STOP_FILE, TrialRun, read_trial_file
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +386,7 @@ def collect_rows(out: Path, spec: dict, trials: list | None = None) -> list[Tria
     for trial in trials:
         folder = out / "trials" / trial.trial_id
         record = read_trial_file(folder)
-        summary = read_json(folder / "summary.json")
+        summary = read_json_object(folder / "summary.json")
         result = trial.last_result or {}
         row = TrialRow(trial.trial_id, {k: trial.config.get(k) for k in keys})
         row.metric = result.get(metric) if isinstance(result.get(metric), (int, float)) else None

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from common.files import atomic_write_bytes
+from common.files import atomic_write_bytes, read_json_object
 from orchestrator.sweep_file import expand_settings, kit_experiment_model
 from orchestrator.trainer import CHECKPOINT, StopRequest, TrainingStopped
 from orchestrator.yamlconfig import set_by_path
@@ -73,7 +73,7 @@ def artifacts_key(settings: dict[str, Any]) -> str | None:
 
 def read_trial_file(folder: Path) -> dict:
     """A trial's trial.json ({} if it has none yet)."""
-    return read_json(Path(folder) / TRIAL_FILE)
+    return read_json_object(Path(folder) / TRIAL_FILE)
 
 
 @contextmanager
@@ -135,7 +135,7 @@ class TrialRun:
         try:
             cfg = trial_config(self.spec, self.settings)
             self.epochs = cfg.training.epochs
-            previous = read_json(summary_file) if resume else {}
+            previous = read_json_object(summary_file) if resume else {}
             if previous.get("status") == "finished" and previous.get("epochs", 0) >= cfg.training.epochs:
                 log.info("trial %s finished in an earlier session", self.trial_id)
                 summary = previous
@@ -240,10 +240,3 @@ def _scalars(row: dict) -> dict:
     return {k: v for k, v in row.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
-def read_json(path: Path) -> dict:
-    """A JSON object from a file; {} if it is missing, unreadable or not an object."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

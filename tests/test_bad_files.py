@@ -239,3 +239,15 @@ def test_pnn_run_on_a_damaged_twin_artifact_says_to_calibrate_again(tmp_path: Pa
     assert result.stderr.splitlines()[-1] == (
         f"error: {artifact}: not a readable twin artifact: truncated, or not written by torch.save (no zip directory "
         "at its end); delete it and run pnn calibrate again")
+
+
+def test_bookkeeping_json_that_cannot_be_read_is_an_empty_object(tmp_path: Path) -> None:
+    """summary.json and trial.json are bookkeeping: missing, torn or of the wrong kind, they read as {}."""
+    from common.files import read_json_object
+
+    good, torn, listed = tmp_path / "good.json", tmp_path / "torn.json", tmp_path / "list.json"
+    good.write_text('{"status": "finished", "epochs": 3}')
+    torn.write_text('{"status": "fini')
+    listed.write_text("[1, 2]")
+    assert read_json_object(good) == {"status": "finished", "epochs": 3}
+    assert [read_json_object(p) for p in (torn, listed, tmp_path / "missing.json", tmp_path)] == [{}, {}, {}, {}]
