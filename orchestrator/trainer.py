@@ -329,7 +329,8 @@ class Trainer:
     def load_checkpoint(self) -> bool:
         """Restore the last checkpoint; False if there is none. Raises CorruptFileError naming the file, what is wrong
         and what to do, for a truncated, corrupted or foreign checkpoint or one of another network; ConfigError
-        (the CLI's exit 2) for a checkpoint of a run with twin.refine resumed without it."""
+        (the CLI's exit 2, like every settings mismatch) for a checkpoint resumed with another twin.refine, or inside
+        an epoch with another batch size or training set."""
         path = self.out_dir / CHECKPOINT
         if not path.exists():
             return False
@@ -343,6 +344,9 @@ class Trainer:
             raise ConfigError([(str(path), None, "twin.refine", "this run was trained with twin.refine (the checkpoint "
                                 "holds its refined twin and measurements); resume it with the same twin.refine, or "
                                 f"{remedy}")])
+        if self.refiner is not None and "refine" not in state:  # nothing to refine from: a different run
+            raise ConfigError([(str(path), None, "twin.refine", "this run was trained without twin.refine; resume it "
+                                f"without it, or {remedy}")])
         try:
             self.net.load_state_dict(state["net"])
             self.opt.load_state_dict(state["opt"])
@@ -355,9 +359,6 @@ class Trainer:
         self.rows, self.wall_s = rows, wall_s
         self.samples = DeviceSamples(**state.get("device_samples", {}))
         if self.refiner is not None:
-            if "refine" not in state:
-                raise CorruptFileError(f"{path}: this run was trained without twin.refine; resume it without it, or "
-                                       f"{remedy}")
             self.refiner.load_state(state["refine"])
         self.resume_from(state, path)
         return True
@@ -372,9 +373,10 @@ class Trainer:
             setattr(self.retries, key, value)
         if self.at.batches_done and (state["batch_size"], state["n_train"]) != (self.s.batch_size,
                                                                                 len(self.data.y_train)):
-            raise CorruptFileError(f"{path}: stopped inside epoch {self.at.epoch + 1} with batch size "
-                                   f"{state['batch_size']} and {state['n_train']} training samples; resume with the "
-                                   f"same settings (now {self.s.batch_size} and {len(self.data.y_train)})")
+            raise ConfigError([(str(path), None, "training.batch_size",
+                                f"stopped inside epoch {self.at.epoch + 1} with batch size {state['batch_size']} and "
+                                f"{state['n_train']} training samples; resume with the same settings (now "
+                                f"{self.s.batch_size} and {len(self.data.y_train)})")])
         self.saved_position = self.position()
         epoch, batch = self.position()
         self.step = int(state.get("global_step", max(0, epoch - 1) * self.n_batches + batch))  # older: computed

@@ -199,6 +199,23 @@ def test_resuming_a_refined_run_without_refinement_is_refused(tmp_path: Path) ->
                                          "twin.refine")
     assert "\n" not in str(refused.value) and plain.rows == [] and plain.step == 0
 
+def test_resuming_a_plain_run_with_refinement_is_refused_like_the_reverse(tmp_path: Path) -> None:
+    """A checkpoint without a refined twin, resumed by a trainer with twin.refine: the same kind of refusal as the
+    reverse (ConfigError, exit 2), before the network is touched."""
+    from orchestrator.config import ConfigError
+
+    torch.manual_seed(0)
+    Trainer(PhysicalNetwork(8, 4, width=8, depth=2, seed=0), make_data(), device_fn, ToyTwin(),
+            TrainingConfig(epochs=1, batch_size=8, lr=0.05), seed=0, out_dir=tmp_path).fit()
+    refining = make_refining_trainer(tmp_path, ToyTwin(), epochs=2)
+    before = [p.clone() for p in refining.net.parameters()]
+    with pytest.raises(ConfigError) as refused:
+        refining.fit(resume=True)
+    assert str(refused.value).startswith(f"{tmp_path / 'checkpoint.pt'}: twin.refine: this run was trained without "
+                                         "twin.refine")
+    assert all(torch.equal(a, b) for a, b in zip(before, refining.net.parameters()))
+
+
 def test_refinement_improves_a_biased_physics_twin_on_the_bench(tmp_path: Path) -> None:
     """The electronic bench's nominal physics twin with its output gain and offset deliberately wrong (x0.6, +0.1):
     after a few PAT batches with refinement every 2 batches, its NMSE on the newest device measurements (before each

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from drivers.errors import InstrumentError
-from orchestrator.config import TrainingConfig
+from orchestrator.config import ConfigError, TrainingConfig
 from orchestrator.datasets import Dataset
 from orchestrator.network import PhysicalNetwork
 from orchestrator.retry import DeviceFailure, RetryCounts, retrying
@@ -215,7 +215,8 @@ def test_resume_inside_an_epoch_needs_the_same_batches(tmp_path: Path) -> None:
         make_trainer(tmp_path, stop=request, on_batch=stop_after(2, request)).fit()
     other = make_trainer(tmp_path)
     other.s = other.s.model_copy(update={"batch_size": 8})
-    with pytest.raises(CorruptFileError, match="stopped inside epoch 1 with batch size 16 and 60 training samples"):
+    with pytest.raises(ConfigError, match="training.batch_size: stopped inside epoch 1 with batch size 16 and 60 "
+                                          "training samples"):
         other.fit(resume=True)
 
 
