@@ -106,16 +106,27 @@ def open_setup(cfg: ExperimentConfig, n: int, *, bench: Any | None = None, calib
 
 def _make_safe(actions: list[tuple[str, Callable[[], object]]], links: list[Link]) -> list[str]:
     """Run the make-safe actions (outputs off, SLM blank), then close the links, with Ctrl-C and SIGTERM held: a
-    signal now would leave an output on. Returns the failures of the make-safe actions."""
+    signal now would leave an output on (off the main thread, an interrupt raised in the thread retries the action
+    it landed in). Returns the failures of the make-safe actions."""
     unsafe = []
     with _signals_held():
         for name, action in actions:  # also when the setup refused its settings after an instrument was reached
-            try:
-                if action() is False:  # the AWG's output_off reports (and has logged) a failure instead of raising
-                    unsafe.append(f"{name}: the output could not be switched off")
-            except Exception as err:  # noqa: BLE001 - one instrument failing must not stop the others going safe
-                log.error("making the instruments safe: %s", err)
-                unsafe.append(str(err))
+            for attempt in range(2):
+                try:
+                    if action() is False:  # the AWG's output_off reports (and has logged) a failure, not raising
+                        unsafe.append(f"{name}: the output could not be switched off")
+                except KeyboardInterrupt:
+                    # only off the main thread, where signals cannot be held: a sweep trial's close() interrupting
+                    # its calibration just as it ended. The stop is under way already; the interrupt comes once,
+                    # so the action is tried again
+                    log.warning("%s: interrupted while making it safe; trying again", name)
+                    if attempt == 0:
+                        continue
+                    unsafe.append(f"{name}: interrupted while making it safe")
+                except Exception as err:  # noqa: BLE001 - one instrument failing must not stop the others going safe
+                    log.error("making the instruments safe: %s", err)
+                    unsafe.append(str(err))
+                break
         for link in reversed(links):
             try:
                 link.close()

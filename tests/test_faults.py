@@ -156,6 +156,29 @@ def test_an_output_that_cannot_be_switched_off_is_reported(leaving: str | None) 
         assert len(info.value.unsafe) == 1 and info.value.unsafe[0].startswith("awg")
 
 
+def test_an_interrupt_landing_in_the_make_safe_actions_does_not_leave_the_output_on(monkeypatch) -> None:
+    """Off the main thread signals cannot be held: a sweep trial's close() raises KeyboardInterrupt in the trial's
+    thread, which can land just as its make-safe actions begin. The action it lands in is tried again (the interrupt
+    comes once): the AWG's output ends off, and nothing is reported unsafe."""
+    from drivers.awg import Keysight33500B
+
+    output_off, landed = Keysight33500B.output_off, []
+
+    def interrupted_once(self, *args, **kwargs):
+        if not landed:
+            landed.append(True)
+            raise KeyboardInterrupt
+        return output_off(self, *args, **kwargs)
+
+    cfg = load_experiment(EXPERIMENTS / "electronic_digits.yaml", overrides={"network.width": 12})
+    with start_bench("electronic", seed=5) as bench:
+        monkeypatch.setattr(Keysight33500B, "output_off", interrupted_once)
+        with open_setup(cfg, 12, bench=bench, calibrate=False) as setup:
+            setup.awg.output = True
+            assert bench.instruments["awg"].output_enabled[1] is True
+        assert landed and bench.instruments["awg"].output_enabled[1] is False
+
+
 @pytest.mark.parametrize("gone", ["slm", "camera"])
 def test_on_the_optical_bench_only_the_slm_can_leave_an_output_on(gone: str) -> None:
     """The SLM's pattern is the optical bench's output: if it cannot be blanked on the way out, NotMadeSafe names it.
