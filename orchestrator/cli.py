@@ -185,6 +185,8 @@ def stop_on_signals(after_stop: str = ""):
             _tell(f"{name}: finishing the current batch, then saving and stopping (Ctrl-C again aborts at once)")
         else:
             aborting = True
+            if request.signal is None:  # recorded too: should the interrupt be lost (raised inside a finalizer,
+                request.signal = signum  # which Python ignores), the trainer refuses to start (Trainer.fit)
             raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}

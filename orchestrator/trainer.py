@@ -558,6 +558,8 @@ class Trainer:
             (self.out_dir / CHECKPOINT).unlink()
         self.watch.start(self.step, resumed)
         if self.stop is not None:
+            if self.stop.signal is not None:  # asked to stop before training began: nothing to finish, abort
+                raise KeyboardInterrupt
             self.stop.training = True
         try:
             while self.at.epoch < self.s.epochs:

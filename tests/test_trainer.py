@@ -115,6 +115,21 @@ def stop_after(count: int, request: StopRequest):
     return callback
 
 
+def test_a_stop_asked_for_before_training_began_aborts_without_a_batch(tmp_path: Path) -> None:
+    """A Ctrl-C during calibration is recorded on the request as well as raised; should its KeyboardInterrupt be lost
+    (raised inside a finalizer, which Python ignores), the trainer aborts before its first batch."""
+    calls = []
+
+    def device(x, theta):
+        calls.append(1)
+        return device_fn(x, theta)
+
+    trainer = make_trainer(tmp_path, device=device, stop=StopRequest(signal=signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert calls == [] and trainer.rows == [] and not (tmp_path / CHECKPOINT).exists()
+
+
 @pytest.mark.parametrize("when, count, position, rows_saved", [
     ("batch", 2, (1, 2), 0), ("batch", 4, (1, 4), 0), ("epoch", 1, (1, 4), 1), ("batch", 7, (2, 3), 1)],
     ids=["inside epoch 1", "after its last batch", "after its evaluation", "inside epoch 2"])
