@@ -557,11 +557,11 @@ class Trainer:
             log.warning("removing the previous run's %s from %s", CHECKPOINT, self.out_dir)
             (self.out_dir / CHECKPOINT).unlink()
         self.watch.start(self.step, resumed)
-        if self.stop is not None:
-            if self.stop.signal is not None:  # asked to stop before training began: nothing to finish, abort
-                raise KeyboardInterrupt
-            self.stop.training = True
         try:
+            if self.stop is not None:
+                if self.stop.signal is not None:  # asked to stop before training began: nothing to finish, abort
+                    raise KeyboardInterrupt
+                self.stop.training = True
             while self.at.epoch < self.s.epochs:
                 self.train_epoch()
                 row = self.finish_epoch()
