@@ -106,33 +106,34 @@ def open_setup(cfg: ExperimentConfig, n: int, *, bench: Any | None = None, calib
 
 def _make_safe(actions: list[tuple[str, Callable[[], object]]], links: list[Link]) -> list[str]:
     """Run the make-safe actions (outputs off, SLM blank), then close the links, with Ctrl-C and SIGTERM held: a
-    signal now would leave an output on (off the main thread, an interrupt raised in the thread retries the action
-    it landed in). Returns the failures of the make-safe actions."""
-    unsafe = []
+    signal now would leave an output on. Returns the failures of the make-safe actions."""
     with _signals_held():
-        for name, action in actions:  # also when the setup refused its settings after an instrument was reached
-            for attempt in range(2):
-                try:
-                    if action() is False:  # the AWG's output_off reports (and has logged) a failure, not raising
-                        unsafe.append(f"{name}: the output could not be switched off")
-                except KeyboardInterrupt:
-                    # only off the main thread, where signals cannot be held: a sweep trial's close() interrupting
-                    # its calibration just as it ended. The stop is under way already; the interrupt comes once,
-                    # so the action is tried again
-                    log.warning("%s: interrupted while making it safe; trying again", name)
-                    if attempt == 0:
-                        continue
-                    unsafe.append(f"{name}: interrupted while making it safe")
-                except Exception as err:  # noqa: BLE001 - one instrument failing must not stop the others going safe
-                    log.error("making the instruments safe: %s", err)
-                    unsafe.append(str(err))
-                break
+        # also when the setup refused its settings after an instrument was reached
+        unsafe = [problem for name, action in actions if (problem := _make_one_safe(name, action))]
         for link in reversed(links):
             try:
                 link.close()
             except Exception as err:  # noqa: BLE001 - closing must not hide the original error
                 log.warning("closing %s: %s", link.name, err)
     return unsafe
+
+
+def _make_one_safe(name: str, action: Callable[[], object]) -> str | None:
+    """Run one make-safe action; what went wrong, or None. Off the main thread, where signals cannot be held, a
+    KeyboardInterrupt can land in it (a sweep trial's close() interrupting its calibration just as it ended): the
+    stop is under way already and the interrupt comes once, so the action is tried again."""
+    for attempt in (1, 2):
+        try:
+            # the AWG's output_off reports (and has logged) a failure by returning False instead of raising
+            return f"{name}: the output could not be switched off" if action() is False else None
+        except KeyboardInterrupt:
+            if attempt == 2:
+                return f"{name}: interrupted while making it safe"
+            log.warning("%s: interrupted while making it safe; trying again", name)
+        except Exception as err:  # noqa: BLE001 - one instrument failing must not stop the others going safe
+            log.error("making the instruments safe: %s", err)
+            return str(err)
+    return None
 
 
 def _set_up(setup: PhysicalSetup, calibrate: bool, max_retries: int) -> None:

@@ -238,5 +238,3 @@ def _raise_in_thread(thread: threading.Thread, exc: type[BaseException]) -> None
 
 def _scalars(row: dict) -> dict:
     return {k: v for k, v in row.items() if isinstance(v, (int, float, str, bool)) or v is None}
-
-
