@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
-# The runs of results_refine.md (issue 17): twin refinement on optical_vowels with the neural twin, and perturbative
-# (SPSA) training against PAT at the same device-sample budget on electronic_digits. Simulated benches.
+# The runs of results_refine.md (issue 17): twin refinement on optical_vowels with the neural twin and on
+# mechanical_digits with the physics twin, and perturbative (SPSA) training against PAT at the same device-sample
+# budget on electronic_digits. Simulated benches. Finished runs are skipped, so the script continues where it stopped.
 #   PNN_DATA_DIR=../shared/data experiments/refine_acceptance.sh optical [EPOCHS] [SEEDS...]
+#   PNN_DATA_DIR=../shared/data experiments/refine_acceptance.sh mechanical [EPOCHS] [SEEDS...]
 #   PNN_DATA_DIR=../shared/data experiments/refine_acceptance.sh electronic
 # Each run is a run folder under runs/refine17/; the twins are calibrated once into runs/refine17/artifacts/.
 set -euo pipefail
 OUT=runs/refine17
 mkdir -p "$OUT"  # the runs' logs go there before pnn creates their folders
 what=${1:-optical}
-if [ "$what" = optical ]; then
-  epochs=${2:-100}
+if [ "$what" = optical ] || [ "$what" = mechanical ]; then
+  experiment=${what}_vowels twin=neural default_epochs=100
+  if [ "$what" = mechanical ]; then experiment=mechanical_digits twin=physics default_epochs=20; fi
+  epochs=${2:-$default_epochs}
   shift $(( $# > 2 ? 2 : $# ))
   seeds=${*:-0 1 2}
-  art="artifacts_dir=$OUT/artifacts/optical_vowels"
+  art="artifacts_dir=$OUT/artifacts/$experiment"
   for seed in $seeds; do
     for mode in pat in_silico; do
       for refine in false true; do
         suffix=""
         if [ "$refine" = true ]; then suffix="+refine"; fi
-        name="optical_vowels-$mode$suffix-seed$seed"
+        name="$experiment-$mode$suffix-seed$seed"
         [ -f "$OUT/$name/summary.json" ] && grep -q '"status": "finished"' "$OUT/$name/summary.json" && continue
-        pnn run experiments/optical_vowels.yaml --simulate --mode "$mode" --twin neural --epochs "$epochs" \
+        pnn run "experiments/$experiment.yaml" --simulate --mode "$mode" --twin "$twin" --epochs "$epochs" \
           --set "$art" --set "seed=$seed" --set "twin.refine.enabled=$refine" --out "$OUT/$name" \
           > "$OUT/$name.log" 2>&1 || echo "$name failed"
       done
