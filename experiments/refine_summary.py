@@ -2,9 +2,9 @@
 
     python experiments/refine_summary.py [runs/refine17]
 
-Prints Markdown tables (optical_vowels per mode: each seed, mean ± sd; electronic_digits PAT vs perturbative) and
-writes experiments/results_refine_twin_error.png (the neural twin's NMSE on the newest device measurements, before
-each epoch's refinements, per PAT + refine and in silico + refine run).
+Prints Markdown tables (optical_vowels and mechanical_digits per mode: each seed, mean ± sd; electronic_digits PAT vs
+perturbative) and writes experiments/results_refine_twin_error.png (optical_vowels' neural twin's NMSE on the newest
+device measurements, before each epoch's refinements, per PAT + refine and in silico + refine run).
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ def metrics(folder: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def main(root: Path) -> None:
-    print("| optical_vowels, neural twin | seeds | device test accuracy per seed | mean ± sd | device samples "
+def refine_table(root: Path, experiment: str, twin: str, ax=None) -> None:
+    """One experiment's table: per mode, each seed's device test accuracy, mean ± sd, the device budget and, with
+    refinement, the twin's error on new device data (first epoch -> last); those curves go on ``ax``."""
+    print(f"| {experiment}, {twin} twin | seeds | device test accuracy per seed | mean ± sd | device samples "
           "(twin data + training + refinement) | twin NMSE on new device data: first epoch -> last |")
     print("| --- | --- | --- | --- | --- | --- |")
-    fig, (ax,) = _figure(1, 7, 4)
-    for mode in ("pat", "pat+refine", "in_silico", "in_silico+refine"):
-        runs = sorted(root.glob(f"optical_vowels-{mode}-seed*"))
+    for mode in ("pat", "pat+refine", "in_silico", "in_silico+refine", "perturbative"):
+        runs = sorted(root.glob(f"{experiment}-{mode}-seed*"))
         done = [(r, s) for r in runs if (s := summary(r))]
         if not done:
             continue
@@ -47,6 +48,8 @@ def main(root: Path) -> None:
             lasts = [s["refine"]["twin_nmse_recent_last"] for _, s in done]
             nmse = " / ".join(f"{a:.4f} -> {b:.4f}" for a, b in zip(firsts, lasts))
             for k, (r, _) in enumerate(done):
+                if ax is None:
+                    break
                 rows = [row for row in metrics(r) if row.get("twin_nmse_recent_before")]
                 ax.plot([int(row["epoch"]) for row in rows], [float(row["twin_nmse_recent_before"]) for row in rows],
                         "-" if mode.startswith("pat") else "--", color="C0" if mode.startswith("pat") else "C1",
@@ -54,6 +57,13 @@ def main(root: Path) -> None:
         budget = statistics.mean(s["device_samples_budget"] for _, s in done)
         print(f"| {mode} | {len(done)} | {', '.join(f'{a:.3f}' for a in acc)} | {statistics.mean(acc):.3f}{sd} | "
               f"{budget:.0f} | {nmse} |")
+    print()
+
+
+def main(root: Path) -> None:
+    fig, (ax,) = _figure(1, 7, 4)
+    refine_table(root, "optical_vowels", "neural", ax)
+    refine_table(root, "mechanical_digits", "physics")
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("twin NMSE on the newest device measurements\n(before refinement: not yet seen)")
@@ -62,7 +72,6 @@ def main(root: Path) -> None:
         ax.legend()
     fig.suptitle("optical_vowels, neural twin refined from training's device measurements")
     _save(fig, Path(__file__).with_name("results_refine_twin_error.png"))
-    print()
     print("| electronic_digits | epochs | device test accuracy | device samples (twin data + training) | "
           "training samples | wall time (s) |")
     print("| --- | --- | --- | --- | --- | --- |")
