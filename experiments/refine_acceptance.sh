@@ -5,9 +5,22 @@
 #   PNN_DATA_DIR=../shared/data experiments/refine_acceptance.sh optical [EPOCHS] [SEEDS...]
 #   PNN_DATA_DIR=../shared/data experiments/refine_acceptance.sh mechanical [EPOCHS] [SEEDS...]
 #   PNN_DATA_DIR=../shared/data experiments/refine_acceptance.sh electronic
+#   PNN_DATA_DIR=../shared/data experiments/refine_acceptance.sh optical-perturbative [SEEDS...]   (after "optical")
 # Each run is a run folder under runs/refine17/; the twins are calibrated once into runs/refine17/artifacts/.
 set -euo pipefail
 OUT=runs/refine17
+
+# the SPSA epochs that consume the device samples of a PAT run's twin data and training:
+# budget / (2 forwards per step x N training samples x depth)
+spsa_epochs() {
+  python - "$1/summary.json" <<'EOF'
+import json, sys
+s = json.load(open(sys.argv[1]))
+n = s["provenance"]["data"]["n_train"]
+print(round(s["device_samples_budget"] / (2 * n * s["depth"])))
+EOF
+}
+
 mkdir -p "$OUT"  # the runs' logs go there before pnn creates their folders
 what=${1:-optical}
 if [ "$what" = optical ] || [ "$what" = mechanical ]; then
@@ -30,18 +43,20 @@ if [ "$what" = optical ] || [ "$what" = mechanical ]; then
       done
     done
   done
+elif [ "$what" = optical-perturbative ]; then
+  shift
+  for seed in ${*:-0 1 2}; do  # SPSA at the budget of the same seed's PAT run with the neural twin
+    name="optical_vowels-perturbative-seed$seed"
+    [ -f "$OUT/$name/summary.json" ] && grep -q '"status": "finished"' "$OUT/$name/summary.json" && continue
+    epochs=$(spsa_epochs "$OUT/optical_vowels-pat-seed$seed")
+    pnn run experiments/optical_vowels.yaml --simulate --set training.mode=perturbative --set "seed=$seed" \
+      --epochs "$epochs" --out "$OUT/$name" > "$OUT/$name.log" 2>&1 || echo "$name failed"
+  done
 else
   art="artifacts_dir=$OUT/artifacts/electronic_digits"
   pnn run experiments/electronic_digits.yaml --simulate --out "$OUT/electronic_digits-pat" --set "$art" \
     > "$OUT/electronic_digits-pat.log" 2>&1
-  # the same device samples as PAT's twin data + training: (twin data + 15 epochs x N x 3 layers) / (2 x N x 3)
-  epochs=$(python - "$OUT/electronic_digits-pat/summary.json" <<'EOF'
-import json, sys
-s = json.load(open(sys.argv[1]))
-n = s["provenance"]["data"]["n_train"]
-print(round(s["device_samples_budget"] / (2 * n * s["depth"])))
-EOF
-)
+  epochs=$(spsa_epochs "$OUT/electronic_digits-pat")
   pnn run experiments/electronic_digits.yaml --simulate --out "$OUT/electronic_digits-perturbative" \
     --set training.mode=perturbative --set training.spsa.A=20 --epochs "$epochs" \
     > "$OUT/electronic_digits-perturbative.log" 2>&1
