@@ -288,7 +288,7 @@ EXPERIMENT_CASES = {
         "electronic_digits.yaml", "load_ohm: 50", "load_ohm: -50", "load_ohm:", "instruments.awg.load_ohm",
         "Input should be greater than or equal to 1 or 'INF'"),
     "infinite learning rate": (
-        "mechanical_mnist.yaml", "  lr: 0.05", "  lr: .inf", "  lr: .inf", "training.lr",
+        "mechanical_mnist.yaml", "  lr: 0.02", "  lr: .inf", "  lr: .inf", "training.lr",
         "Input should be a finite number"),
     "unknown trigger source": (
         "mechanical_digits.yaml", "trigger_source: EXT", "trigger_source: EXTRA", "trigger_source:",
