@@ -47,9 +47,7 @@ def refine_table(root: Path, experiment: str, twin: str, ax=None) -> None:
             firsts = [s["refine"]["twin_nmse_recent_first"] for _, s in done]
             lasts = [s["refine"]["twin_nmse_recent_last"] for _, s in done]
             nmse = " / ".join(f"{a:.4f} -> {b:.4f}" for a, b in zip(firsts, lasts))
-            for k, (r, _) in enumerate(done):
-                if ax is None:
-                    break
+            for k, (r, _) in enumerate(done if ax is not None else []):
                 rows = [row for row in metrics(r) if row.get("twin_nmse_recent_before")]
                 ax.plot([int(row["epoch"]) for row in rows], [float(row["twin_nmse_recent_before"]) for row in rows],
                         "-" if mode.startswith("pat") else "--", color="C0" if mode.startswith("pat") else "C1",

@@ -133,7 +133,7 @@ def _make_one_safe(name: str, action: Callable[[], object]) -> str | None:
         except Exception as err:  # noqa: BLE001 - one instrument failing must not stop the others going safe
             log.error("making the instruments safe: %s", err)
             return str(err)
-    return None
+    raise AssertionError("unreachable: the second attempt returns")
 
 
 def _set_up(setup: PhysicalSetup, calibrate: bool, max_retries: int) -> None:
