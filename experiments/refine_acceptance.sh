@@ -6,9 +6,12 @@
 #   PNN_DATA_DIR=../shared/data experiments/refine_acceptance.sh mechanical [EPOCHS] [SEEDS...]
 #   PNN_DATA_DIR=../shared/data experiments/refine_acceptance.sh electronic
 #   PNN_DATA_DIR=../shared/data experiments/refine_acceptance.sh optical-perturbative [SEEDS...]   (after "optical")
-# Each run is a run folder under runs/refine17/; the twins are calibrated once into runs/refine17/artifacts/.
+# Each run is a run folder under $OUT (default runs/refine17/); the twins are calibrated once into
+# runs/refine17/artifacts/, whatever $OUT, so that runs at other epochs (OUT=runs/refine17-100 ... optical 100) use
+# the same twins.
 set -euo pipefail
-OUT=runs/refine17
+OUT=${OUT:-runs/refine17}
+ARTIFACTS=runs/refine17/artifacts
 
 # the SPSA epochs that consume the device samples of a PAT run's twin data and training:
 # budget / (2 forwards per step x N training samples x depth)
@@ -29,7 +32,7 @@ if [ "$what" = optical ] || [ "$what" = mechanical ]; then
   epochs=${2:-$default_epochs}
   shift $(( $# > 2 ? 2 : $# ))
   seeds=${*:-0 1 2}
-  art="artifacts_dir=$OUT/artifacts/$experiment"
+  art="artifacts_dir=$ARTIFACTS/$experiment"
   for seed in $seeds; do
     for mode in pat in_silico; do
       for refine in false true; do
@@ -53,7 +56,7 @@ elif [ "$what" = optical-perturbative ]; then
       --epochs "$epochs" --out "$OUT/$name" > "$OUT/$name.log" 2>&1 || echo "$name failed"
   done
 else
-  art="artifacts_dir=$OUT/artifacts/electronic_digits"
+  art="artifacts_dir=$ARTIFACTS/electronic_digits"
   pnn run experiments/electronic_digits.yaml --simulate --out "$OUT/electronic_digits-pat" --set "$art" \
     > "$OUT/electronic_digits-pat.log" 2>&1
   epochs=$(spsa_epochs "$OUT/electronic_digits-pat")
