@@ -1,10 +1,10 @@
 """The tables and the twin-error figure of results_refine.md from the run folders of refine_acceptance.sh.
 
-    python experiments/refine_summary.py [runs/refine17]
+    python experiments/refine_summary.py [RUNS [PNG]]      # default: runs/refine17 experiments/results_refine_twin_error.png
 
 Prints Markdown tables (optical_vowels and mechanical_digits per mode: each seed, mean ± sd; electronic_digits PAT vs
-perturbative) and writes experiments/results_refine_twin_error.png (optical_vowels' neural twin's NMSE on the newest
-device measurements, before each epoch's refinements, per PAT + refine and in silico + refine run).
+perturbative) and writes PNG (optical_vowels' neural twin's NMSE on the newest device measurements, before each
+epoch's refinements, per PAT + refine and in silico + refine run).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def refine_table(root: Path, experiment: str, twin: str, ax=None) -> None:
     print()
 
 
-def main(root: Path) -> None:
+def main(root: Path, png: Path) -> None:
     fig, (ax,) = _figure(1, 7, 4)
     refine_table(root, "optical_vowels", "neural", ax)
     refine_table(root, "mechanical_digits", "physics")
@@ -69,7 +69,7 @@ def main(root: Path) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     fig.suptitle("optical_vowels, neural twin refined from training's device measurements")
-    _save(fig, Path(__file__).with_name("results_refine_twin_error.png"))
+    _save(fig, png)
     print("| electronic_digits | epochs | device test accuracy | device samples (twin data + training) | "
           "training samples | wall time (s) |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -82,4 +82,5 @@ def main(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/refine17"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/refine17"),
+         Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).with_name("results_refine_twin_error.png"))
