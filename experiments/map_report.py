@@ -365,9 +365,10 @@ class BenchMap:
 
 def bench_section(bench: BenchMap, png: Path, md_dir: Path) -> list[str]:
     trials = bench.trials
-    commits = list(dict.fromkeys(t.commit for t in sorted(trials, key=lambda t: t.started)))
-    code = (", ".join(commits) if len(commits) <= 3 else
-            f"{commits[0]} ... {commits[-1]} ({len(commits)} commits by run start: the tree changed during the sweep)")
+    # each run's own commit (a run continued with --resume names the commit it was continued at), with how many runs
+    # each; in the order of the runs' start times
+    runs_at = Counter(t.commit for t in sorted(trials, key=lambda t: t.started))
+    code = ", ".join(f"{commit} ({n} run{'' if n == 1 else 's'})" for commit, n in runs_at.items())
     wall = sum(t.wall_time_s for t in trials)
     rel = Path(png).resolve().relative_to(md_dir.resolve()) if md_dir.resolve() in png.resolve().parents else png
     epochs = ", ".join(map(str, sorted({t.epochs for t in trials})))
