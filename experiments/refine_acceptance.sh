@@ -24,6 +24,8 @@ print(round(s["device_samples_budget"] / (2 * n * s["depth"])))
 EOF
 }
 
+finished() { grep -qs '"status": "finished"' "$1/summary.json"; }  # a run folder whose run ended
+
 mkdir -p "$OUT"  # the runs' logs go there before pnn creates their folders
 what=${1:-optical}
 if [ "$what" = optical ] || [ "$what" = mechanical ]; then
@@ -39,7 +41,7 @@ if [ "$what" = optical ] || [ "$what" = mechanical ]; then
         suffix=""
         if [ "$refine" = true ]; then suffix="+refine"; fi
         name="$experiment-$mode$suffix-seed$seed"
-        [ -f "$OUT/$name/summary.json" ] && grep -q '"status": "finished"' "$OUT/$name/summary.json" && continue
+        finished "$OUT/$name" && continue
         pnn run "experiments/$experiment.yaml" --simulate --mode "$mode" --twin "$twin" --epochs "$epochs" \
           --set "$art" --set "seed=$seed" --set "twin.refine.enabled=$refine" --out "$OUT/$name" \
           > "$OUT/$name.log" 2>&1 || echo "$name failed"
@@ -50,7 +52,7 @@ elif [ "$what" = optical-perturbative ]; then
   shift
   for seed in ${*:-0 1 2}; do  # SPSA at the budget of the same seed's PAT run with the neural twin
     name="optical_vowels-perturbative-seed$seed"
-    [ -f "$OUT/$name/summary.json" ] && grep -q '"status": "finished"' "$OUT/$name/summary.json" && continue
+    finished "$OUT/$name" && continue
     epochs=$(spsa_epochs "$OUT/optical_vowels-pat-seed$seed")
     pnn run experiments/optical_vowels.yaml --simulate --set training.mode=perturbative --set "seed=$seed" \
       --epochs "$epochs" --out "$OUT/$name" > "$OUT/$name.log" 2>&1 || echo "$name failed"

@@ -47,11 +47,13 @@ def refine_table(root: Path, experiment: str, twin: str, ax=None) -> None:
             firsts = [s["refine"]["twin_nmse_recent_first"] for _, s in done]
             lasts = [s["refine"]["twin_nmse_recent_last"] for _, s in done]
             nmse = " / ".join(f"{a:.4f} -> {b:.4f}" for a, b in zip(firsts, lasts))
-            for k, (r, _) in enumerate(done if ax is not None else []):
-                rows = [row for row in metrics(r) if row.get("twin_nmse_recent_before")]
-                ax.plot([int(row["epoch"]) for row in rows], [float(row["twin_nmse_recent_before"]) for row in rows],
-                        "-" if mode.startswith("pat") else "--", color="C0" if mode.startswith("pat") else "C1",
-                        label=mode if k == 0 else None)
+            if ax is not None:
+                for k, (r, _) in enumerate(done):
+                    rows = [row for row in metrics(r) if row.get("twin_nmse_recent_before")]
+                    ax.plot([int(row["epoch"]) for row in rows],
+                            [float(row["twin_nmse_recent_before"]) for row in rows],
+                            "-" if mode.startswith("pat") else "--", color="C0" if mode.startswith("pat") else "C1",
+                            label=mode if k == 0 else None)
         budget = statistics.mean(s["device_samples_budget"] for _, s in done)
         print(f"| {mode} | {len(done)} | {', '.join(f'{a:.3f}' for a in acc)} | {statistics.mean(acc):.3f}{sd} | "
               f"{budget:.0f} | {nmse} |")

@@ -127,13 +127,11 @@ def _make_one_safe(name: str, action: Callable[[], object]) -> str | None:
             # the AWG's output_off reports (and has logged) a failure by returning False instead of raising
             return f"{name}: the output could not be switched off" if action() is False else None
         except KeyboardInterrupt:
-            if attempt == 2:
-                return f"{name}: interrupted while making it safe"
-            log.warning("%s: interrupted while making it safe; trying again", name)
+            log.warning("%s: interrupted while making it safe%s", name, "; trying again" if attempt == 1 else "")
         except Exception as err:  # noqa: BLE001 - one instrument failing must not stop the others going safe
             log.error("making the instruments safe: %s", err)
             return str(err)
-    raise AssertionError("unreachable: the second attempt returns")
+    return f"{name}: interrupted while making it safe"
 
 
 def _set_up(setup: PhysicalSetup, calibrate: bool, max_retries: int) -> None:
