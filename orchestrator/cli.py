@@ -452,9 +452,10 @@ def compare(runs: tuple[str, ...], out: str) -> None:
 @click.option("--rows", default=",".join(f"{m}:{t}" if m != "digital" else m for m, t in BENCH_ROWS), show_default=True,
               help="Which rows, as MODE:TWIN (and 'digital', 'perturbative'; MODE+refine:TWIN refines the twin from "
                    "the training's device measurements), comma-separated.")
+@click.option("--resume", is_flag=True, help="Keep the rows --out holds finished, continue those with a checkpoint.")
 @faults_opt
 def bench(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | None, out: str | None,
-          rows: str) -> None:
+          rows: str, resume: bool) -> None:
     """Compare PAT (each twin), in-silico training, the perfect twin and a digital baseline (and, with --rows,
     refined twins and perturbative training); bench.md, and bench_samples.png: accuracy against device samples."""
     from orchestrator.experiment import bench as run_bench
@@ -467,8 +468,8 @@ def bench(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str 
             choices = ", ".join(f"{m}:{t}" if m != "digital" else m for m, t in BENCH_ROW_CHOICES)
             raise click.BadParameter(f"unknown row(s) {bad}; choose from {choices}", param_hint="--rows")
         out_dir = Path(out or Path("runs") / f"{cfg.experiment}-bench")
-        with stop_on_signals(f"the finished rows are in {out_dir / 'bench.json'}") as stop:
-            run_bench(cfg, out_dir, simulate=simulate, data_dir=resolve_data_dir(data_dir), rows=wanted,
+        with stop_on_signals(f"the finished rows are in {out_dir / 'bench.json'}; continue with --resume") as stop:
+            run_bench(cfg, out_dir, simulate=simulate, data_dir=resolve_data_dir(data_dir), rows=wanted, resume=resume,
                       on_row=lambda m, t: console.print(f"bench row: {m} / {t}"), stop=stop)
         out_console.print((out_dir / "bench.md").read_text())
 

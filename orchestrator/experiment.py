@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import yaml
 from torch import nn
 
 from common.files import atomic_write_bytes
 from drivers.setups.base import PhysicalSetup
-from orchestrator.config import ExperimentConfig
+from orchestrator.config import ConfigError, ExperimentConfig
 from orchestrator.datasets import Dataset, load_dataset
 from orchestrator.lab import device_outputs, device_width
 from orchestrator.kits import setup_kit
@@ -25,7 +26,7 @@ from orchestrator.refine import ARTIFACT, Refiner, refine_metadata
 from orchestrator.provenance import data_checksum, environment, twin_record, utc_now, version_line
 from orchestrator.run_folder import RunFolder, RunWatch, ended_early, run_log
 from orchestrator.session import open_session
-from orchestrator.trainer import TRAIN_EVAL_SAMPLES, Evaluation, StopRequest, Trainer, time_split
+from orchestrator.trainer import CHECKPOINT, TRAIN_EVAL_SAMPLES, Evaluation, StopRequest, Trainer, time_split
 
 log = logging.getLogger(__name__)
 
@@ -258,9 +259,13 @@ def train_digital(cfg: ExperimentConfig, data: Dataset, n_params: int) -> dict:
 
 
 def bench(cfg: ExperimentConfig, out: Path, *, simulate: bool, data_dir: str | None, rows=BENCH_ROWS,
-          on_row: Callable[[str, str], None] | None = None, stop: StopRequest | None = None,
+          resume: bool = False, on_row: Callable[[str, str], None] | None = None, stop: StopRequest | None = None,
           **callbacks) -> list[dict]:
-    """``pnn bench``: the comparison table, each row a full run in ``out/<mode>_<twin>/``, on one bench."""
+    """``pnn bench``: the comparison table, each row a full run in ``out/<mode>_<twin>/``, on one bench.
+
+    ``resume``: a row whose folder holds a finished run of the same settings is kept as it is (no twin is fitted for
+    it), one with a checkpoint continues from it, the others start afresh; a row folder that holds a run of other
+    settings is a ``ConfigError``. (A row's folder may also come from ``pnn run --out OUT/<mode>_<twin>``.)"""
     data = load_task(cfg, data_dir)
     n = device_width(cfg, data.x_train.shape[1])
     results: list[dict] = []
@@ -281,9 +286,17 @@ def bench(cfg: ExperimentConfig, out: Path, *, simulate: bool, data_dir: str | N
                         "kind": kind if kind != "-" else cfg.twin.kind,
                         "refine": cfg.twin.refine.model_copy(update={"enabled": refine})})})
                 row_out = out / f"{mode.replace('+', '_')}_{kind}".removesuffix("_-")
+                kept = finished_row(row_out, row_cfg) if resume else None
+                if kept is not None:
+                    log.info("%s: finished in an earlier session (device test accuracy %.4f), kept", row_out,
+                             kept["test_accuracy"])
+                    results.append({**kept, "mode": mode, "run_folder": str(row_out)})
+                    atomic_write_bytes(out / "bench.json", json.dumps(results, indent=2).encode())
+                    continue
                 before = setup.counters.samples
                 twin = session.twin(kind, cfg=row_cfg) if base_mode != "perturbative" else None
-                results.append(train_on_setup(row_cfg, data, setup, twin, row_out, resume=False, bench=sim,
+                results.append(train_on_setup(row_cfg, data, setup, twin, row_out, bench=sim,
+                                              resume=resume and (row_out / CHECKPOINT).exists(),
                                               stop=stop, twin_data_samples=setup.counters.samples - before,
                                               twin_info=twin_record(kind, session.artifacts, row_out)
                                               if twin is not None else no_twin_record(), **callbacks))
@@ -293,6 +306,40 @@ def bench(cfg: ExperimentConfig, out: Path, *, simulate: bool, data_dir: str | N
     atomic_write_bytes(out / "bench.md", bench_table(cfg, results).encode())
     plot_bench_samples(cfg, results, out / "bench_samples.png")
     return results
+
+
+def finished_row(folder: Path, cfg: ExperimentConfig) -> dict | None:
+    """The summary of the finished run of ``cfg`` in ``folder`` (all its epochs trained), or None when there is none
+    or it is unfinished. Raises ``ConfigError`` when the folder holds a run of other settings (other than
+    ``training.epochs``: a run of fewer epochs is continued, as ``pnn run --resume --epochs`` does)."""
+    previous = RunFolder(folder).previous_summary()
+    if not previous:
+        return None
+    config = folder / "config.yaml"
+    try:
+        theirs = yaml.safe_load(config.read_text()) if config.is_file() else None
+    except (OSError, yaml.YAMLError):
+        theirs = None
+    ours = cfg.model_dump(mode="json")
+    differ = (sorted(set(settings_differences(theirs, ours)) - {"training.epochs"}) if isinstance(theirs, dict)
+              else ["(config.yaml unreadable)"])
+    if differ:
+        raise ConfigError([(str(config), None, ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else ""),
+                            "this bench row's folder holds a run of other settings; use another --out, or bench "
+                            "without --resume to train the row afresh there")])
+    epochs = previous.get("epochs")
+    if previous.get("status") == "finished" and isinstance(epochs, int) and epochs >= cfg.training.epochs \
+            and isinstance(previous.get("test_accuracy"), float):
+        return previous
+    return None
+
+
+def settings_differences(a, b, prefix: str = "") -> list[str]:
+    """The dotted paths at which two nested settings dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [path for key in sorted(set(a) | set(b), key=str)
+                for path in settings_differences(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.removesuffix(".")]
 
 
 def plot_bench_samples(cfg: ExperimentConfig, results: list[dict], path: Path) -> Path | None:
