@@ -1,7 +1,7 @@
 """The ``pnn`` command: check, calibrate, run, bench, compare, sweep, sim serve, resources.
 
 Exit codes: 0 success, 1 unexpected error, 2 bad experiment file, arguments or data set (or settings a resumed run's
-checkpoint was not trained with), 3 instrument error, 4 unreadable twin, twin data or checkpoint file, 130
+checkpoint was not trained with, or a run folder another process is training into), 3 instrument error, 4 unreadable twin, twin data or checkpoint file, 130
 interrupted.
 
 Ctrl-C and SIGTERM (``stop_on_signals``): the first one during training finishes the current batch, saves the
@@ -38,7 +38,7 @@ try:  # a Ctrl-C while the libraries load (torch takes seconds): nothing has bee
     from orchestrator.datasets import DatasetError
     from orchestrator.experiment import BENCH_ROW_CHOICES, BENCH_ROWS
     from orchestrator.kits import KitError
-    from orchestrator.run_folder import RunFolder
+    from orchestrator.run_folder import RunFolder, RunFolderInUse, check_not_in_use
     from orchestrator.trainer import CHECKPOINT, StopRequest, TrainingStopped
     from common.files import CorruptFileError
 except KeyboardInterrupt:
@@ -103,6 +103,9 @@ def _errors_to_exit_codes():
     except CorruptFileError as err:
         console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(4)
+    except RunFolderInUse as err:  # its files are the other process's: nothing there was touched
+        console.print(f"[red]error:[/red] {escape(str(err))}; {_outputs(err)}.", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except InstrumentError as err:
         console.print(f"[red]instrument error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         console.print(f"{_outputs(err)}{_saved_for_resume()}.", soft_wrap=True)
@@ -387,6 +390,7 @@ def run(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | 
         out_dir = Path(out or Path("runs") / cfg.experiment)
         if cfg.training.mode != "perturbative":  # perturbative training uses no twin, whatever twin.kind says
             require_bench_for(cfg.twin.kind, simulated=simulate)
+        check_not_in_use(out_dir)
         if resume:
             _resume_or_exit(out_dir, cfg.training.epochs)
         elif (out_dir / "summary.json").exists():

@@ -24,7 +24,7 @@ from orchestrator.kits import setup_kit
 from orchestrator.network import PhysicalNetwork, digital_baseline
 from orchestrator.refine import ARTIFACT, Refiner, refine_metadata
 from orchestrator.provenance import data_checksum, environment, twin_record, utc_now, version_line
-from orchestrator.run_folder import RunFolder, RunWatch, ended_early, run_log
+from orchestrator.run_folder import RunFolder, RunWatch, ended_early, using_run_folder
 from orchestrator.session import open_session
 from orchestrator.trainer import CHECKPOINT, TRAIN_EVAL_SAMPLES, Evaluation, StopRequest, Trainer, time_split
 
@@ -54,7 +54,7 @@ def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, t
     ``twin`` is None for perturbative training. ``twin_info`` describes the twin for the provenance
     (``provenance.twin_record``); ``tensorboard`` writes event files; ``twin_data_samples``: the device samples
     measured for the twin's data in this session (0 when an existing twin was loaded)."""
-    with run_log(out, append=resume):
+    with using_run_folder(out, append=resume):
         return _train_on_setup(cfg, data, setup, twin, Path(out), resume=resume, bench=bench, on_batch=on_batch,
                                on_epoch=on_epoch, stop=stop, twin_info=twin_info, tensorboard=tensorboard,
                                twin_data_samples=twin_data_samples)
@@ -218,7 +218,7 @@ def run(cfg: ExperimentConfig, out: Path, *, simulate: bool, resume: bool, data_
     """``pnn run``: everything for one training run; the run folder's run.log holds the calibration's log too."""
     data = load_task(cfg, data_dir)
     n = device_width(cfg, data.x_train.shape[1])
-    with run_log(out, append=resume), open_session(cfg, n, simulate=simulate) as session:
+    with using_run_folder(out, append=resume), open_session(cfg, n, simulate=simulate) as session:
         before = session.setup.counters.samples
         twin = None if cfg.training.mode == "perturbative" else session.twin(progress=on_calibration)
         return train_on_setup(cfg, data, session.setup, twin, out, resume=resume, bench=session.bench,

@@ -6,6 +6,7 @@
     learning_curves.png    loss and accuracies per epoch      confusion_matrix.png   the device's test predictions
     physical_outputs.png   the device outputs of each layer   twin_vs_device.png     the twin's calibration plot
     events.out.tfevents.*  TensorBoard (orchestrator.tensorboard)
+    .pnn.lock              held while a process trains into the folder (``using_run_folder``): one at a time
 
 summary.json always tells what state the folder is in: ``"status": "running"`` from the start, then ``"finished"``,
 or, when the run ended early, ``"stopped"`` (first Ctrl-C or SIGTERM), ``"failed"`` (the device kept failing, or
@@ -26,6 +27,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
+
+from filelock import FileLock, Timeout
 
 from common.files import atomic_write_bytes, read_json_object
 from orchestrator import plots
@@ -162,24 +165,60 @@ class RunWatch(TrainingWatch):
             self.board.close()
 
 
+class RunFolderInUse(RuntimeError):
+    """Another process (a ``pnn run``, a bench row, a sweep trial) is training into this run folder."""
+
+
+LOCK = ".pnn.lock"
+_held: set[Path] = set()  # the run folders this process holds
+
+
 @contextmanager
-def run_log(folder: Path, append: bool) -> Iterator[Path]:
-    """Copy every log record the console gets into ``folder/run.log`` (appended when ``append``, e.g. on resume)
-    while the block runs. Nested blocks for the same folder write it once."""
+def using_run_folder(folder: Path, append: bool) -> Iterator[Path]:
+    """Hold ``folder`` for this process while the block runs, and copy every log record the console gets into
+    ``folder/run.log`` (appended when ``append``, e.g. on resume). Nested blocks for the same folder hold it once.
+
+    The hold is an OS file lock on ``folder/.pnn.lock`` (``filelock``): a second process that wants the folder gets
+    ``RunFolderInUse`` before it touches a file there; a process that dies releases it."""
     path = Path(folder) / RUN_LOG
-    root = logging.getLogger()
-    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in root.handlers):
+    key = Path(folder).resolve()
+    if key in _held:
         yield path
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="a" if append else "w", encoding="utf-8")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root.addHandler(handler)
+    lock = _lock(folder)
+    _held.add(key)
     try:
-        yield path
+        handler = logging.FileHandler(path, mode="a" if append else "w", encoding="utf-8")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            yield path
+        finally:
+            root.removeHandler(handler)
+            handler.close()
     finally:
-        root.removeHandler(handler)
-        handler.close()
+        _held.discard(key)
+        lock.release()
+
+
+def check_not_in_use(folder: Path) -> None:
+    """Raise ``RunFolderInUse`` when another process holds ``folder`` now (for a command to call before it says what
+    it will do to the folder's files)."""
+    if Path(folder).resolve() not in _held and (Path(folder) / LOCK).exists():
+        _lock(folder).release()
+
+
+def _lock(folder: Path) -> FileLock:
+    """The folder's lock, acquired; ``RunFolderInUse`` when another process holds it."""
+    lock = FileLock(Path(folder) / LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunFolderInUse(f"{folder} is in use by another process (a pnn run, bench row or sweep trial training "
+                             f"into it); wait for it to end, or choose another --out") from None
+    return lock
 
 
 def ended_early(err: BaseException) -> str:

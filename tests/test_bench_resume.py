@@ -1,12 +1,15 @@
 """``pnn bench --resume``: rows finished in an earlier session (by the bench or by ``pnn run`` into the row's folder)
-are kept as they are, rows with a checkpoint continue from it, and a row folder of other settings is refused."""
+are kept as they are, rows with a checkpoint continue from it, and a row folder of other settings is refused; a run
+folder another process is training into is refused by every command."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.test_cli import EXPERIMENT, RUN, pnn, read_metrics
+from tests.test_cli import EXPERIMENT, RUN, plain, pnn, read_metrics
 
 
 def test_bench_resume_keeps_finished_rows_continues_checkpoints_and_refuses_other_settings(tmp_path: Path,
@@ -40,3 +43,33 @@ def test_bench_resume_keeps_finished_rows_continues_checkpoints_and_refuses_othe
     assert result.exit_code == 2, result.output
     assert "training.lr" in result.stderr and "config.yaml" in result.stderr, result.stderr
     assert (out / "pat_perfect" / "metrics.csv").read_bytes() == finished_metrics
+
+
+def test_a_run_folder_another_process_trains_into_is_refused_and_left_alone(tmp_path: Path, monkeypatch) -> None:
+    """Another process holds the run folder (as a pnn run training into it would): pnn run and pnn bench --resume
+    into it exit 2 with one message, and its files are left as they were; once that process is gone, it is free."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench"
+    row = out / "pat_perfect"
+    assert pnn("run", EXPERIMENT, *RUN, "--twin", "perfect", "--epochs", 1, "--out", row).exit_code == 0
+    before = {p.name: p.read_bytes() for p in row.iterdir() if p.is_file()}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom orchestrator.run_folder import using_run_folder\n"
+         "with using_run_folder(sys.argv[1], append=True):\n    print('held', flush=True)\n    time.sleep(120)\n",
+         str(row)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for args in (("run", EXPERIMENT, *RUN, "--twin", "perfect", "--epochs", 1, "--out", row),
+                     ("run", EXPERIMENT, *RUN, "--twin", "perfect", "--epochs", 2, "--out", row, "--resume"),
+                     ("bench", EXPERIMENT, *RUN, "--set", "training.epochs=2", "--out", out, "--resume",
+                      "--rows", "pat:perfect")):
+            result = pnn(*args)
+            assert result.exit_code == 2, result.output
+            assert f"{row} is in use by another process" in plain(result.stderr).replace("\n", ""), result.stderr
+        assert {p.name: p.read_bytes() for p in row.iterdir() if p.is_file()} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    result = pnn("run", EXPERIMENT, *RUN, "--twin", "perfect", "--epochs", 2, "--out", row, "--resume")
+    assert result.exit_code == 0, result.output
+    assert [int(r["epoch"]) for r in read_metrics(row / "metrics.csv")] == [1, 2]

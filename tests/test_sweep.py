@@ -43,6 +43,15 @@ def line_of(path: Path, needle: str) -> int:
 
 # -- the sweep file ----------------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "experiments" / "sweeps").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_sweep_file_is_valid(path: Path) -> None:
+    """The sweeps the results files were made with still load: every dotted path and value is one the experiment
+    file takes."""
+    sweep = load_sweep(path)
+    assert sweep.name == path.stem and sweep.experiment_path.is_file()
+
+
 def test_an_unknown_dotted_path_is_reported_at_its_line(tmp_path: Path) -> None:
     path = write_sweep(tmp_path, {"set": {"training.epochs": 1}, "space": {"training.lrr": {"grid": [0.1]},
                                                                           "network.width": {"grid": [64]}}})
