@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import ctypes
-import fcntl
 import hashlib
 import json
 import logging
@@ -27,6 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from filelock import FileLock
+
 from common.files import atomic_write_bytes, read_json_object
 from orchestrator.sweep_file import expand_settings, kit_experiment_model
 from orchestrator.trainer import CHECKPOINT, StopRequest, TrainingStopped
@@ -36,7 +37,9 @@ log = logging.getLogger(__name__)
 
 TRIAL_FILE = "trial.json"
 TWIN_PATHS = ("setup", "instruments", "encoding", "twin", "simulate", "network.width", "task.downsample")
-"""Settings a twin is calibrated for: trials that vary them keep their twins apart (their own ``artifacts_dir``)."""
+"""Settings a twin is calibrated for: trials that vary them keep their twins apart (their own ``artifacts_dir``)..."""
+NOT_TWIN_PATHS = ("twin.refine",)
+"""... except these: how training refines a copy of the twin changes nothing in the twin it starts from."""
 STOP_FILE = ".stop"
 """In the sweep folder while the sweep is being stopped (Ctrl-C): every trial stops after its current batch."""
 
@@ -65,7 +68,8 @@ def trial_config(spec: dict, settings: dict[str, Any]):
 
 def artifacts_key(settings: dict[str, Any]) -> str | None:
     """A short hash of the settings a twin is calibrated for, or None when the trial varies none of them."""
-    relevant = {k: v for k, v in sorted(settings.items()) if k.startswith(TWIN_PATHS)}
+    relevant = {k: v for k, v in sorted(settings.items())
+                if k.startswith(TWIN_PATHS) and not k.startswith(NOT_TWIN_PATHS)}
     if not relevant:
         return None
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -82,12 +86,8 @@ def twin_lock(artifacts: Path) -> Iterator[None]:
     same twin calibrate it once, one after the other, instead of all at once (on one machine; nodes of a cluster
     each keep their own artifacts)."""
     artifacts.parent.mkdir(parents=True, exist_ok=True)
-    with open(artifacts.with_name(artifacts.name + ".lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(artifacts.with_name(artifacts.name + ".lock")):
+        yield
 
 
 class TrialRun:

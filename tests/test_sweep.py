@@ -12,6 +12,8 @@ import csv
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -129,6 +131,31 @@ def test_a_linked_dimension_sets_several_fields_per_value(tmp_path: Path) -> Non
     assert (trial.training.mode, trial.network.depth, trial.artifacts_dir) == ("perturbative", 2, "art")
     assert trial_config(spec, {"mode": "pat", "point": "small-twin"}).artifacts_dir == \
         f"art-{artifacts_key({'twin.samples': 300})}"  # a twin of its own, as for a dotted path in the space
+    # refining the twin in training changes nothing in the twin it starts from: the same artifacts
+    assert trial_config(spec, {"mode": "pat+refine", "point": "small-twin"}).artifacts_dir == \
+        f"art-{artifacts_key({'twin.samples': 300})}"
+    assert trial_config(spec, {"mode": "pat+refine", "point": "deep"}).artifacts_dir == "art"
+
+
+def test_trials_that_need_one_twin_calibrate_it_one_after_the_other(tmp_path: Path) -> None:
+    """The twin lock, held by another process (a trial calibrating the twin), makes this one wait until it is let go."""
+    from orchestrator.sweep_trial import twin_lock
+
+    artifacts = tmp_path / "artifacts" / "electronic_digits-sim"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+         "from orchestrator.sweep_trial import twin_lock\n"
+         "with twin_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(1.5)\n", str(artifacts)],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with twin_lock(artifacts):
+            waited = time.monotonic() - t0
+        assert waited > 0.5, waited  # entered only once the other let go (it holds the lock 1.5 s after "held")
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.parametrize("space, line_text, expected", [
