@@ -1,8 +1,8 @@
 """The ``pnn`` command: check, calibrate, run, bench, compare, sweep, sim serve, resources.
 
 Exit codes: 0 success, 1 unexpected error, 2 bad experiment file, arguments or data set (or settings a resumed run's
-checkpoint was not trained with, or a run folder another process is training into), 3 instrument error, 4 unreadable twin, twin data or checkpoint file, 130
-interrupted.
+checkpoint was not trained with, or a run folder another process is training into), 3 instrument error, 4 unreadable
+twin, twin data or checkpoint file, 130 interrupted.
 
 Ctrl-C and SIGTERM (``stop_on_signals``): the first one during training finishes the current batch, saves the
 checkpoint, switches the outputs off and exits with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM), saying
