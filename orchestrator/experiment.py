@@ -324,9 +324,10 @@ def finished_row(folder: Path, cfg: ExperimentConfig) -> dict | None:
     differ = (sorted(set(settings_differences(theirs, ours)) - {"training.epochs"}) if isinstance(theirs, dict)
               else ["(config.yaml unreadable)"])
     if differ:
-        raise ConfigError([(str(config), None, ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else ""),
-                            "this bench row's folder holds a run of other settings; use another --out, or bench "
-                            "without --resume to train the row afresh there")])
+        fields = ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
+        raise ConfigError([(str(config), None, fields, "this bench row's folder holds a run of other settings; use "
+                                                        "another --out, or bench without --resume to train the row "
+                                                        "afresh there")])
     epochs = previous.get("epochs")
     if previous.get("status") == "finished" and isinstance(epochs, int) and epochs >= cfg.training.epochs \
             and isinstance(previous.get("test_accuracy"), float):

@@ -53,10 +53,10 @@ def test_a_run_folder_another_process_trains_into_is_refused_and_left_alone(tmp_
     row = out / "pat_perfect"
     assert pnn("run", EXPERIMENT, *RUN, "--twin", "perfect", "--epochs", 1, "--out", row).exit_code == 0
     before = {p.name: p.read_bytes() for p in row.iterdir() if p.is_file()}
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom orchestrator.run_folder import using_run_folder\n"
-         "with using_run_folder(sys.argv[1], append=True):\n    print('held', flush=True)\n    time.sleep(120)\n",
-         str(row)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    script = ("import sys, time\nfrom orchestrator.run_folder import using_run_folder\n"
+              "with using_run_folder(sys.argv[1], append=True):\n    print('held', flush=True)\n    time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(row)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
     try:
         assert holder.stdout.readline().strip() == "held"
         for args in (("run", EXPERIMENT, *RUN, "--twin", "perfect", "--epochs", 1, "--out", row),

@@ -142,11 +142,10 @@ def test_trials_that_need_one_twin_calibrate_it_one_after_the_other(tmp_path: Pa
     from orchestrator.sweep_trial import twin_lock
 
     artifacts = tmp_path / "artifacts" / "electronic_digits-sim"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-         "from orchestrator.sweep_trial import twin_lock\n"
-         "with twin_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(1.5)\n", str(artifacts)],
-        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    script = ("import sys, time\nfrom pathlib import Path\nfrom orchestrator.sweep_trial import twin_lock\n"
+              "with twin_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(1.5)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(artifacts)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
     try:
         assert holder.stdout.readline().strip() == "held"
         t0 = time.monotonic()
