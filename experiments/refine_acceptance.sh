@@ -6,6 +6,9 @@
 #   PNN_DATA_DIR=../shared/data experiments/refine_acceptance.sh mechanical [EPOCHS] [SEEDS...]
 #   PNN_DATA_DIR=../shared/data experiments/refine_acceptance.sh electronic
 #   PNN_DATA_DIR=../shared/data experiments/refine_acceptance.sh optical-perturbative [SEEDS...]   (after "optical")
+#   PNN_DATA_DIR=../shared/data experiments/refine_acceptance.sh optical-reference [EPOCHS] [SEEDS...]
+#     (PAT with the physics twin and with the perfect twin, the simulator's noiseless physics: what the refined
+#     neural twin is measured against)
 # Each run is a run folder under $OUT (default runs/refine17/); the twins are calibrated once into
 # runs/refine17/artifacts/, whatever $OUT, so that runs at other epochs (OUT=runs/refine17-100 ... optical 100) use
 # the same twins.
@@ -56,6 +59,18 @@ elif [ "$what" = optical-perturbative ]; then
     epochs=$(spsa_epochs "$OUT/optical_vowels-pat-seed$seed")
     pnn run experiments/optical_vowels.yaml --simulate --set training.mode=perturbative --set "seed=$seed" \
       --epochs "$epochs" --out "$OUT/$name" > "$OUT/$name.log" 2>&1 || echo "$name failed"
+  done
+elif [ "$what" = optical-reference ]; then
+  epochs=${2:-100}
+  shift $(( $# > 2 ? 2 : $# ))
+  for seed in ${*:-0 1 2}; do
+    for twin in physics perfect; do
+      name="optical_vowels-pat-$twin-seed$seed"
+      finished "$OUT/$name" && continue
+      pnn run experiments/optical_vowels.yaml --simulate --twin "$twin" --epochs "$epochs" --set "seed=$seed" \
+        --set "artifacts_dir=$ARTIFACTS/optical_vowels" --out "$OUT/$name" > "$OUT/$name.log" 2>&1 \
+        || echo "$name failed"
+    done
   done
 else
   art="artifacts_dir=$ARTIFACTS/electronic_digits"
