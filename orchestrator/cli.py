@@ -154,9 +154,9 @@ def _resume_or_exit(out_dir: Path, epochs: int) -> None:
         console.print(f"[red]error:[/red] --resume: {escape(str(out_dir))} holds no checkpoint ({CHECKPOINT}) to "
                       f"continue; run without --resume to start a new run there", highlight=False, soft_wrap=True)
         sys.exit(2)
-    summary = RunFolder(out_dir).previous_summary()
-    done = summary.get("epochs")
-    if summary.get("status") == "finished" and isinstance(done, int) and done >= epochs:
+    summary = RunFolder(out_dir).finished_summary(epochs)
+    if summary is not None:
+        done = summary["epochs"]
         accuracy = summary.get("test_accuracy")
         result = f", device test accuracy {accuracy:.3f}" if isinstance(accuracy, float) else ""
         console.print(f"{escape(str(out_dir))} holds a finished run ({done} of {epochs} epochs{result}): nothing to "

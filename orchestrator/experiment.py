@@ -328,11 +328,7 @@ def finished_row(folder: Path, cfg: ExperimentConfig) -> dict | None:
         raise ConfigError([(str(config), None, fields, "this bench row's folder holds a run of other settings; use "
                                                         "another --out, or bench without --resume to train the row "
                                                         "afresh there")])
-    epochs = previous.get("epochs")
-    if previous.get("status") == "finished" and isinstance(epochs, int) and epochs >= cfg.training.epochs \
-            and isinstance(previous.get("test_accuracy"), float):
-        return previous
-    return None
+    return RunFolder(folder).finished_summary(cfg.training.epochs)
 
 
 def settings_differences(a, b, prefix: str = "") -> list[str]:

@@ -66,6 +66,12 @@ class RunFolder:
         """The summary.json there now ({} if none or unreadable)."""
         return read_json_object(self.path / "summary.json")
 
+    def finished_summary(self, epochs: int) -> dict | None:
+        """The summary of the run there if it finished with at least ``epochs`` epochs trained, else None."""
+        summary = self.previous_summary()
+        done = summary.get("epochs")
+        return summary if summary.get("status") == "finished" and isinstance(done, int) and done >= epochs else None
+
     def write_summary(self, summary: dict) -> None:
         atomic_write_bytes(self.path / "summary.json", json.dumps(summary, indent=2).encode())
 

@@ -29,6 +29,7 @@ from typing import Any, Iterator
 from filelock import FileLock
 
 from common.files import atomic_write_bytes, read_json_object
+from orchestrator.run_folder import RunFolder
 from orchestrator.sweep_file import expand_settings, kit_experiment_model
 from orchestrator.trainer import CHECKPOINT, StopRequest, TrainingStopped
 from orchestrator.yamlconfig import set_by_path
@@ -130,13 +131,12 @@ class TrialRun:
         session = {"started": time.time()}
         self.record["sessions"].append(session)
         self._write(status="running")
-        summary_file = self.out / "summary.json"
         resume = (self.out / CHECKPOINT).exists()
         try:
             cfg = trial_config(self.spec, self.settings)
             self.epochs = cfg.training.epochs
-            previous = read_json_object(summary_file) if resume else {}
-            if previous.get("status") == "finished" and previous.get("epochs", 0) >= cfg.training.epochs:
+            previous = RunFolder(self.out).finished_summary(cfg.training.epochs) if resume else None
+            if previous is not None:
                 log.info("trial %s finished in an earlier session", self.trial_id)
                 summary = previous
             else:
