@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from tests.test_cli import EXPERIMENT, RUN, plain, pnn, read_metrics
 
@@ -45,6 +47,22 @@ def test_bench_resume_keeps_finished_rows_continues_checkpoints_and_refuses_othe
     assert (out / "pat_perfect" / "metrics.csv").read_bytes() == finished_metrics
 
 
+@contextmanager
+def held_by_another_process(imports: str, statement: str, path: Path, seconds: float = 120) -> Iterator[None]:
+    """``with <statement>:`` in a second Python process (``path`` is its ``path``) for ``seconds``; the block runs once
+    that process holds it, and the process is killed after the block if it is still there."""
+    script = (f"import sys, time\nfrom pathlib import Path\n{imports}\npath = Path(sys.argv[1])\n"
+              f"with {statement}:\n    print('held', flush=True)\n    time.sleep({seconds})\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_run_folder_another_process_trains_into_is_refused_and_left_alone(tmp_path: Path, monkeypatch) -> None:
     """Another process holds the run folder (as a pnn run training into it would): pnn run and pnn bench --resume
     into it exit 2 with one message, and its files are left as they were; once that process is gone, it is free."""
@@ -53,12 +71,8 @@ def test_a_run_folder_another_process_trains_into_is_refused_and_left_alone(tmp_
     row = out / "pat_perfect"
     assert pnn("run", EXPERIMENT, *RUN, "--twin", "perfect", "--epochs", 1, "--out", row).exit_code == 0
     before = {p.name: p.read_bytes() for p in row.iterdir() if p.is_file()}
-    script = ("import sys, time\nfrom orchestrator.run_folder import using_run_folder\n"
-              "with using_run_folder(sys.argv[1], append=True):\n    print('held', flush=True)\n    time.sleep(120)\n")
-    holder = subprocess.Popen([sys.executable, "-c", script, str(row)], stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).resolve().parents[1])
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with held_by_another_process("from orchestrator.run_folder import using_run_folder",
+                                 "using_run_folder(path, append=True)", row):
         for args in (("run", EXPERIMENT, *RUN, "--twin", "perfect", "--epochs", 1, "--out", row),
                      ("run", EXPERIMENT, *RUN, "--twin", "perfect", "--epochs", 2, "--out", row, "--resume"),
                      ("bench", EXPERIMENT, *RUN, "--set", "training.epochs=2", "--out", out, "--resume",
@@ -67,9 +81,6 @@ def test_a_run_folder_another_process_trains_into_is_refused_and_left_alone(tmp_
             assert result.exit_code == 2, result.output
             assert f"{row} is in use by another process" in plain(result.stderr).replace("\n", ""), result.stderr
         assert {p.name: p.read_bytes() for p in row.iterdir() if p.is_file()} == before
-    finally:
-        holder.kill()
-        holder.wait()
     result = pnn("run", EXPERIMENT, *RUN, "--twin", "perfect", "--epochs", 2, "--out", row, "--resume")
     assert result.exit_code == 0, result.output
     assert [int(r["epoch"]) for r in read_metrics(row / "metrics.csv")] == [1, 2]

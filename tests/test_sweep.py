@@ -12,8 +12,6 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -140,21 +138,14 @@ def test_a_linked_dimension_sets_several_fields_per_value(tmp_path: Path) -> Non
 def test_trials_that_need_one_twin_calibrate_it_one_after_the_other(tmp_path: Path) -> None:
     """The twin lock, held by another process (a trial calibrating the twin), makes this one wait until it is let go."""
     from orchestrator.sweep_trial import twin_lock
+    from tests.test_bench_resume import held_by_another_process
 
     artifacts = tmp_path / "artifacts" / "electronic_digits-sim"
-    script = ("import sys, time\nfrom pathlib import Path\nfrom orchestrator.sweep_trial import twin_lock\n"
-              "with twin_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(1.5)\n")
-    holder = subprocess.Popen([sys.executable, "-c", script, str(artifacts)], stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).resolve().parents[1])
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with held_by_another_process("from orchestrator.sweep_trial import twin_lock", "twin_lock(path)", artifacts, 1.5):
         t0 = time.monotonic()
         with twin_lock(artifacts):
             waited = time.monotonic() - t0
-        assert waited > 0.5, waited  # entered only once the other let go (it holds the lock 1.5 s after "held")
-    finally:
-        holder.kill()
-        holder.wait()
+    assert waited > 0.5, waited  # entered only once the other let go (it holds the lock 1.5 s after "held")
 
 
 @pytest.mark.parametrize("space, line_text, expected", [
