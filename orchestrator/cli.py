@@ -41,7 +41,10 @@ try:  # a Ctrl-C while the libraries load (torch takes seconds): nothing has bee
     from orchestrator.run_folder import RunFolder, RunFolderInUse, check_not_in_use
     from orchestrator.trainer import CHECKPOINT, StopRequest, TrainingStopped
     from common.files import CorruptFileError
-except KeyboardInterrupt:
+except (KeyboardInterrupt, RuntimeError) as err:
+    # Python wraps a Ctrl-C that lands in a class's __set_name__ (a dataclass field) in a RuntimeError
+    if not isinstance(err, KeyboardInterrupt) and not isinstance(err.__cause__, KeyboardInterrupt):
+        raise
     os.write(2, b"interrupted while starting: nothing was done\n")
     raise SystemExit(130) from None
 
