@@ -312,8 +312,7 @@ def finished_row(folder: Path, cfg: ExperimentConfig) -> dict | None:
     """The summary of the finished run of ``cfg`` in ``folder`` (all its epochs trained), or None when there is none
     or it is unfinished. Raises ``ConfigError`` when the folder holds a run of other settings (other than
     ``training.epochs``: a run of fewer epochs is continued, as ``pnn run --resume --epochs`` does)."""
-    previous = RunFolder(folder).previous_summary()
-    if not previous:
+    if not (folder / "summary.json").is_file():
         return None
     config = folder / "config.yaml"
     try:
