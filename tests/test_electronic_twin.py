@@ -1,6 +1,7 @@
 """The electronic physics twin: the nominal circuit gets close to the simulated bench, and fitting its constants
 brings it closer."""
 
+import pytest
 import torch
 
 from encoding.awg_scope import emf_per_unit
@@ -48,33 +49,37 @@ def test_physics_twin_gradient_is_finite_and_nonzero():
     assert torch.isfinite(theta.grad).all() and theta.grad.abs().sum() > 0
 
 
-def test_frozen_twin_gradient_equals_autograd_through_the_constants_path():
-    """PAT freezes the twin; its fast adjoint gradient must equal backpropagation through the ODE."""
+@pytest.mark.parametrize("fs", [1e6, 0.4e6])  # one integration step per sample, and three
+def test_frozen_twin_gradient_equals_autograd_through_the_constants_path(fs: float):
+    """PAT freezes the twin; its compiled forward and adjoint gradient must equal the ODE in torch and autograd."""
     torch.manual_seed(2)
-    twin = ElectronicPhysicsTwin(N, ENC.model_dump(), emf_per_unit=2.0)
+    twin = ElectronicPhysicsTwin(N, {**ENC.model_dump(), "sample_rate_hz": fs}, emf_per_unit=2.0)
     x = (2 * torch.rand(3, N, dtype=torch.float64) - 1).requires_grad_()
     theta = (2 * torch.rand(N, dtype=torch.float64) - 1).requires_grad_()
     weights = torch.randn(3, N, dtype=torch.float64)
-    (twin(x, theta) * weights).sum().backward()  # parameters trainable: autograd path
+    y_autograd = twin(x, theta)  # parameters trainable: autograd path
+    (y_autograd * weights).sum().backward()
     grads = x.grad.clone(), theta.grad.clone()
     x.grad = theta.grad = None
     twin.requires_grad_(False)
     y_fast = twin(x, theta)
+    torch.testing.assert_close(y_fast, y_autograd)
     (y_fast * weights).sum().backward()
     torch.testing.assert_close(x.grad, grads[0])
     torch.testing.assert_close(theta.grad, grads[1])
 
 
-def test_perfect_twin_gradient_equals_autograd_through_the_simulator_physics():
+@pytest.mark.parametrize("fs", [1e6, 0.4e6])  # one integration step per sample, and three
+def test_perfect_twin_gradient_equals_autograd_through_the_simulator_physics(fs: float):
     from simulators.physics.electronic import integrate
 
     circuit = ElectronicCircuit(seed=4)
     emf = (4 * torch.rand(4, 40, dtype=torch.float64) - 2).requires_grad_()
     grad_out = torch.randn(4, 40, dtype=torch.float64)
-    (integrate(emf, 1e6, circuit.values)[0] * grad_out).sum().backward()
+    (integrate(emf, fs, circuit.values)[0] * grad_out).sum().backward()
     reference = emf.grad.clone()
     emf.grad = None
-    (circuit.noiseless(emf, 1e6) * grad_out).sum().backward()
+    (circuit.noiseless(emf, fs) * grad_out).sum().backward()
     torch.testing.assert_close(emf.grad, reference)
 
 
