@@ -49,6 +49,7 @@ except (KeyboardInterrupt, RuntimeError) as err:
     raise SystemExit(130) from None
 
 
+log = logging.getLogger(__name__)
 console = Console(stderr=True)
 out_console = Console()
 
@@ -195,7 +196,17 @@ def stop_on_signals(after_stop: str = ""):
                 request.signal = signum  # which Python ignores), the trainer refuses to start (Trainer.fit)
             raise KeyboardInterrupt
 
+    def on_unraisable(unraisable) -> None:
+        # Our KeyboardInterrupt raised inside a finalizer (a weakref callback, __del__) is lost, and Python would print
+        # its traceback as "Exception ignored in ..."; the signal is recorded in the request, so stay quiet about it.
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and aborting:
+            log.debug("interrupt raised inside a finalizer (%r); recorded, the trainer will not start",
+                      unraisable.object)
+        else:
+            previous_hook(unraisable)
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, on_unraisable
     try:
         yield request
     except TrainingStopped as stopped:
@@ -203,6 +214,7 @@ def stop_on_signals(after_stop: str = ""):
                       soft_wrap=True)
         sys.exit(128 + stopped.signal)
     finally:
+        sys.unraisablehook = previous_hook
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -291,7 +303,7 @@ def main(verbose: int, setup_files: tuple[str, ...]) -> None:
         try:
             load_setup_file(path)
         except Exception as err:  # noqa: BLE001 - the lab's own code: say which file, keep the details for -vv
-            logging.getLogger(__name__).debug("loading %s", path, exc_info=True)
+            log.debug("loading %s", path, exc_info=True)
             console.print(f"[red]error:[/red] setup file {escape(path)}: {type(err).__name__}: {escape(str(err))}",
                           highlight=False, soft_wrap=True)
             sys.exit(2)

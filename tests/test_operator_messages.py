@@ -15,6 +15,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -161,6 +162,43 @@ def test_ctrl_c_during_calibration_says_that_nothing_was_trained(tmp_path: Path)
     last = run.text.strip().splitlines()[-1]
     assert last.startswith("interrupted: outputs off; no batch was trained, so no checkpoint was saved"), run.text
     assert "finished epochs are saved" not in run.text and "Traceback" not in run.text
+
+
+
+class _SignalledWhileCollected:
+    """An object whose finalizer is where Ctrl-C lands: the handler's KeyboardInterrupt is raised inside ``__del__``."""
+
+    def __del__(self) -> None:
+        signal.raise_signal(signal.SIGINT)
+        for _ in range(100):  # the handler runs at the next bytecode boundary, still inside this finalizer
+            pass
+
+
+def test_ctrl_c_inside_a_finalizer_is_recorded_without_a_traceback(capfd, monkeypatch) -> None:
+    from orchestrator.cli import stop_on_signals
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # Python's own, not pytest's: it prints
+
+    with stop_on_signals() as request:
+        _SignalledWhileCollected()  # collected at once: the interrupt is raised, and lost, inside __del__
+        assert request.signal == signal.SIGINT  # recorded, so the trainer refuses to start
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_other_errors_in_finalizers_are_still_reported(capfd, monkeypatch) -> None:
+    from orchestrator.cli import stop_on_signals
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+
+    class Broken:
+        def __del__(self) -> None:
+            raise ValueError("a finalizer's own error")
+
+    with stop_on_signals() as request:
+        Broken()
+    assert request.signal is None
+    assert "a finalizer's own error" in capfd.readouterr().err
 
 
 # -- the shipped experiment files name no instrument's address (issue 15, item 3) ----------------------------------
