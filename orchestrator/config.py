@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from common.models import FieldError, StrictModel
 from orchestrator.yamlconfig import ConfigError, field_line
@@ -103,6 +103,11 @@ class RefineConfig(StrictModel):
     measure_every: PositiveInt = Field(1, description="in silico: the device measures every N-th training batch")
     overlap: bool = Field(True, description="fine-tune in a worker while the device measures the next batches "
                                             "(the weights are swapped in at the next refinement); false: at once")
+    warmup_batches: NonNegativeInt = Field(0, description="before the first step: the device measures this many "
+                                                        "training batches at the initial parameters and the twin "
+                                                        "is refined on them at once, so that the first epochs' "
+                                                        "gradients come from a twin adapted to them")
+    warmup_steps: PositiveInt = Field(200, description="Adam steps of that first refinement")
 
 
 class TwinConfig(StrictModel):

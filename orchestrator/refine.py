@@ -187,8 +187,9 @@ class Refiner:
                 "twin_nmse_recent_last": before[-1] if stats else None,
                 "refinements": len(stats), "refine_buffer": len(self.buffer)}
 
-    def start(self) -> None:
-        """Start a refinement on what was measured since the last one (nothing measured: none)."""
+    def start(self, steps: int | None = None, at_once: bool = False) -> None:
+        """Start a refinement on what was measured since the last one (nothing measured: none), of ``steps`` Adam
+        steps (None: the settings'); ``at_once``: on the training thread and swapped in now, whatever ``overlap``."""
         if not self.recent:
             return
         recent = TwinData(*_stack(self.recent))
@@ -199,8 +200,8 @@ class Refiner:
         work = copy.deepcopy(self.twin)  # the twin's weights do not change while it is copied: between batches
         seed = self.seed * 1_000_003 + self.started
         self.started += 1
-        args = (work, recent, buffer, self.original, self.s, self.scale, seed)
-        if self.s.overlap:
+        args = (work, recent, buffer, self.original, self.s, steps or self.s.steps, self.scale, seed)
+        if self.s.overlap and not at_once:
             self.pending = _REFINE_WORKER.submit(_refine, *args)
         else:  # at once, on the training thread: the twin's time
             t0 = time.perf_counter()
@@ -291,10 +292,11 @@ class Refiner:
 
 
 def _refine(work: nn.Module, recent: TwinData, buffer: TwinData, original: TwinData | None, s: RefineConfig,
-            scale: Tensor, seed: int) -> tuple[dict[str, Tensor], float, float]:
-    """Fine-tune ``work`` (a copy of the twin); its weights and its NMSE on ``recent`` before and after."""
+            steps: int, scale: Tensor, seed: int) -> tuple[dict[str, Tensor], float, float]:
+    """Fine-tune ``work`` (a copy of the twin) for ``steps`` Adam steps; its weights and its NMSE on ``recent``
+    before and after."""
     before = twin_nmse(work, recent)
-    fine_tune(work, buffer, original, steps=s.steps, batch_size=s.batch_size, lr=s.lr, mix_fraction=s.mix_fraction,
+    fine_tune(work, buffer, original, steps=steps, batch_size=s.batch_size, lr=s.lr, mix_fraction=s.mix_fraction,
               scale=scale, seed=seed)
     after = twin_nmse(work, recent)
     return {k: v.detach() for k, v in work.state_dict().items()}, before, after

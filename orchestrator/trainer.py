@@ -429,6 +429,28 @@ class Trainer:
                 self.on_batch(at.batches_done, len(batches), at.epoch + 1, self.s.epochs)
             self.stop_if_requested()
 
+    def warm_up_twin(self) -> None:
+        """``twin.refine.warmup_batches``: before the first step, the device measures the first training batches of
+        the first epoch at the initial parameters, and the twin is refined on them at once (``warmup_steps`` Adam
+        steps). Counted as refinement samples and twin time; its NMSE before and after goes into epoch 1's row. The
+        measurements are committed together: if the device fails in between, none is kept, and the resumed run
+        warms up again."""
+        refine, at = self.refiner.s, self.at
+        x_all = torch.as_tensor(self.data.x_train)
+        t0, before = time.perf_counter(), dict(self.clock.seconds)
+        with torch.no_grad(), self.counting("refinement"):
+            for idx in self.batches(at.epoch)[:refine.warmup_batches]:
+                self.net(x_all[idx], self.measuring)
+        self.refiner.commit()
+        waited = self.refiner.wait_s
+        self.refiner.start(steps=refine.warmup_steps, at_once=True)
+        self.clock.add("twin", self.refiner.wait_s - waited)
+        for part, seconds in self.clock.since(before).items():  # the first epoch's time
+            at.time_parts[part] = at.time_parts.get(part, 0.0) + seconds
+        at.seconds += time.perf_counter() - t0
+        log.info("twin warmed up on %d device samples of %d batches: NMSE on them %.4g -> %.4g (%.1f s)",
+                 self.refiner.samples, refine.warmup_batches, *self.refiner.history[-1], time.perf_counter() - t0)
+
     def gradient_step(self, x: Tensor, y: Tensor, batch: int) -> tuple[Tensor, Tensor]:
         """One PAT or in-silico step on the batch (x [B, F], y [B]); in silico with refinement, the device measures
         every ``measure_every``-th batch for the twin. Returns the logits and the loss."""
@@ -562,6 +584,10 @@ class Trainer:
                 if self.stop.signal is not None:  # asked to stop before training began: nothing to finish, abort
                     raise KeyboardInterrupt
                 self.stop.training = True
+            if (self.refiner is not None and self.refiner.s.warmup_batches and self.step == 0
+                    and self.refiner.refinements == 0):  # not yet warmed up (a run that failed while warming up, too)
+                self.warm_up_twin()
+                self.stop_if_requested()
             while self.at.epoch < self.s.epochs:
                 self.train_epoch()
                 row = self.finish_epoch()

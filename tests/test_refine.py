@@ -164,6 +164,46 @@ def test_a_batch_that_fails_in_its_second_layer_records_nothing(tmp_path: Path) 
     parts = sorted((tmp_path / "refine_data").glob("part-*.h5"))
     assert resumed.refiner.samples == sum(len(load_twin_data(p)) for p in parts) == 60 * 2
 
+def test_warm_up_refines_the_twin_before_the_first_step(tmp_path: Path) -> None:
+    """warmup_batches: 3: the device measures 3 batches (2 layers each) before training, and the first PAT forward
+    already uses a twin moved towards the device (a = 1.5); without it, the first forward uses the biased twin."""
+    warm_twin, cold_twin = ToyTwin(), ToyTwin()
+    warm = make_refining_trainer(tmp_path / "warm", warm_twin, epochs=1, warmup_batches=3, warmup_steps=60)
+    cold = make_refining_trainer(tmp_path / "cold", cold_twin, epochs=1)
+    warm_row, cold_row = warm.fit()[0], cold.fit()[0]
+    first_warm = next(w for what, w in warm_twin.seen if what == "forward")
+    first_cold = next(w for what, w in cold_twin.seen if what == "forward")
+    assert first_cold == (1.0, 0.0)
+    assert first_warm[0] > 1.1, first_warm
+    before, after = warm.refiner.history[0]
+    assert after < before / 2  # on its own data
+    assert warm_row["device_samples_refinement"] == 3 * 8 * 2 and cold_row["device_samples_refinement"] == 0
+    assert warm_row["device_samples_training"] == cold_row["device_samples_training"]
+    assert warm.refiner.samples == cold.refiner.samples + 3 * 8 * 2
+    assert warm_row["refinements"] == cold_row["refinements"] + 1
+
+
+def test_a_warm_up_that_fails_keeps_nothing_and_is_done_again_on_resume(tmp_path: Path) -> None:
+    """The device fails for good in the second warm-up batch (calls 4, 5, 6): the checkpoint holds no measurement
+    and no refinement; resumed, the run warms up again and then trains."""
+    from common.files import read_torch_file
+    from orchestrator.trainer import CHECKPOINT
+
+    first = make_refining_trainer(tmp_path, ToyTwin(), epochs=1, device=FlakyDevice(fail_calls={4, 5, 6}),
+                                  warmup_batches=3, warmup_steps=60)
+    with pytest.raises(DeviceFailure):
+        first.fit()
+    state = read_torch_file(tmp_path / CHECKPOINT, "checkpoint", "")
+    assert state["refine"]["samples"] == 0 and state["refine"]["refinements"] == 0
+    assert not list((tmp_path / "refine_data").glob("part-*.h5"))
+
+    twin = ToyTwin()
+    resumed = make_refining_trainer(tmp_path, twin, epochs=1, warmup_batches=3, warmup_steps=60)
+    resumed.fit(resume=True)
+    assert next(w for what, w in twin.seen if what == "forward")[0] > 1.1  # warmed up before its first step
+    assert resumed.refiner.samples == (3 * 8 + 60) * 2  # the warm-up's 3 batches once, then the 60 samples
+
+
 def test_refinement_without_overlap_is_counted_as_twin_time(tmp_path: Path, monkeypatch) -> None:
     """overlap: false fine-tunes on the training thread at once: that time is the twin's (twin_s), not other_s. Each
     of the epoch's 4 refinements (8 batches, every 2) is made to take at least 0.1 s."""
