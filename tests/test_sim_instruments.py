@@ -302,8 +302,41 @@ def test_scope_1m_point_capture_is_vectorised(scope) -> None:
     start = time.perf_counter()
     inst.capture({1: trace, 2: trace}, 1e6)
     elapsed = time.perf_counter() - start
-    assert inst.record.n_points == 1_000_000 and set(inst.record.codes) == {1, 2}
+    assert inst.record.n_points == 1_000_000 and inst.record.channels() == {1, 2}
     print(f"1M-point two-channel capture: {elapsed * 1e3:.1f} ms")
+
+
+@pytest.mark.parametrize("acq", ["NORM", "HRES"])
+def test_a_decimated_transfer_reads_the_points_of_the_whole_record(scope, acq: str) -> None:
+    """DC channels are quantized when read, at the points read: the codes equal the whole record quantized with the
+    settings at the trigger (probe 10, an offset) and then decimated, even after the settings change."""
+    from simulators.instruments.scope import _quantize, _resample
+
+    inst, s = scope
+    run(s, f":CHAN1:PROB 10;:CHAN1:SCAL 0.7;:CHAN1:OFFS 0.3;:ACQ:TYPE {acq};:TIM:RANG 1e-3;"
+           ":TRIG:EDGE:SOUR EXT;:SING\n")
+    trace = 0.3 * np.sin(np.arange(1000) / 7.0) + np.random.default_rng(0).normal(0, 0.05, 1000)
+    assert inst.capture({1: trace}, 1e6, start_s=-2e-5)
+    rec = inst.record
+    assert 1 in rec.analog and not rec.codes  # nothing quantized yet
+    whole = _quantize(_resample(trace, rec.t0_s, rec.sample_rate_hz, -2e-5, 1e6, rec.n_points) * 10.0, 0.7, 0.3,
+                      acq)
+    run(s, ":CHAN1:SCAL 2;:CHAN1:OFFS 0;:CHAN1:PROB 1;:WAV:POIN:MODE RAW;:WAV:POIN 200000\n")  # after the trigger
+    volts, pre = _read_volts(s)
+    assert pre[2] == 200_000 and pre[4] == pytest.approx(5 / rec.sample_rate_hz)
+    assert np.array_equal(rec.read(1, 5), whole[::5])
+    lsb16 = 8 * 0.7 / 256 / 256
+    np.testing.assert_allclose(volts, (whole[::5].astype(float) - 32768) * lsb16 + 0.3, rtol=0, atol=lsb16 / 100)
+
+
+def test_ac_coupling_and_averaging_quantize_the_whole_record_at_the_trigger(scope) -> None:
+    inst, s = scope
+    run(s, ":CHAN1:COUP AC;:CHAN2:DISP 1;:ACQ:TYPE NORM;:TIM:RANG 1e-3;:TRIG:EDGE:SOUR EXT;:SING\n")
+    trace = 0.5 + 0.1 * np.sin(np.arange(1000) / 9.0)
+    assert inst.capture({1: trace, 2: trace}, 1e6)
+    assert set(inst.record.codes) == {1} and set(inst.record.analog) == {2}  # AC subtracts the record's mean
+    codes1, codes2 = inst.record.read(1, 1), inst.record.read(2, 1)
+    assert abs(codes1.astype(float).mean() - 32768) < abs(codes2.astype(float).mean() - 32768)
 
 
 # -- a bench over real pyvisa-py and raw sockets -----------------------------------------------------------------------

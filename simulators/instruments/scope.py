@@ -79,9 +79,39 @@ class ScopeChannel:
     probe: float = 1.0
 
 
+@dataclass(frozen=True)
+class _Analog:
+    """One channel of an acquisition kept as its input: the trace (sample j at start_s + j / fs, volts at the probe's
+    input) and the vertical settings at the trigger, to be resampled and quantized at the points a transfer reads."""
+
+    trace: np.ndarray
+    first_s: float
+    srate: float
+    start_s: float
+    fs: float
+    n: int
+    probe: float
+    scale_v: float
+    offset_v: float
+    acq_type: str
+
+    def codes(self, stride: int) -> np.ndarray:
+        """The 16-bit codes of record points 0, stride, 2 stride, ...: the same numbers as quantizing the whole
+        record and decimating it (resampling and quantizing act point by point)."""
+        volts = _resample(self.trace, self.first_s, self.srate, self.start_s, self.fs, len(range(0, self.n, stride)),
+                          stride)
+        if self.probe != 1.0:
+            volts *= self.probe
+        return _quantize(volts, self.scale_v, self.offset_v, self.acq_type)
+
+
 @dataclass
 class Record:
-    """One acquisition: 16-bit codes per channel on a uniform grid (8-bit ADC codes * 256 unless HRES/AVER)."""
+    """One acquisition: 16-bit codes per channel on a uniform grid (8-bit ADC codes * 256 unless HRES/AVER).
+
+    Channels whose every point depends only on the input at that point (DC coupling, not averaging) keep their
+    input (``analog``) and are quantized at the points a transfer reads, when it reads them; the others (AC coupling
+    subtracts the record's mean, AVER sums acquisitions) hold the codes of the whole record (``codes``)."""
 
     sample_rate_hz: float
     t0_s: float  # time of the first point relative to the trigger
@@ -89,8 +119,21 @@ class Record:
     acq_type: str
     count: int
     codes: dict[int, np.ndarray] = field(default_factory=dict)  # uint16
+    analog: dict[int, _Analog] = field(default_factory=dict)
     scale_v: dict[int, float] = field(default_factory=dict)
     offset_v: dict[int, float] = field(default_factory=dict)
+    _read: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (channel, stride) -> codes, as read
+
+    def channels(self) -> set[int]:
+        return set(self.codes) | set(self.analog)
+
+    def read(self, ch: int, stride: int) -> np.ndarray:
+        """Codes of channel ``ch``'s points 0, stride, 2 stride, ... (uint16)."""
+        if ch in self.codes:
+            return self.codes[ch][::stride]
+        if (ch, stride) not in self._read:
+            self._read[(ch, stride)] = self.analog[ch].codes(stride)
+        return self._read[(ch, stride)]
 
 
 class SimInfiniiVision(SCPIInstrument):
@@ -187,13 +230,18 @@ class SimInfiniiVision(SCPIInstrument):
                     trace = _box_average(trace, int(sample_rate_hz // srate))
                 if trace.shape[0] == 0:
                     raise ValueError("capture: an empty trace")
-                volts = _resample(trace, first, srate, start_s, sample_rate_hz, n)
+                rec.scale_v[ch], rec.offset_v[ch] = cfg.scale_v, cfg.offset_v
+                analog = _Analog(trace, first, srate, start_s, sample_rate_hz, n, cfg.probe, cfg.scale_v,
+                                 cfg.offset_v, self.acq_type)
+                if cfg.coupling == "DC" and self.acq_type != "AVER":
+                    rec.analog[ch] = analog  # quantized when read, at the points read
+                    continue
+                volts = _resample(trace, first, srate, start_s, sample_rate_hz, n, 1)
                 if cfg.probe != 1.0:
                     volts *= cfg.probe
                 if cfg.coupling == "AC":
                     volts -= volts.mean()
                 rec.codes[ch] = self._digitize(ch, volts)
-                rec.scale_v[ch], rec.offset_v[ch] = cfg.scale_v, cfg.offset_v
             if self.acq_type == "AVER":
                 self._avg_n += 1
             self._trigger_event = True
@@ -208,21 +256,9 @@ class SimInfiniiVision(SCPIInstrument):
     def _digitize(self, ch: int, volts: np.ndarray) -> np.ndarray:
         """8-bit ADC (12 bits in HRES, averaged 8-bit codes in AVER) as 16-bit codes about 32768."""
         cfg = self.chan[ch]
-        lsb = SCREEN_DIVISIONS * cfg.scale_v / 256.0
-        u = volts - cfg.offset_v
-        u *= 1.0 / lsb  # in 8-bit LSBs from the screen centre
-        if self.acq_type == "HRES":
-            sub = 2 ** (HRES_BITS - 8)
-            u *= sub
-            np.clip(np.rint(u, out=u), -128 * sub, 128 * sub - 1, out=u)
-            u *= 256 // sub
-            u += 32768
-            return u.astype(np.uint16)
-        code8 = np.clip(np.rint(u, out=u), -128, 127, out=u)
-        code8 += 128
         if self.acq_type != "AVER":
-            code8 *= 256
-            return code8.astype(np.uint16)
+            return _quantize(volts, cfg.scale_v, cfg.offset_v, self.acq_type)
+        code8 = _adc_codes(volts, cfg.scale_v, cfg.offset_v) + 128
         self._avg_sum[ch] = self._avg_sum.get(ch, 0.0) + code8
         mean = self._avg_sum[ch] / (self._avg_n + 1)
         return np.clip(np.round(mean * 256), 0, 65535).astype(np.uint16)
@@ -463,7 +499,7 @@ class SimInfiniiVision(SCPIInstrument):
         stride, points = self._readout_grid()
         ch = self.wav_source
         rec = self.record
-        if rec is not None and ch in rec.codes:
+        if rec is not None and ch in rec.channels():
             srate, t0, scale, offset, acq, count = (rec.sample_rate_hz, rec.t0_s, rec.scale_v[ch], rec.offset_v[ch],
                                                     rec.acq_type, rec.count)
         else:
@@ -510,10 +546,10 @@ class SimInfiniiVision(SCPIInstrument):
     def _wav_data(self, call: Call) -> Block:
         stride, _ = self._readout_grid()
         ch = self.wav_source
-        if self.record is None or ch not in self.record.codes:
+        if self.record is None or ch not in self.record.channels():
             call.session.push_error(SCPIError(-221, f"no acquired data for CHAN{ch}"))
             return Block(b"", digits=8)
-        codes = self.record.codes[ch][::stride]
+        codes = self.record.read(ch, stride)
         if self.wav_format == "ASC":
             lsb16 = SCREEN_DIVISIONS * self.record.scale_v[ch] / 256.0 / 256.0
             volts = (codes.astype(np.float64) - 32768.0) * lsb16 + self.record.offset_v[ch]
@@ -531,16 +567,39 @@ class SimInfiniiVision(SCPIInstrument):
         return Block(data.tobytes(), digits=8)
 
 
+def _adc_codes(volts: np.ndarray, scale_v: float, offset_v: float, bits: int = 8) -> np.ndarray:
+    """Volts -> ADC codes about the screen centre (-2^(bits-1) .. 2^(bits-1) - 1, clipped at the screen edges), as
+    floats; ``volts`` is overwritten."""
+    sub = 2 ** (bits - 8)
+    u = volts
+    u -= offset_v
+    u *= 1.0 / (SCREEN_DIVISIONS * scale_v / 256.0)  # in 8-bit LSBs from the screen centre
+    if sub != 1:
+        u *= sub
+    return np.clip(np.rint(u, out=u), -128 * sub, 128 * sub - 1, out=u)
+
+
+def _quantize(volts: np.ndarray, scale_v: float, offset_v: float, acq_type: str) -> np.ndarray:
+    """One acquisition's 16-bit codes about 32768: 8-bit ADC codes * 256, or 12-bit codes * 16 in HRES (not AVER,
+    which averages several acquisitions' 8-bit codes). ``volts`` is overwritten."""
+    bits = HRES_BITS if acq_type == "HRES" else 8
+    u = _adc_codes(volts, scale_v, offset_v, bits)
+    u += 2 ** (bits - 1)
+    u *= 2 ** (16 - bits)
+    return u.astype(np.uint16)
+
+
 @numba.njit(cache=True, nogil=True)
 def _resample(trace: np.ndarray, first_s: float, srate: float, start_s: float, fs: float,
-              n: int) -> np.ndarray:  # pragma: no cover - compiled
-    """The trace (sample j at start_s + j / fs) at the record's n points, point k at first_s + k / srate: linear
-    interpolation, the edge values held outside the trace. The same numbers as ``np.interp(((first_s + arange(n) /
-    srate) - start_s) * fs, arange(len(trace)), trace)``, in one pass."""
+              n: int, stride: int = 1) -> np.ndarray:  # pragma: no cover - compiled
+    """The trace (sample j at start_s + j / fs) at n record points, the k-th being point k stride of the record, at
+    first_s + k stride / srate: linear interpolation, the edge values held outside the trace. With stride 1 the same
+    numbers as ``np.interp(((first_s + arange(n) / srate) - start_s) * fs, arange(len(trace)), trace)``, in one
+    pass; with a stride, those numbers decimated."""
     last = trace.shape[0] - 1
     out = np.empty(n)
     for k in range(n):
-        x = ((first_s + k / srate) - start_s) * fs
+        x = ((first_s + (k * stride) / srate) - start_s) * fs
         if x < 0.0:
             out[k] = trace[0]
         elif x >= last:
