@@ -24,7 +24,9 @@ coupling removes the mean, and the 8-bit ADC quantizes with a step of 8 div * V/
 clipping at the screen edges (codes 0 and 255). HRES first averages the input over each record interval and keeps
 12 bits; AVER averages ``:ACQ:COUN`` triggered acquisitions of 8-bit codes. ``:WAV:DATA?`` is always an IEEE
 block with ``#8`` and 8 digits; ASCii data are comma-separated volts inside the same block. Preamble:
-y = (code - yreference) * yincrement + yorigin.
+y = (code - yreference) * yincrement + yorigin. (A DC-coupled channel outside AVER keeps its input and the settings
+at the trigger and is interpolated and quantized only at the points a transfer reads: the same numbers, without
+computing a 1 M-point record for a decimated read.)
 
 The trigger is the AWG's sync (EXT source: time 0 of the traces) or an edge on a channel (first crossing of the level
 with a hysteresis of 0.05 div). With no edge, AUTO sweep triggers at time 0 and NORMal sweep keeps waiting.
