@@ -268,27 +268,27 @@ class Keysight33500B(SCPIInstrument):
         """Upload ``samples`` in [-1, 1] as int16 DAC codes in one binary block, then select and play it.
 
         Sends ``FORM:BORD SWAP``, ``SOUR1:DATA:VOL:CLE``, ``SOUR1:DATA:ARB:DAC NAME,#...``,
-        ``SOUR1:FUNC:ARB NAME``, ``SOUR1:FUNC ARB``. Full scale (+-1) maps to amplitude/2 around the offset.
+        ``SOUR1:FUNC:ARB NAME``, ``SOUR1:FUNC ARB``, then reads the error queue once: an error in any of them is
+        raised naming all five (a failed upload also makes ``FUNC:ARB NAME`` fail: the name is not in memory).
+        Full scale (+-1) maps to amplitude/2 around the offset.
         """
         prefix = f"{self._src}DATA:ARB:DAC {name},"
         samples = self._check_arb(name, samples, prefix.rstrip(","))
         codes = np.round(samples * DAC_FULL_SCALE)
-        self.write("FORM:BORD SWAP")
-        self.write(f"{self._src}DATA:VOL:CLE")
-        self.write_block(prefix, pack_values(codes, "int16", "little"))
-        self._play_arb(name)
+        self.write_all(["FORM:BORD SWAP", f"{self._src}DATA:VOL:CLE", (prefix, pack_values(codes, "int16", "little")),
+                        *self._play_arb(name)])
 
     def upload_arb_ascii(self, name: str, samples: np.ndarray) -> None:
-        """Upload ``samples`` in [-1, 1] as ASCII floats (``SOUR1:DATA:ARB NAME,v1,v2,...``), then play it."""
+        """Upload ``samples`` in [-1, 1] as ASCII floats (``SOUR1:DATA:ARB NAME,v1,v2,...``), then play it; the
+        error queue is read once, after the four commands."""
         header = f"{self._src}DATA:ARB {name}"
         samples = self._check_arb(name, samples, header)
-        self.write(f"{self._src}DATA:VOL:CLE")
-        self.write(header + "," + ",".join(format_number(v) for v in samples.tolist()))
-        self._play_arb(name)
+        self.write_all([f"{self._src}DATA:VOL:CLE", header + "," + ",".join(format_number(v) for v in samples.tolist()),
+                        *self._play_arb(name)])
 
-    def _play_arb(self, name: str) -> None:
-        self.write(f"{self._src}FUNC:ARB {name}")
-        self.write(f"{self._src}FUNC ARB")
+    def _play_arb(self, name: str) -> list[str]:
+        """The commands that select the arb ``name`` and play it."""
+        return [f"{self._src}FUNC:ARB {name}", f"{self._src}FUNC ARB"]
 
     # -- burst and trigger ------------------------------------------------------------------------------------
     def configure_burst(self, n_cycles: int = 1, trigger_source: str = "BUS") -> None:

@@ -236,11 +236,19 @@ class SCPIInstrument:
         self.link.write_block(prefix, payload)
         self._check(f"{prefix}#<{len(payload)} byte block>", check)
 
-    def write_all(self, commands: Sequence[str], check: bool | None = None) -> None:
-        """Send several settings, then check the error queue once (errors name all of them)."""
+    def write_all(self, commands: Sequence[str | tuple[str, bytes]], check: bool | None = None) -> None:
+        """Send several settings, then check the error queue once (errors name all of them). A ``(prefix, payload)``
+        item is sent as ``write_block`` sends it."""
+        names = []
         for cmd in commands:
-            self.link.write(cmd)
-        self._check("; ".join(commands), check)
+            if isinstance(cmd, tuple):
+                prefix, payload = cmd
+                self.link.write_block(prefix, payload)
+                names.append(f"{prefix}#<{len(payload)} byte block>")
+            else:
+                self.link.write(cmd)
+                names.append(cmd)
+        self._check("; ".join(names), check)
 
     def apply(self, settings: dict[str, float | str]) -> None:
         """Send ``<header> <value>`` for each setting (words as given, integers as integers, other numbers as

@@ -66,11 +66,22 @@ def test_binary_arb_upload_bytes(awg_rig) -> None:
     samples = np.array([0.0, 0.5, -0.5, 1.0, -1.0, 0.25, -0.25, 1e-6])
     sent = sent_by(server, awg, lambda: awg.upload_arb("PNN_1", samples))
     codes = struct.pack("<8h", 0, 16384, -16384, 32767, -32767, 8192, -8192, 0)
-    assert sent == (b"FORM:BORD SWAP\nSYST:ERR?\n"
-                    b"SOUR1:DATA:VOL:CLE\nSYST:ERR?\n"
-                    b"SOUR1:DATA:ARB:DAC PNN_1,#216" + codes + b"\nSYST:ERR?\n"
-                    b"SOUR1:FUNC:ARB PNN_1\nSYST:ERR?\n"
+    assert sent == (b"FORM:BORD SWAP\n"
+                    b"SOUR1:DATA:VOL:CLE\n"
+                    b"SOUR1:DATA:ARB:DAC PNN_1,#216" + codes + b"\n"
+                    b"SOUR1:FUNC:ARB PNN_1\n"
                     b"SOUR1:FUNC ARB\nSYST:ERR?\n")
+
+
+def test_an_error_in_an_upload_names_its_commands(awg_rig) -> None:
+    """The error queue is read once after the upload's five commands: an error is raised naming all of them (the
+    block by its size)."""
+    server, awg = awg_rig({"SYST:ERR?": ['+0,"No error"', '-258,"Media protected"', '+0,"No error"']})  # 1st: setup
+    with pytest.raises(InstrumentReportedError) as raised:
+        awg.upload_arb("PNN_1", np.zeros(8))
+    message = str(raised.value)
+    assert "SOUR1:DATA:ARB:DAC PNN_1,#<16 byte block>" in message and "SOUR1:FUNC ARB" in message
+    assert "-258" in message
 
 
 def test_large_binary_upload_uses_a_six_digit_header(awg_rig) -> None:
@@ -87,9 +98,9 @@ def test_ascii_arb_upload_bytes(awg_rig) -> None:
     server, awg = awg_rig()
     samples = [0.0, 0.5, -0.5, 1.0, -1.0, 0.25, -0.125, 0.1]
     sent = sent_by(server, awg, lambda: awg.upload_arb_ascii("ramp", samples))
-    assert sent == (b"SOUR1:DATA:VOL:CLE\nSYST:ERR?\n"
-                    b"SOUR1:DATA:ARB ramp,0.0,0.5,-0.5,1.0,-1.0,0.25,-0.125,0.1\nSYST:ERR?\n"
-                    b"SOUR1:FUNC:ARB ramp\nSYST:ERR?\nSOUR1:FUNC ARB\nSYST:ERR?\n")
+    assert sent == (b"SOUR1:DATA:VOL:CLE\n"
+                    b"SOUR1:DATA:ARB ramp,0.0,0.5,-0.5,1.0,-1.0,0.25,-0.125,0.1\n"
+                    b"SOUR1:FUNC:ARB ramp\nSOUR1:FUNC ARB\nSYST:ERR?\n")
 
 
 def test_level_output_and_rate_commands_use_the_channel_prefix(awg_rig) -> None:
