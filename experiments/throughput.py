@@ -1,19 +1,31 @@
 """Measure the simulated bench's throughput at an experiment's encoding.
 
     python experiments/throughput.py experiments/electronic_digits.yaml [--batch 512] [--repeats 5] [--realtime]
+    python experiments/throughput.py experiments/electronic_digits.yaml --batch 512 --baseline f12a421 [--rounds 3]
 
 Prints device samples per second (of wall time, and per CPU-second of the process) through the whole stack (drivers,
 pyvisa-py or pyserial, simulated instruments, physics) for a few batch sizes, the uploads per forward call, the share
 of wall time spent computing physics, and the instruments' own time per sample with the share of wall time it
 accounts for (``device_busy_share``: in realtime mode, how busy the simulated devices and their serial lines are; the
 rest is the software around them).
+
+With ``--baseline REV`` it measures this checkout against commit REV instead: REV is exported (``git archive``) into a
+temporary folder and both trees' ``throughput.py`` run in fresh processes on one core (``OMP_NUM_THREADS=1``),
+alternating for ``--rounds`` rounds, and a Markdown table gives each round's samples per CPU-second and the ratio of
+the medians (current / baseline; above 1 is faster).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -29,7 +41,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 512])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--realtime", action="store_true")
+    parser.add_argument("--baseline", help="a commit to compare with, side by side")
+    parser.add_argument("--rounds", type=int, default=3, help="with --baseline: alternating runs of each tree")
     args = parser.parse_args()
+    if args.baseline:
+        compare(args)
+        return
     cfg = load_experiment(args.experiment, overrides={"simulate.realtime": args.realtime})
     data = load_dataset(cfg.task.dataset, downsample=cfg.task.downsample, n_train=64, n_test=64, seed=0) \
         if cfg.task.dataset == "digits" else None
@@ -61,6 +78,38 @@ def main() -> None:
                          # realtime: how much of the wall time the simulated devices (and serial lines) are busy
                          "device_busy_share": round(sum(per_item.values()) * batch * args.repeats / wall, 3)})
     print(json.dumps(rows, indent=2))
+
+
+def compare(args: argparse.Namespace) -> None:
+    """This checkout against ``args.baseline``, alternating fresh one-core processes; prints a Markdown table."""
+    from speedup import ROOT, export  # experiments/speedup.py, beside this file
+
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    experiment = Path(args.experiment).resolve().relative_to(ROOT)
+    cpu_rates: dict[tuple[str, int], list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="pnn-throughput-") as tmp:
+        trees = {args.baseline: export(args.baseline, Path(tmp) / "baseline"), head: ROOT}
+        for round_ in range(args.rounds):
+            for rev, tree in trees.items():
+                env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                       "NUMBA_NUM_THREADS": "1"}
+                cmd = [sys.executable, "experiments/throughput.py", str(experiment), "--repeats", str(args.repeats),
+                       "--batch", *map(str, args.batch), *(["--realtime"] if args.realtime else [])]
+                done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise RuntimeError(f"throughput.py in {tree} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+                for row in json.loads(done.stdout):
+                    cpu_rates.setdefault((rev, row["batch"]), []).append(row["samples_per_cpu_s"])
+                    print(json.dumps({"commit": rev, "round": round_, "batch": row["batch"],
+                                      "samples_per_s": row["samples_per_s"],
+                                      "samples_per_cpu_s": row["samples_per_cpu_s"]}), flush=True)
+    print(f"| {experiment.stem}, batch | {args.baseline} samples/CPU-s | {head} samples/CPU-s | ratio of medians |")
+    print("| --- | --- | --- | --- |")
+    for batch in args.batch:
+        base, new = cpu_rates[(args.baseline, batch)], cpu_rates[(head, batch)]
+        print(f"| {batch} | {', '.join(f'{v:.0f}' for v in base)} | {', '.join(f'{v:.0f}' for v in new)} | "
+              f"{statistics.median(new) / statistics.median(base):.2f} |")
 
 
 if __name__ == "__main__":
