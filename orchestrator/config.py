@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from common.models import FieldError, StrictModel
 from orchestrator.yamlconfig import ConfigError, field_line
@@ -108,6 +108,12 @@ class RefineConfig(StrictModel):
                                                         "is refined on them at once, so that the first epochs' "
                                                         "gradients come from a twin adapted to them")
     warmup_steps: PositiveInt = Field(200, description="Adam steps of that first refinement")
+    jitter: NonNegativeFloat = Field(0.0, description="with each training measurement the device also measures "
+                                                    "jitter_samples of the batch's points with x and θ moved by "
+                                                    "random steps of this standard deviation (in their units, kept "
+                                                    "in bounds), so that the twin learns its slopes there, not only "
+                                                    "its values (PAT uses only its slopes); 0: none")
+    jitter_samples: PositiveInt = Field(8, description="such nearby points per physical forward")
 
 
 class TwinConfig(StrictModel):

@@ -99,7 +99,8 @@ def make_refiner(cfg: ExperimentConfig, setup: PhysicalSetup, twin: nn.Module, o
                "encoding": encoding_key(cfg.encoding), "n": int(setup.n_inputs), "n_outputs": int(setup.n_outputs),
                "instruments": json.dumps(setup.snapshot(), default=str)}
     return Refiner(twin, cfg.twin.refine, out, original, refine_metadata(setup, encoding_key(setup.enc), out),
-                   {k: v for k, v in lineage.items() if v is not None}, seed=cfg.seed)
+                   {k: v for k, v in lineage.items() if v is not None}, seed=cfg.seed,
+                   theta_bounds=setup.param_bounds)
 
 
 def _train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, twin: nn.Module | None, out: Path, *,

@@ -24,7 +24,9 @@ import copy
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -116,13 +118,15 @@ class Refiner:
     """
 
     def __init__(self, twin: nn.Module, settings: RefineConfig, out_dir: Path, original: TwinData | None = None,
-                 metadata: dict | None = None, lineage: dict | None = None, seed: int = 0):
+                 metadata: dict | None = None, lineage: dict | None = None, seed: int = 0,
+                 theta_bounds: tuple[Tensor, Tensor] | None = None):
         if not any(p.is_floating_point() for p in twin.parameters()):
             raise ValueError("twin refinement needs a twin with parameters to fine-tune")
         self.twin, self.s, self.out_dir, self.original = twin, settings, Path(out_dir), original
         self.metadata = dict(metadata or {})
         self.lineage = dict(lineage or {})
         self.seed = seed
+        self.theta_bounds = theta_bounds  # ([n_params], [n_params]): where jittered θ must stay
         self.buffer = RingBuffer(settings.buffer_size)
         # the batch in progress's measurements: committed between batches (``after_batch``), dropped if it fails
         self.staged: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -160,13 +164,32 @@ class Refiner:
         """Forget the measurements of a batch that failed (it is measured again when the run resumes)."""
         self.staged = []
 
-    def recording(self, device):
-        """``device`` (x, θ) -> y, with every measurement recorded."""
+    def recording(self, device, counted_as: Callable[[str], AbstractContextManager] | None = None):
+        """``device`` (x, θ) -> y, with every measurement recorded; with ``jitter``, each call also measures points
+        near the batch's (``nearby``), inside ``counted_as("refinement")`` (the trainer's sample count)."""
         def call(x: Tensor, theta: Tensor) -> Tensor:
             y = device(x, theta)
             self.record(x, theta, y)
+            if self.s.jitter > 0:
+                x_near, theta_near = self.nearby(x, theta)
+                with counted_as("refinement") if counted_as is not None else nullcontext():
+                    self.record(x_near, theta_near, device(x_near, theta_near))
             return y
         return call
+
+    def nearby(self, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """The first ``jitter_samples`` of the batch's points x [B, n], θ [n] or [B, n_params], each moved by a
+        normal step of standard deviation ``jitter`` (x kept in [-1, 1], θ in ``theta_bounds``): x [k, n], θ [k, p].
+        The steps follow from the seed and the samples recorded so far, so a resumed run draws the same."""
+        k = min(self.s.jitter_samples, x.shape[0])
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * self.samples + len(self.staged))
+        theta = (theta.expand(x.shape[0], -1) if theta.dim() == 1 else theta)[:k]
+        x_near = (x[:k] + self.s.jitter * torch.randn(x[:k].shape, generator=gen, dtype=x.dtype)).clamp(-1.0, 1.0)
+        theta_near = theta + self.s.jitter * torch.randn(theta.shape, generator=gen, dtype=theta.dtype)
+        if self.theta_bounds is not None:
+            low, high = (b.to(theta.dtype) for b in self.theta_bounds)
+            theta_near = torch.maximum(torch.minimum(theta_near, high), low)
+        return x_near, theta_near
 
     def after_batch(self, batches_done: int) -> None:
         """Called between batches (``batches_done`` of the epoch): at every ``every_batches``-th, swap in the

@@ -271,7 +271,7 @@ class Trainer:
         if refiner is not None and settings.mode == "perturbative":
             raise ValueError("perturbative training uses no twin: there is none to refine")
         # the device's training measurements, recorded for the refinement
-        self.measuring = refiner.recording(self.device) if refiner is not None else self.device
+        self.measuring = refiner.recording(self.device, self.counting) if refiner is not None else self.device
         # PAT: the device forward, the twin's gradient; in silico: the twin for both; perturbative: the device only
         self.train_layer: Layer = (physics_aware(self.measuring, twin) if settings.mode == "pat"
                                    else self.clock.timed("twin", twin) if settings.mode == "in_silico"

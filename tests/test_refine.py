@@ -78,7 +78,8 @@ class ToyTwin(nn.Module):
         return y
 
 
-def make_refining_trainer(out: Path, twin: ToyTwin, epochs: int = 2, device=device_fn, **refine) -> Trainer:
+def make_refining_trainer(out: Path, twin: ToyTwin, epochs: int = 2, device=device_fn, theta_bounds=None,
+                          **refine) -> Trainer:
     torch.manual_seed(0)
     net = PhysicalNetwork(8, 4, width=8, depth=2, seed=0)
     settings = TrainingConfig(epochs=epochs, batch_size=8, lr=0.05)
@@ -86,7 +87,7 @@ def make_refining_trainer(out: Path, twin: ToyTwin, epochs: int = 2, device=devi
     cfg = RefineConfig(enabled=True, **{"every_batches": 2, "buffer_size": 64, "steps": 15, "batch_size": 32,
                                         "lr": 0.05, "mix_fraction": 0.0, **refine})
     return Trainer(net, make_data(), device, twin, settings, seed=0, out_dir=out,
-                   refiner=Refiner(twin, cfg, out, seed=0))
+                   refiner=Refiner(twin, cfg, out, seed=0, theta_bounds=theta_bounds))
 
 
 def test_pat_backward_never_sees_weights_other_than_its_forward_pass(tmp_path: Path) -> None:
@@ -202,6 +203,31 @@ def test_a_warm_up_that_fails_keeps_nothing_and_is_done_again_on_resume(tmp_path
     resumed.fit(resume=True)
     assert next(w for what, w in twin.seen if what == "forward")[0] > 1.1  # warmed up before its first step
     assert resumed.refiner.samples == (3 * 8 + 60) * 2  # the warm-up's 3 batches once, then the 60 samples
+
+
+def test_jitter_measures_points_near_the_batch_in_bounds_and_counts_them_as_refinement(tmp_path: Path) -> None:
+    """jitter 0.2, 3 samples: after each layer's measurement of a batch the device measures 3 of its points moved a
+    little (x in [-1, 1], θ in the given bounds, one θ per point), recorded for the twin and counted as refinement."""
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def device(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        calls.append((x.clone(), theta.clone()))
+        return device_fn(x, theta)
+
+    bounds = (torch.full((8,), -0.9), torch.full((8,), 0.9))
+    trainer = make_refining_trainer(tmp_path, ToyTwin(), epochs=1, device=device, theta_bounds=bounds, jitter=0.2,
+                                    jitter_samples=3)
+    row = trainer.fit()[0]
+    training = calls[: 2 * 8 * 2]  # 8 batches, 2 layers: a batch's measurement, then its nearby points
+    for (x, theta), (x_near, theta_near) in zip(training[0::2], training[1::2]):
+        assert x_near.shape == (3, 8) and theta_near.shape == (3, 8) and theta.shape == (8,)
+        assert x_near.abs().max() <= 1.0 and theta_near.abs().max() <= 0.9
+        moved = (x_near - x[:3]).abs().mean()
+        assert 0.02 < moved < 0.4  # near the batch's points, not on them
+        assert not torch.equal(theta_near[0], theta_near[1])  # each point its own θ
+    assert row["device_samples_refinement"] == 3 * 8 * 2
+    assert trainer.refiner.samples == (60 + 3 * 8) * 2
+    assert len(trainer.refiner.buffer) == 64  # bounded as ever
 
 
 def test_refinement_without_overlap_is_counted_as_twin_time(tmp_path: Path, monkeypatch) -> None:
