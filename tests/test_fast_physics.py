@@ -38,7 +38,7 @@ import torch
 from scipy.special import expit
 
 from encoding.awg_scope import sample_averages
-from simulators.instruments import scope as scope_module
+from simulators.instruments import scope_record
 from simulators.physics import electronic, mechanical
 from simulators.physics.electronic import CircuitValues, ElectronicCircuit
 from simulators.physics.mechanical import PlateValues, SpeakerPlate
@@ -170,7 +170,7 @@ def test_scope_resamples_as_np_interp() -> None:
             n = 3000
             want = np.interp(((first + np.arange(n) / srate) - start) * fs, np.arange(length, dtype=np.float64),
                              trace)
-            np.testing.assert_array_equal(scope_module._resample(trace, first, srate, start, fs, n), want)
+            np.testing.assert_array_equal(scope_record.resample(trace, first, srate, start, fs, n), want)
 
 
 def reference_sample_averages(t: np.ndarray, volts: np.ndarray, n: int, fs: float, delay_s: float) -> np.ndarray:

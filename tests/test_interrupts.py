@@ -26,8 +26,11 @@ from test_cli import EXPERIMENT, _pnn_executable, plain, pnn, read_metrics
 
 RUN = [EXPERIMENT, "--simulate", "--twin", "perfect", "--epochs", 2, "--set", "network.width=64",
        "--set", "network.depth=1", "--set", "task.n_train=300", "--set", "task.n_test=50"]
-N_BATCHES = 19  # 300 samples in batches of 16; a batch takes about 0.1 s
-SMALL_BATCHES = ["--set", "training.batch_size=16"]
+N_BATCHES = 19  # 300 samples in batches of 16
+# acquisitions take their real duration at a low sample rate: a batch takes about 70 ms, so the signal sent 0.25 s
+# into epoch 2 lands inside it (on the simulated bench's own pace the whole epoch can take less than that)
+SMALL_BATCHES = ["--set", "training.batch_size=16", "--set", "simulate.realtime=true",
+                 "--set", "encoding.sample_rate_hz=2e5"]
 # two batches of 150 that take most of a second each (acquisitions take their real duration, at a low sample rate):
 # time enough to send a second signal while the batch is still running
 SLOW_BATCHES = ["--set", "training.batch_size=150", "--set", "simulate.realtime=true",

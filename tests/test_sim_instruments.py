@@ -310,7 +310,7 @@ def test_scope_1m_point_capture_is_vectorised(scope) -> None:
 def test_a_decimated_transfer_reads_the_points_of_the_whole_record(scope, acq: str) -> None:
     """DC channels are quantized when read, at the points read: the codes equal the whole record quantized with the
     settings at the trigger (probe 10, an offset) and then decimated, even after the settings change."""
-    from simulators.instruments.scope import _quantize, _resample
+    from simulators.instruments.scope_record import quantize, resample
 
     inst, s = scope
     run(s, f":CHAN1:PROB 10;:CHAN1:SCAL 0.7;:CHAN1:OFFS 0.3;:ACQ:TYPE {acq};:TIM:RANG 1e-3;"
@@ -319,7 +319,7 @@ def test_a_decimated_transfer_reads_the_points_of_the_whole_record(scope, acq: s
     assert inst.capture({1: trace}, 1e6, start_s=-2e-5)
     rec = inst.record
     assert 1 in rec.analog and not rec.codes  # nothing quantized yet
-    whole = _quantize(_resample(trace, rec.t0_s, rec.sample_rate_hz, -2e-5, 1e6, rec.n_points) * 10.0, 0.7, 0.3,
+    whole = quantize(resample(trace, rec.t0_s, rec.sample_rate_hz, -2e-5, 1e6, rec.n_points) * 10.0, 0.7, 0.3,
                       acq)
     run(s, ":CHAN1:SCAL 2;:CHAN1:OFFS 0;:CHAN1:PROB 1;:WAV:POIN:MODE RAW;:WAV:POIN 200000\n")  # after the trigger
     volts, pre = _read_volts(s)

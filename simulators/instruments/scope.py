@@ -19,7 +19,7 @@ Commands (every setting is also a query):
 Acquisition model: the record spans ``:TIM:RANG`` with up to 1,000,000 points (2 GSa/s with one channel on,
 1 GSa/s with two); ``:WAV:DATA?`` returns it decimated to at most ``:WAV:POIN`` points (62,500 at most in NORMal
 points mode). On a trigger the bench calls ``capture(traces, sample_rate_hz, start_s)``: each channel is linearly
-interpolated onto the record grid (edge values held outside the trace; ``_resample``, compiled with numba), AC
+interpolated onto the record grid (edge values held outside the trace; ``resample``, compiled with numba), AC
 coupling removes the mean, and the 8-bit ADC quantizes with a step of 8 div * V/div / 256 about the screen centre,
 clipping at the screen edges (codes 0 and 255). HRES first averages the input over each record interval and keeps
 12 bits; AVER averages ``:ACQ:COUN`` triggered acquisitions of 8-bit codes. ``:WAV:DATA?`` is always an IEEE
@@ -42,22 +42,21 @@ import logging
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-import numba
 import numpy as np
 
+from simulators.instruments.scope_record import (SCREEN_DIVISIONS, AnalogChannel, Record, adc_codes, box_average,
+                                                 quantize, resample)
 from simulators.scpi import Block, Call, SCPIError, SCPIInstrument, nr1, nr3, scpi, setting
 
 log = logging.getLogger(__name__)
 
-SCREEN_DIVISIONS = 8
 TIME_DIVISIONS = 10
 REFERENCE_FRACTION = {"LEFT": 0.1, "CENT": 0.5, "RIGH": 0.9}
 TYPE_CODES = {"NORM": 0, "PEAK": 1, "AVER": 2, "HRES": 3}
 FORMAT_CODES = {"BYTE": 0, "WORD": 1, "ASC": 4}
-HRES_BITS = 12
 TRIGGER_HYSTERESIS_DIV = 0.05
 _CHANNEL = re.compile(r"CHAN(?:NEL)?([0-9]{1,9})")  # bounded: int() refuses thousands of digits
 
@@ -79,63 +78,6 @@ class ScopeChannel:
     offset_v: float = 0.0
     coupling: str = "DC"
     probe: float = 1.0
-
-
-@dataclass(frozen=True)
-class _Analog:
-    """One channel of an acquisition kept as its input: the trace (sample j at start_s + j / fs, volts at the probe's
-    input) and the vertical settings at the trigger, to be resampled and quantized at the points a transfer reads."""
-
-    trace: np.ndarray
-    first_s: float
-    srate: float
-    start_s: float
-    fs: float
-    n: int
-    probe: float
-    scale_v: float
-    offset_v: float
-    acq_type: str
-
-    def codes(self, stride: int) -> np.ndarray:
-        """The 16-bit codes of record points 0, stride, 2 stride, ...: the same numbers as quantizing the whole
-        record and decimating it (resampling and quantizing act point by point)."""
-        volts = _resample(self.trace, self.first_s, self.srate, self.start_s, self.fs, len(range(0, self.n, stride)),
-                          stride)
-        if self.probe != 1.0:
-            volts *= self.probe
-        return _quantize(volts, self.scale_v, self.offset_v, self.acq_type)
-
-
-@dataclass
-class Record:
-    """One acquisition: 16-bit codes per channel on a uniform grid (8-bit ADC codes * 256 unless HRES/AVER).
-
-    Channels whose every point depends only on the input at that point (DC coupling, not averaging) keep their
-    input (``analog``) and are quantized at the points a transfer reads, when it reads them; the others (AC coupling
-    subtracts the record's mean, AVER sums acquisitions) hold the codes of the whole record (``codes``)."""
-
-    sample_rate_hz: float
-    t0_s: float  # time of the first point relative to the trigger
-    n_points: int
-    acq_type: str
-    count: int
-    codes: dict[int, np.ndarray] = field(default_factory=dict)  # uint16
-    analog: dict[int, _Analog] = field(default_factory=dict)
-    scale_v: dict[int, float] = field(default_factory=dict)
-    offset_v: dict[int, float] = field(default_factory=dict)
-    _read: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (channel, stride) -> codes, as read
-
-    def channels(self) -> set[int]:
-        return set(self.codes) | set(self.analog)
-
-    def read(self, ch: int, stride: int) -> np.ndarray:
-        """Codes of channel ``ch``'s points 0, stride, 2 stride, ... (uint16)."""
-        if ch in self.codes:
-            return self.codes[ch][::stride]
-        if (ch, stride) not in self._read:
-            self._read[(ch, stride)] = self.analog[ch].codes(stride)
-        return self._read[(ch, stride)]
 
 
 class SimInfiniiVision(SCPIInstrument):
@@ -229,16 +171,16 @@ class SimInfiniiVision(SCPIInstrument):
                 cfg = self.chan[ch]
                 trace = np.asarray(traces.get(ch, np.zeros(2)), dtype=np.float64)
                 if self.acq_type == "HRES":
-                    trace = _box_average(trace, int(sample_rate_hz // srate))
+                    trace = box_average(trace, int(sample_rate_hz // srate))
                 if trace.shape[0] == 0:
                     raise ValueError("capture: an empty trace")
                 rec.scale_v[ch], rec.offset_v[ch] = cfg.scale_v, cfg.offset_v
-                analog = _Analog(trace, first, srate, start_s, sample_rate_hz, n, cfg.probe, cfg.scale_v,
+                analog = AnalogChannel(trace, first, srate, start_s, sample_rate_hz, n, cfg.probe, cfg.scale_v,
                                  cfg.offset_v, self.acq_type)
                 if cfg.coupling == "DC" and self.acq_type != "AVER":
                     rec.analog[ch] = analog  # quantized when read, at the points read
                     continue
-                volts = _resample(trace, first, srate, start_s, sample_rate_hz, n, 1)
+                volts = resample(trace, first, srate, start_s, sample_rate_hz, n, 1)
                 if cfg.probe != 1.0:
                     volts *= cfg.probe
                 if cfg.coupling == "AC":
@@ -259,8 +201,8 @@ class SimInfiniiVision(SCPIInstrument):
         """8-bit ADC (12 bits in HRES, averaged 8-bit codes in AVER) as 16-bit codes about 32768."""
         cfg = self.chan[ch]
         if self.acq_type != "AVER":
-            return _quantize(volts, cfg.scale_v, cfg.offset_v, self.acq_type)
-        code8 = _adc_codes(volts, cfg.scale_v, cfg.offset_v) + 128
+            return quantize(volts, cfg.scale_v, cfg.offset_v, self.acq_type)
+        code8 = adc_codes(volts, cfg.scale_v, cfg.offset_v) + 128
         self._avg_sum[ch] = self._avg_sum.get(ch, 0.0) + code8
         mean = self._avg_sum[ch] / (self._avg_n + 1)
         return np.clip(np.round(mean * 256), 0, 65535).astype(np.uint16)
@@ -567,60 +509,6 @@ class SimInfiniiVision(SCPIInstrument):
         else:
             data = (codes.astype(np.int32) - 32768).astype(order + "i2")
         return Block(data.tobytes(), digits=8)
-
-
-def _adc_codes(volts: np.ndarray, scale_v: float, offset_v: float, bits: int = 8) -> np.ndarray:
-    """Volts -> ADC codes about the screen centre (-2^(bits-1) .. 2^(bits-1) - 1, clipped at the screen edges), as
-    floats; ``volts`` is overwritten."""
-    sub = 2 ** (bits - 8)
-    u = volts
-    u -= offset_v
-    u *= 1.0 / (SCREEN_DIVISIONS * scale_v / 256.0)  # in 8-bit LSBs from the screen centre
-    if sub != 1:
-        u *= sub
-    return np.clip(np.rint(u, out=u), -128 * sub, 128 * sub - 1, out=u)
-
-
-def _quantize(volts: np.ndarray, scale_v: float, offset_v: float, acq_type: str) -> np.ndarray:
-    """One acquisition's 16-bit codes about 32768: 8-bit ADC codes * 256, or 12-bit codes * 16 in HRES (not AVER,
-    which averages several acquisitions' 8-bit codes). ``volts`` is overwritten."""
-    bits = HRES_BITS if acq_type == "HRES" else 8
-    u = _adc_codes(volts, scale_v, offset_v, bits)
-    u += 2 ** (bits - 1)
-    u *= 2 ** (16 - bits)
-    return u.astype(np.uint16)
-
-
-@numba.njit(cache=True, nogil=True)
-def _resample(trace: np.ndarray, first_s: float, srate: float, start_s: float, fs: float,
-              n: int, stride: int = 1) -> np.ndarray:  # pragma: no cover - compiled
-    """The trace (sample j at start_s + j / fs) at n record points, the k-th being point k stride of the record, at
-    first_s + k stride / srate: linear interpolation, the edge values held outside the trace. With stride 1 the same
-    numbers as ``np.interp(((first_s + arange(n) / srate) - start_s) * fs, arange(len(trace)), trace)``, in one
-    pass; with a stride, those numbers decimated."""
-    last = trace.shape[0] - 1
-    out = np.empty(n)
-    for k in range(n):
-        x = ((first_s + (k * stride) / srate) - start_s) * fs
-        if x < 0.0:
-            out[k] = trace[0]
-        elif x >= last:
-            out[k] = trace[last]
-        else:
-            j = int(x)
-            out[k] = (trace[j + 1] - trace[j]) * (x - j) + trace[j]
-    return out
-
-
-def _box_average(trace: np.ndarray, k: int) -> np.ndarray:
-    """Centred moving average over ``k`` samples (HRES); the trace itself for k < 2."""
-    if k < 2 or trace.shape[0] < k:
-        return trace
-    c = np.concatenate(([0.0], np.cumsum(trace)))
-    out = trace.copy()
-    half = k // 2
-    out[half:half + trace.shape[0] - k + 1] = (c[k:] - c[:-k]) / k
-    return out
 
 
 def _first_edge(y: np.ndarray, level: float, hysteresis: float, slope: str) -> int | None:
