@@ -432,9 +432,9 @@ class Trainer:
     def warm_up_twin(self) -> None:
         """``twin.refine.warmup_batches``: before the first step, the device measures the first training batches of
         the first epoch at the initial parameters, and the twin is refined on them at once (``warmup_steps`` Adam
-        steps). Counted as refinement samples and twin time; its NMSE before and after goes into epoch 1's row. The
-        measurements are committed together: if the device fails in between, none is kept, and the resumed run
-        warms up again."""
+        steps). Its samples count as refinement, its time as the first epoch's (the device's as instrument time, the
+        fine-tuning as twin time); its NMSE before and after goes into epoch 1's row. The measurements are committed
+        together: if the device fails in between, none is kept, and the resumed run warms up again."""
         refine, at = self.refiner.s, self.at
         x_all = torch.as_tensor(self.data.x_train)
         t0, before = time.perf_counter(), dict(self.clock.seconds)

@@ -19,7 +19,7 @@ Commands (every setting is also a query):
 Acquisition model: the record spans ``:TIM:RANG`` with up to 1,000,000 points (2 GSa/s with one channel on,
 1 GSa/s with two); ``:WAV:DATA?`` returns it decimated to at most ``:WAV:POIN`` points (62,500 at most in NORMal
 points mode). On a trigger the bench calls ``capture(traces, sample_rate_hz, start_s)``: each channel is linearly
-interpolated onto the record grid (edge values held outside the trace; ``resample``, compiled with numba), AC
+interpolated onto the record grid (edge values held outside the trace; ``scope_record.resample``, compiled), AC
 coupling removes the mean, and the 8-bit ADC quantizes with a step of 8 div * V/div / 256 about the screen centre,
 clipping at the screen edges (codes 0 and 255). HRES first averages the input over each record interval and keeps
 12 bits; AVER averages ``:ACQ:COUN`` triggered acquisitions of 8-bit codes. ``:WAV:DATA?`` is always an IEEE
@@ -48,7 +48,7 @@ from typing import Protocol
 import numpy as np
 
 from simulators.instruments.scope_record import (SCREEN_DIVISIONS, AnalogChannel, Record, adc_codes, box_average,
-                                                 quantize, resample)
+                                                 quantize)
 from simulators.scpi import Block, Call, SCPIError, SCPIInstrument, nr1, nr3, scpi, setting
 
 log = logging.getLogger(__name__)
@@ -176,13 +176,11 @@ class SimInfiniiVision(SCPIInstrument):
                     raise ValueError("capture: an empty trace")
                 rec.scale_v[ch], rec.offset_v[ch] = cfg.scale_v, cfg.offset_v
                 analog = AnalogChannel(trace, first, srate, start_s, sample_rate_hz, n, cfg.probe, cfg.scale_v,
-                                 cfg.offset_v, self.acq_type)
+                                       cfg.offset_v, self.acq_type)
                 if cfg.coupling == "DC" and self.acq_type != "AVER":
                     rec.analog[ch] = analog  # quantized when read, at the points read
                     continue
-                volts = resample(trace, first, srate, start_s, sample_rate_hz, n, 1)
-                if cfg.probe != 1.0:
-                    volts *= cfg.probe
+                volts = analog.volts(1)
                 if cfg.coupling == "AC":
                     volts -= volts.mean()
                 rec.codes[ch] = self._digitize(ch, volts)

@@ -29,14 +29,18 @@ class AnalogChannel:
     offset_v: float
     acq_type: str
 
+    def volts(self, stride: int) -> np.ndarray:
+        """The record's points 0, stride, 2 stride, ... in volts at the probe tip: the input resampled and scaled."""
+        volts = resample(self.trace, self.first_s, self.srate, self.start_s, self.fs, len(range(0, self.n, stride)),
+                         stride)
+        if self.probe != 1.0:
+            volts *= self.probe
+        return volts
+
     def codes(self, stride: int) -> np.ndarray:
         """The 16-bit codes of record points 0, stride, 2 stride, ...: the same numbers as quantizing the whole
         record and decimating it (resampling and quantizing act point by point)."""
-        volts = resample(self.trace, self.first_s, self.srate, self.start_s, self.fs, len(range(0, self.n, stride)),
-                          stride)
-        if self.probe != 1.0:
-            volts *= self.probe
-        return quantize(volts, self.scale_v, self.offset_v, self.acq_type)
+        return quantize(self.volts(stride), self.scale_v, self.offset_v, self.acq_type)
 
 
 @dataclass
