@@ -52,6 +52,12 @@ def export(rev: str, into: Path) -> Path:
     return into
 
 
+def head_commit() -> str:
+    """The short hash of this checkout's HEAD (the label of the current tree's figures)."""
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
 def run(tree: Path, args: list[str], scratch: Path) -> dict:
     """One ``pnn`` command in ``tree`` (its own code first on the path), with its artifacts and run folder in
     ``scratch``; its wall time and what its run folder says."""
@@ -77,8 +83,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--jobs", nargs="+", default=list(JOBS)[:2], choices=list(JOBS))
     args = parser.parse_args()
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    head = head_commit()
     results: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="pnn-speedup-") as tmp:
         trees = {args.baseline: export(args.baseline, Path(tmp) / "baseline"), head: ROOT}

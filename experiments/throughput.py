@@ -82,10 +82,9 @@ def main() -> None:
 
 def compare(args: argparse.Namespace) -> None:
     """This checkout against ``args.baseline``, alternating fresh one-core processes; prints a Markdown table."""
-    from speedup import ROOT, export  # experiments/speedup.py, beside this file
+    from speedup import ROOT, export, head_commit  # experiments/speedup.py, beside this file
 
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    head = head_commit()
     experiment = Path(args.experiment).resolve().relative_to(ROOT)
     cpu_rates: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="pnn-throughput-") as tmp:

@@ -30,6 +30,7 @@ from orchestrator.lab import device_width
 from orchestrator.pat import physics_aware
 from orchestrator.session import open_session
 from twins.artifact import load_twin
+from twins.fit import nmse
 
 
 def gradient(net: nn.Module, layer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -47,22 +48,21 @@ def compare(net: nn.Module, perfect: nn.Module, twins: dict[str, nn.Module], x_a
     stats = {name: {"cos": [], "norm_ratio": [], "nmse": []} for name in twins}
     for idx in order:
         x, y = x_all[idx], y_all[idx]
-        true = gradient(net, perfect, x, y)
-        inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # each layer's (input, θ, perfect output)
 
         def recording(h: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-            inputs.append((h.detach(), theta.detach()))
-            return perfect(h, theta)
+            out = perfect(h, theta)
+            seen.append((h.detach(), theta.detach(), out.detach()))
+            return out
 
-        with torch.no_grad():
-            net(x, recording)
+        true = gradient(net, recording, x, y)
         for name, twin in twins.items():
-            pat = gradient(net, physics_aware(lambda h, t: perfect(h, t), twin), x, y)
+            pat = gradient(net, physics_aware(perfect, twin), x, y)
             stats[name]["cos"].append(float(nn.functional.cosine_similarity(pat, true, dim=0)))
             stats[name]["norm_ratio"].append(float(pat.norm() / true.norm()))
             with torch.no_grad():
-                errors = [(twin(h, t) - perfect(h, t)).square().mean() / perfect(h, t).var() for h, t in inputs]
-            stats[name]["nmse"].append(float(torch.stack(errors).mean()))
+                errors = [nmse(twin(h, t), out) for h, t, out in seen]
+            stats[name]["nmse"].append(sum(errors) / len(errors))
     return {name: {k: sum(v) / len(v) for k, v in s.items()} for name, s in stats.items()}
 
 

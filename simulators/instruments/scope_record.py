@@ -60,7 +60,6 @@ class Record:
     analog: dict[int, AnalogChannel] = field(default_factory=dict)
     scale_v: dict[int, float] = field(default_factory=dict)
     offset_v: dict[int, float] = field(default_factory=dict)
-    _read: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (channel, stride) -> codes, as read
 
     def channels(self) -> set[int]:
         return set(self.codes) | set(self.analog)
@@ -69,9 +68,7 @@ class Record:
         """Codes of channel ``ch``'s points 0, stride, 2 stride, ... (uint16)."""
         if ch in self.codes:
             return self.codes[ch][::stride]
-        if (ch, stride) not in self._read:
-            self._read[(ch, stride)] = self.analog[ch].codes(stride)
-        return self._read[(ch, stride)]
+        return self.analog[ch].codes(stride)
 
 
 def adc_codes(volts: np.ndarray, scale_v: float, offset_v: float, bits: int = 8) -> np.ndarray:
@@ -98,7 +95,7 @@ def quantize(volts: np.ndarray, scale_v: float, offset_v: float, acq_type: str) 
 
 @numba.njit(cache=True, nogil=True)
 def resample(trace: np.ndarray, first_s: float, srate: float, start_s: float, fs: float,
-              n: int, stride: int = 1) -> np.ndarray:  # pragma: no cover - compiled
+             n: int, stride: int = 1) -> np.ndarray:  # pragma: no cover - compiled
     """The trace (sample j at start_s + j / fs) at n record points, the k-th being point k stride of the record, at
     first_s + k stride / srate: linear interpolation, the edge values held outside the trace. With stride 1 the same
     numbers as ``np.interp(((first_s + arange(n) / srate) - start_s) * fs, arange(len(trace)), trace)``, in one
