@@ -10,7 +10,8 @@ Exact command strings (channel 1 shown; values formatted losslessly):
     :WAV:SOUR CHAN1   :WAV:FORM WORD|BYTE|ASC   :WAV:BYT LSBF (WORD)   :WAV:UNS ON (WORD, BYTE)
     :WAV:POIN:MODE RAW   :WAV:POIN 1000   :WAV:PRE?   :WAV:DATA?
 
-Settings sent together (one ``set_*`` call) are followed by one ``SYST:ERR?`` check. ``:WAV:DATA?`` answers
+Settings sent together (one ``set_*`` call) are followed by one ``SYST:ERR?`` check. ``read_waveform`` sends its
+``:WAV`` settings only when they differ from the last transfer's (the scope keeps them; a reset forgets them). ``:WAV:DATA?`` answers
 an IEEE 488.2 block with an ``#8`` + 8-digit header; in ASC format the block holds comma-separated volts.
 Waveform scaling follows the preamble: volts = (code - yreference) * yincrement + yorigin and
 t = (i - xreference) * xincrement + xorigin, in seconds relative to the trigger.
@@ -59,6 +60,8 @@ _ACQ_TYPES = {"NORM": "NORM", "NORMAL": "NORM", "AVER": "AVER", "AVERAGE": "AVER
               "HRESOLUTION": "HRES", "PEAK": "PEAK"}
 _WAVE_FORMATS = {"WORD": "WORD", "BYTE": "BYTE", "ASC": "ASC", "ASCII": "ASC", "ASCI": "ASC"}
 #: :WAV:PRE? field 1 (format) and field 2 (acquisition type) codes
+#: key in ``settings`` of the waveform-transfer commands last applied (no colon: ``verify_settings`` skips it)
+_TRANSFER = "waveform_transfer"
 _PRE_FORMATS = {0: "BYTE", 1: "WORD", 4: "ASC"}
 _PRE_TYPES = {0: "NORM", 1: "PEAK", 2: "AVER", 3: "HRES"}
 
@@ -227,9 +230,13 @@ class KeysightInfiniiVision(SCPIInstrument):
         if form in ("WORD", "BYTE"):
             cmds.append(":WAV:UNS ON")
         cmds += [":WAV:POIN:MODE RAW", f":WAV:POIN {points}"]
-        self.write_all(cmds)
+        if self.settings.get(_TRANSFER) != cmds:  # the scope keeps them: sent again only when they change
+            self.settings.pop(_TRANSFER, None)
+            self.write_all(cmds)
+            self.settings[_TRANSFER] = cmds
         pre = parse_preamble(self.query(":WAV:PRE?"), instrument=self.name)
         if pre.format != form:
+            self.settings.pop(_TRANSFER, None)  # the scope does not hold what was sent: send it all next time
             raise ProtocolError(self.name, ":WAV:PRE?", f"preamble reports format {pre.format}, requested {form}")
         payload = self.link.query_block(":WAV:DATA?")
         volts = self._decode(payload, pre)

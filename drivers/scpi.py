@@ -38,6 +38,8 @@ ByteOrder = Literal["little", "big"]
 #: Longest error queue drained by ``SCPIInstrument.errors`` (real queues hold 20-30 entries).
 MAX_ERROR_READS = 50
 ESR_POWER_ON = 128  # IEEE 488.2 event status bit 7: the instrument has (re)started
+#: ``check_status``' compound query: the event status register and the first error, replies joined by ``;``
+STATUS_QUERY = "*ESR?;:SYST:ERR?"
 _ERROR_REPLY = re.compile(r'^\s*([+-]?\d+)\s*,\s*"(.*)"\s*$', re.DOTALL)
 
 
@@ -299,7 +301,9 @@ class SCPIInstrument:
         return parse_identity(self.query("*IDN?"), instrument=self.name)
 
     def reset(self) -> None:
-        """``*RST`` (factory default state) then ``*OPC?`` to wait until it is done."""
+        """``*RST`` (factory default state) then ``*OPC?`` to wait until it is done. The remembered ``settings`` are
+        forgotten: the instrument no longer holds them."""
+        self.settings.clear()
         self.link.write("*RST")
         self.wait_opc()
 
@@ -322,8 +326,11 @@ class SCPIInstrument:
 
     def errors(self) -> list[tuple[int, str]]:
         """Drain the error queue with ``SYST:ERR?``: every ``(code, message)`` until ``+0,"No error"``."""
-        found: list[tuple[int, str]] = []
-        for _ in range(MAX_ERROR_READS):
+        return self._drain_errors([])
+
+    def _drain_errors(self, found: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """``found`` (errors already read from the queue) and the rest of the queue, read with ``SYST:ERR?``."""
+        for _ in range(MAX_ERROR_READS - len(found)):
             code, message = parse_error(self.query("SYST:ERR?"), instrument=self.name)
             if code == 0:
                 return found
@@ -341,15 +348,28 @@ class SCPIInstrument:
         return False
 
     def check_status(self) -> None:
-        """After a measurement: did anything happen to the instrument meanwhile? Reads ``*ESR?`` and drains
-        ``SYST:ERR?``.
+        """After a measurement: did anything happen to the instrument meanwhile? Reads ``*ESR?`` and the first entry
+        of the error queue in one compound query (``*ESR?;:SYST:ERR?``, one round trip), then drains the rest of the
+        queue if it held anything.
 
         Raises InstrumentWasReset if it reset itself since the last check (power-on bit: apply the settings again),
         InstrumentReportedError if its error queue holds errors.
         """
         before = self.link.last_command
-        reset = self.was_reset()
-        errors = self.errors()
+        reply = self.query(STATUS_QUERY)
+        esr, separator, first = reply.partition(";")
+        if not separator or not re.fullmatch(r"\s*[+-]?\d+\s*", esr):
+            raise ProtocolError(self.name, STATUS_QUERY,
+                                f"expected '<event status>;<code>,\"<message>\"', got {reply!r}")
+        event_status = int(esr)
+        reset = bool(event_status & ESR_POWER_ON)
+        if reset:
+            self.settings.clear()
+        code, message = parse_error(first, instrument=self.name)
+        errors = []
+        if code != 0:
+            log.warning("%s reported error %d,%r", self.name, code, message)
+            errors = self._drain_errors([(code, message)])
         if reset:
             raise InstrumentWasReset(self.name, "*ESR?", "the instrument reset itself (power-on bit set): the "
                                                          "settings it was given are lost")

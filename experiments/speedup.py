@@ -53,9 +53,13 @@ def export(rev: str, into: Path) -> Path:
 
 
 def head_commit() -> str:
-    """The short hash of this checkout's HEAD (the label of the current tree's figures)."""
-    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    """The label of the current tree's figures: the short hash of this checkout's HEAD, with ``+changes`` when
+    tracked files differ from it (uncommitted changes are measured, not the commit)."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+
+    head = git("rev-parse", "--short", "HEAD").stdout.strip()
+    return head if git("diff", "--quiet", "HEAD").returncode == 0 else f"{head}+changes"
 
 
 def run(tree: Path, args: list[str], scratch: Path) -> dict:

@@ -7,7 +7,6 @@ pass always differentiates the weights its forward pass used, even while a refin
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 

@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from drivers.errors import ConnectionLost, InstrumentError, InstrumentTimeout, LimitViolation, ProtocolError
+from drivers.errors import (ConnectionLost, InstrumentError, InstrumentTimeout, InstrumentWasReset, LimitViolation,
+                            ProtocolError)
 from drivers.scope import KeysightInfiniiVision, parse_preamble
 
 from conftest import WireReply
@@ -100,6 +101,37 @@ def test_byte_waveform_bytes_and_scaling(scope_rig) -> None:
     assert server.since(0) == (b":WAV:SOUR CHAN2\n:WAV:FORM BYTE\n:WAV:UNS ON\n"
                                b":WAV:POIN:MODE RAW\n:WAV:POIN 4\nSYST:ERR?\n:WAV:PRE?\n:WAV:DATA?\n")
     np.testing.assert_allclose(wave.volts, (np.array([0, 128, 255, 10]) - 128) * YINC + YORIG)
+
+
+def test_transfer_settings_are_sent_again_only_when_they_change(scope_rig) -> None:
+    """The scope keeps its :WAV settings, so a second record of the same shape costs two queries; other points, a
+    reset (``*RST``, or the power-on bit seen by ``check_status``) or a preamble that disagrees send them again."""
+    server, scope = scope_rig({":WAV:PRE?": preamble(0, 4, yref=128), ":WAV:DATA?": block8(bytes([0, 128, 255, 10])),
+                               "*ESR?;:SYST:ERR?": '+128;+0,"No error"'})
+    settings = b":WAV:SOUR CHAN2\n:WAV:FORM BYTE\n:WAV:UNS ON\n:WAV:POIN:MODE RAW\n:WAV:POIN 4\nSYST:ERR?\n"
+    transfer = b":WAV:PRE?\n:WAV:DATA?\n"
+    first = scope.read_waveform(2, points=4, fmt="BYTE")
+    mark = server.mark()
+    again = scope.read_waveform(2, points=4, fmt="BYTE")
+    assert server.since(mark) == transfer
+    np.testing.assert_array_equal(again.volts, first.volts)
+    mark = server.mark()
+    scope.read_waveform(2, points=3, fmt="BYTE")  # the preamble says 4 points: only the request differs here
+    assert server.since(mark) == settings.replace(b"POIN 4", b"POIN 3") + transfer
+    scope.reset()
+    mark = server.mark()
+    scope.read_waveform(2, points=4, fmt="BYTE")
+    assert server.since(mark) == settings + transfer
+    with pytest.raises(InstrumentWasReset):
+        scope.check_status()
+    mark = server.mark()
+    scope.read_waveform(2, points=4, fmt="BYTE")
+    assert server.since(mark) == settings + transfer
+    with pytest.raises(ProtocolError, match="format BYTE, requested WORD"):
+        scope.read_waveform(2, points=4, fmt="WORD")
+    mark = server.mark()
+    scope.read_waveform(2, points=4, fmt="BYTE")
+    assert server.since(mark) == settings + transfer
 
 
 def test_ascii_waveform_comes_inside_a_block(scope_rig) -> None:

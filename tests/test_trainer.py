@@ -21,7 +21,6 @@ from orchestrator.datasets import Dataset
 from orchestrator.network import PhysicalNetwork
 from orchestrator.retry import DeviceFailure, RetryCounts, retrying
 from orchestrator.trainer import CHECKPOINT, StopRequest, Trainer, TrainingStopped
-from common.files import CorruptFileError
 
 N_TRAIN, BATCH, EPOCHS, DEPTH = 60, 16, 3, 2
 N_BATCHES = 4  # ceil(60 / 16): the last batch of an epoch is short

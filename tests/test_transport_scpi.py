@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from drivers.blocks import decode_block, encode_block
-from drivers.errors import ConnectionLost, InstrumentReportedError, InstrumentTimeout, ProtocolError
+from drivers.errors import (ConnectionLost, InstrumentReportedError, InstrumentTimeout, InstrumentWasReset,
+                            ProtocolError)
 from drivers.scpi import Identity, SCPIInstrument, format_number, pack_values, unpack_values
 from drivers.transport import SerialLink, VisaLink, open_link
 from conftest import WireReply
@@ -270,6 +271,27 @@ def test_write_raises_the_reported_error(wire_server, wire_link) -> None:
     dev.write("SOUR1:VOLT 2", check=False)
     dev.wait_opc()
     assert server.since(0).endswith(b"SOUR1:VOLT 1\nSYST:ERR?\nSOUR1:VOLT 2\n*OPC?\n")
+
+
+def test_check_status_asks_event_status_and_first_error_in_one_query(wire_server, wire_link) -> None:
+    server = wire_server({"*ESR?;:SYST:ERR?": ['+0;+0,"No error"', '+0;-222,"Data out of range"',
+                                              '+128;+0,"No error"', '+0;garbage', 'hello'],
+                          "SYST:ERR?": ['-221,"Settings conflict"', '+0,"No error"']})
+    dev = SCPIInstrument(wire_link(server), name="awg")
+    dev.check_status()  # nothing happened: one round trip
+    assert server.since(0) == b"*ESR?;:SYST:ERR?\n"
+    mark = server.mark()
+    with pytest.raises(InstrumentReportedError) as info:
+        dev.check_status()  # an error: the rest of the queue is drained, every error reported
+    assert info.value.errors == [(-222, "Data out of range"), (-221, "Settings conflict")]
+    assert server.since(mark) == b"*ESR?;:SYST:ERR?\nSYST:ERR?\nSYST:ERR?\n"
+    dev.settings["sample_rate"] = 1e6
+    with pytest.raises(InstrumentWasReset, match="awg"):
+        dev.check_status()  # the power-on bit: what the driver remembers is gone with the instrument's state
+    assert dev.settings == {}
+    for _ in range(2):  # a garbled error entry, then a reply without the second part
+        with pytest.raises(ProtocolError, match="awg"):
+            dev.check_status()
 
 
 def test_errors_drains_a_bounded_queue(wire_server, wire_link) -> None:
