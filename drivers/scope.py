@@ -11,8 +11,9 @@ Exact command strings (channel 1 shown; values formatted losslessly):
     :WAV:POIN:MODE RAW   :WAV:POIN 1000   :WAV:PRE?   :WAV:DATA?
 
 Settings sent together (one ``set_*`` call) are followed by one ``SYST:ERR?`` check. ``read_waveform`` sends its
-``:WAV`` settings only when they differ from the last transfer's (the scope keeps them; a reset forgets them). ``:WAV:DATA?`` answers
-an IEEE 488.2 block with an ``#8`` + 8-digit header; in ASC format the block holds comma-separated volts.
+``:WAV`` settings only when they differ from the last transfer's (the scope keeps them; a reset forgets them).
+``:WAV:DATA?`` answers an IEEE 488.2 block with an ``#8`` + 8-digit header; in ASC format the block holds
+comma-separated volts.
 Waveform scaling follows the preamble: volts = (code - yreference) * yincrement + yorigin and
 t = (i - xreference) * xincrement + xorigin, in seconds relative to the trigger.
 
@@ -59,9 +60,9 @@ _TRIGGER_SOURCES = {"EXT": "EXT", "EXTERNAL": "EXT", "LINE": "LINE", "WGEN": "WG
 _ACQ_TYPES = {"NORM": "NORM", "NORMAL": "NORM", "AVER": "AVER", "AVERAGE": "AVER", "HRES": "HRES",
               "HRESOLUTION": "HRES", "PEAK": "PEAK"}
 _WAVE_FORMATS = {"WORD": "WORD", "BYTE": "BYTE", "ASC": "ASC", "ASCII": "ASC", "ASCI": "ASC"}
-#: :WAV:PRE? field 1 (format) and field 2 (acquisition type) codes
 #: key in ``settings`` of the waveform-transfer commands last applied (no colon: ``verify_settings`` skips it)
 _TRANSFER = "waveform_transfer"
+#: :WAV:PRE? field 1 (format) and field 2 (acquisition type) codes
 _PRE_FORMATS = {0: "BYTE", 1: "WORD", 4: "ASC"}
 _PRE_TYPES = {0: "NORM", 1: "PEAK", 2: "AVER", 3: "HRES"}
 

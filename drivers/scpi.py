@@ -340,9 +340,13 @@ class SCPIInstrument:
         return found
 
     def was_reset(self) -> bool:
-        """``*ESR?`` (which clears it): has the instrument (re)started since the last look (power-on bit)? If so, the
-        remembered ``settings`` are forgotten: they are lost on the instrument too."""
-        if self.query_int("*ESR?") & ESR_POWER_ON:
+        """``*ESR?`` (which clears it): has the instrument (re)started since the last look (power-on bit)?"""
+        return self._power_on(self.query_int("*ESR?"))
+
+    def _power_on(self, event_status: int) -> bool:
+        """Whether an event status register value holds the power-on bit. If so, the remembered ``settings`` are
+        forgotten: they are lost on the instrument too."""
+        if event_status & ESR_POWER_ON:
             self.settings.clear()
             return True
         return False
@@ -361,18 +365,15 @@ class SCPIInstrument:
         if not separator or not re.fullmatch(r"\s*[+-]?\d+\s*", esr):
             raise ProtocolError(self.name, STATUS_QUERY,
                                 f"expected '<event status>;<code>,\"<message>\"', got {reply!r}")
-        event_status = int(esr)
-        reset = bool(event_status & ESR_POWER_ON)
-        if reset:
-            self.settings.clear()
+        reset = self._power_on(int(esr))
         code, message = parse_error(first, instrument=self.name)
         errors = []
         if code != 0:
             log.warning("%s reported error %d,%r", self.name, code, message)
             errors = self._drain_errors([(code, message)])
         if reset:
-            raise InstrumentWasReset(self.name, "*ESR?", "the instrument reset itself (power-on bit set): the "
-                                                         "settings it was given are lost")
+            raise InstrumentWasReset(self.name, STATUS_QUERY, "the instrument reset itself (power-on bit set): the "
+                                                              "settings it was given are lost")
         if errors:
             raise InstrumentReportedError(self.name, f"SYST:ERR? (after {before!r})", errors)
 

@@ -55,11 +55,10 @@ def export(rev: str, into: Path) -> Path:
 def head_commit() -> str:
     """The label of the current tree's figures: the short hash of this checkout's HEAD, with ``+changes`` when
     tracked files differ from it (uncommitted changes are measured, not the commit)."""
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
-
-    head = git("rev-parse", "--short", "HEAD").stdout.strip()
-    return head if git("diff", "--quiet", "HEAD").returncode == 0 else f"{head}+changes"
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    clean = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD"]).returncode == 0
+    return head if clean else f"{head}+changes"
 
 
 def run(tree: Path, args: list[str], scratch: Path) -> dict:
