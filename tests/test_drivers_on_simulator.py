@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from drivers.awg import DAC_FULL_SCALE, Keysight33500B
-from drivers.errors import InstrumentReportedError, LimitViolation
+from drivers.errors import InstrumentReportedError, InstrumentWasReset, LimitViolation
 from drivers.scope import KeysightInfiniiVision
 from drivers.transport import open_link
 from simulators.benches import start_bench
@@ -230,3 +230,31 @@ def test_instrument_errors_are_read_and_raised_naming_instrument_and_command(rig
     assert info.value.errors[0][0] == -222
     assert bench.instruments["scope"].time_range_s == before
     assert scope.errors() == []
+
+
+def test_status_check_on_the_simulators_reports_errors_and_resets(rig) -> None:
+    """``check_status``' one compound query, ``*ESR?;:SYST:ERR?``, as the simulated instruments answer it over
+    pyvisa-py: quiet after a clean batch; an error left in the queue is raised with the rest of the queue; a reset
+    the instrument did on its own is raised once and the driver forgets its settings."""
+    bench, link = rig
+    awg, _ = make_awg(rig)
+    scope = KeysightInfiniiVision(link("scope"))
+    for inst in (awg, scope):
+        inst.check_status()
+    awg.link.write("SOUR1:BOGUS 1")  # raw: no error check by the driver
+    awg.link.write("SOUR1:VOLT:BOGUS 2")
+    with pytest.raises(InstrumentReportedError) as info:
+        awg.check_status()
+    assert info.value.instrument == "awg" and info.value.errors == [(-113, "Undefined header")] * 2
+    awg.check_status()  # the queue was drained
+    awg.sample_rate = 2e5
+    assert awg.settings["sample_rate"] == 2e5
+    sim = bench.instruments["awg"]
+    with sim.lock:  # a brown-out, as the simulator's fault injection makes one: the power-on state, unasked
+        sim.reset()
+        sim.powered_on = True
+    with pytest.raises(InstrumentWasReset, match="awg"):
+        awg.check_status()
+    assert awg.settings == {}
+    awg.check_status()  # the power-on bit is read once
+    scope.check_status()  # the other instrument saw nothing
