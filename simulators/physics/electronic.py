@@ -30,12 +30,13 @@ Imperfections, all drawn from the seed and documented here:
 Numerics: one semi-implicit step per microsecond or finer (symplectic Euler for the LC pair, a linearised implicit
 step for the diode current). For speed, a long waveform is cut into chunks integrated independently (float32), each
 started ``warmup`` samples early from rest; the circuit forgets its state with time constant 2L/R ~ 70 us, so with a
-warm-up of many time constants the result equals the sequential integration to well below the noise floor.
-``integrate`` writes the scheme out as array operations (torch, for the differentiable perfect twin); numpy arrays go
-through ``_integrate_rows``, the same scheme compiled with numba (the same operations per step, without numpy's
-per-call overhead: a few times faster than the per-time-step numpy loop, equal to it within float rounding). The
-scope noise is ``torch.randn``'s stream, drawn through ``_randn`` (the same numbers, vectorised), and only for the
-channels the scope reads are the traces computed.
+warm-up of many time constants the result equals the sequential integration to well below the noise floor. The
+chunks run side by side as SIMD vectors (``_integrate_chunks``, numba, with exp and log1p from ``vector_math``: equal
+to the C library's float32 functions but for a last bit here and there, which the resonant circuit carries along at
+the 1e-7 V level). ``integrate`` writes the scheme out as array operations (torch, for the differentiable perfect
+twin); numpy arrays go through ``_integrate_rows``, the same scheme compiled with numba (the same operations per step,
+equal to the per-time-step numpy loop within float rounding). The scope noise is ``torch.randn``'s stream, drawn
+through ``_randn`` (the same numbers, vectorised), and only for the channels the scope reads are the traces computed.
 """
 
 from __future__ import annotations
@@ -43,12 +44,15 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import numba
 import numpy as np
 import torch
 from torch import Tensor
+
+from simulators.physics.vector_math import exp_nonpositive, log1p_unit
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +107,7 @@ def integrate(emf, sample_rate_hz: float, values: CircuitValues, delta_t_k: floa
         emf = np.ascontiguousarray(emf)
         v, i = np.empty_like(emf), np.empty_like(emf)
         constants = _kernel_constants(emf.dtype, sample_rate_hz, values, delta_t_k, max_step_s)
-        _integrate_rows(emf, 0, emf.shape[1], 0, v, i, *constants)
+        _integrate_rows(emf, v, i, *constants)
         return v, i
     n_sub, k_l, k_c, decay, w, g_max, vf_mid, vf_half = _scheme(sample_rate_hz, values, delta_t_k, max_step_s)
     i = emf[:, 0] * 0.0
@@ -132,27 +136,23 @@ def _kernel_constants(dtype: np.dtype, sample_rate_hz: float, values: CircuitVal
 
 
 @numba.njit(cache=True, nogil=True)
-def _integrate_rows(emf, warm, length, step, v_out, i_out, n_sub, decay, k_l, k_c, w, vf_mid, vf_half, wg, kcg,
-                    zero, one):  # pragma: no cover - compiled
+def _integrate_rows(emf, v_out, i_out, n_sub, decay, k_l, k_c, w, vf_mid, vf_half, wg, kcg, zero,
+                    one):  # pragma: no cover - compiled
     """The circuit's scheme, compiled: ``integrate``'s loop, with the same operations in the same order, in the
-    precision of ``emf`` (the constants come rounded to it from ``_kernel_constants``). Per step, from rest::
+    precision of ``emf`` [C, T] (the constants come rounded to it from ``_kernel_constants``); each row from rest.
+    Per step::
 
         i <- decay i + k_l (e - v)                                    symplectic Euler for L di/dt
         z  = |v| / w - (vf_mid + vf_half sign v) / w                  diode pair, forward voltage per polarity
         v <- v + k_c (i - w g_max sign(v) softplus(z)) / (1 + k_c g_max sigmoid(z))   linearised implicit step
 
     softplus(z) = max(z, 0) + log1p(exp(-|z|)) as ``np.logaddexp(0, z)`` computes it; the sigmoid reuses exp(-|z|).
-
-    ``emf`` [C, T] (row r from rest) or, with ``step`` > 0, one long trace [1, N] read as overlapping rows: row r is
-    emf[0, r step : r step + warm + length] (as ``sliding_window_view(...)[::step]``). The outputs of steps
-    ``warm`` .. ``warm + length - 1`` of row r go to v_out[r], i_out[r] ([rows, length]).
     """
-    chunked = step > 0
-    rows = (emf.shape[1] - warm - length) // step + 1 if chunked else emf.shape[0]
+    rows, steps = emf.shape
     i_state, v_state = np.full(rows, zero), np.full(rows, zero)
-    for k in range(warm + length):
+    for k in range(steps):
         for r in range(rows):  # independent rows: their steps overlap in the CPU (each one alone is latency-bound)
-            e = emf[0, r * step + k] if chunked else emf[r, k]
+            e = emf[r, k]
             i, v = i_state[r], v_state[r]
             for _ in range(n_sub):
                 i = decay * i + k_l * (e - v)
@@ -163,9 +163,37 @@ def _integrate_rows(emf, warm, length, step, v_out, i_out, n_sub, decay, k_l, k_
                 sigmoid = (one if z > zero else ez) / (one + ez)  # selects, no branches: v's sign is unpredictable
                 v = v + k_c * (i - wg * sign * softplus) / (one + kcg * sigmoid)
             i_state[r], v_state[r] = i, v
-            if k >= warm:
-                v_out[r, k - warm] = v
-                i_out[r, k - warm] = i
+            v_out[r, k] = v
+            i_out[r, k] = i
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _integrate_chunks(emf_t, warm, v_out, i_out, decay, k_l, k_c, w, vf_mid, vf_half, wg, kcg, zero,
+                      one):  # pragma: no cover - compiled
+    """The scheme of ``_integrate_rows`` (one step per sample) for float32 chunks laid out time-major, as SIMD vectors.
+
+    ``emf_t`` [warm + length, chunks]: column r is chunk r's drive, from rest; steps ``warm`` .. ``warm + length - 1``
+    go to v_out, i_out [length, chunks]. The loop over chunks is vectorised: the same float32 operations per step,
+    with exp and log1p from ``vector_math`` (float64 inside, rounded to float32), which may differ from the C
+    library's in the last bit.
+    """
+    steps, rows = emf_t.shape
+    i_state, v_state = np.full(rows, zero), np.full(rows, zero)
+    for k in range(steps):
+        e_k = emf_t[k]
+        for r in range(rows):
+            e, i, v = e_k[r], i_state[r], v_state[r]
+            i = decay * i + k_l * (e - v)
+            sign = one if v > zero else (-one if v < zero else zero)
+            z = abs(v) / w - (vf_mid + vf_half * sign) / w
+            ez = np.float32(exp_nonpositive(-abs(np.float64(z))))
+            softplus = max(z, zero) + np.float32(log1p_unit(np.float64(ez)))
+            sigmoid = (one if z > zero else ez) / (one + ez)
+            v = v + k_c * (i - wg * sign * softplus) / (one + kcg * sigmoid)
+            i_state[r], v_state[r] = i, v
+        if k >= warm:
+            v_out[k - warm] = v_state
+            i_out[k - warm] = i_state
 
 
 def output_vjp(emf: np.ndarray, grad_v: np.ndarray, sample_rate_hz: float, values: CircuitValues,
@@ -282,9 +310,8 @@ class ElectronicCircuit:
         # below 1 MSa/s each sample takes m substeps: integrate the EMF held for m steps at m times the rate instead
         # (the same scheme, but vectorised over chunks rather than looping over substeps in Python), keep every m-th
         drive = np.repeat(emf, m) if m > 1 else emf
-        v, i = self._integrate_chunked(drive, sample_rate_hz * m, self.temperature_offset_k())
-        v, i = v[m - 1::m], i[m - 1::m]
-        traces = {1: lambda: v, 2: lambda: emf - self.values.r_src * i}
+        v, current = self._integrate_chunked(drive, sample_rate_hz * m, self.temperature_offset_k())
+        traces = {1: lambda: v[m - 1::m], 2: lambda: emf - self.values.r_src * current()[m - 1::m]}
         delay = self.trigger_delay_s * sample_rate_hz  # in samples
         out = {}
         for ch, trace in traces.items():
@@ -301,18 +328,22 @@ class ElectronicCircuit:
         """Integration steps per EMF sample (steps are at most 1 us long)."""
         return _scheme(sample_rate_hz, self.values, 0.0, 1e-6)[0]
 
-    def _integrate_chunked(self, emf: np.ndarray, fs: float, delta_t: float) -> tuple[np.ndarray, np.ndarray]:
-        """Sequential integration of one long waveform, computed as parallel overlapping chunks."""
-        # about 1024 chunks: few enough for numpy to work on long rows, long enough that warm-ups cost little
+    def _integrate_chunked(self, emf: np.ndarray, fs: float, delta_t: float) -> tuple[np.ndarray, Callable]:
+        """Sequential integration of one long waveform, computed as parallel overlapping chunks: the output voltage
+        v [N] (V), and a function that returns the current i [N] (A) when it is needed."""
+        # about 1024 chunks: many SIMD lanes, each chunk long enough that its warm-up costs little
         n, warm = emf.shape[0], self.warmup
         chunk = int(np.clip(n // 1024, self.min_chunk, self.max_chunk))
         n_chunks = max(1, math.ceil(n / chunk))
-        padded = np.pad(emf.astype(np.float32), (warm, n_chunks * chunk - n))  # float32: plenty for mV noise
-        # chunk r is padded[r chunk : r chunk + warm + chunk] (a sliding window), its last ``chunk`` steps the output
-        v, i = np.empty((n_chunks, chunk), np.float32), np.empty((n_chunks, chunk), np.float32)
-        _integrate_rows(padded[None, :], warm, chunk, chunk, v, i,
-                        *_kernel_constants(np.float32, fs, self.values, delta_t, 1e-6))
-        return v.reshape(-1)[:n].astype(np.float64), i.reshape(-1)[:n].astype(np.float64)
+        padded = np.pad(emf.astype(np.float32), (warm, n_chunks * chunk - n))
+        # chunk r is padded[r chunk : r chunk + warm + chunk]; its last ``chunk`` steps are the output
+        emf_t = np.lib.stride_tricks.sliding_window_view(padded, warm + chunk)[::chunk].T.copy()  # time-major
+        v, i = np.empty((chunk, n_chunks), np.float32), np.empty((chunk, n_chunks), np.float32)
+        n_sub, *constants = _kernel_constants(np.float32, fs, self.values, delta_t, 1e-6)
+        assert n_sub == 1, "the chunks are integrated at one step per sample"
+        _integrate_chunks(emf_t, warm, v, i, *constants)
+        trace = lambda chunks: np.ascontiguousarray(chunks.T).reshape(-1)[:n].astype(np.float64)  # noqa: E731
+        return trace(v), (lambda: trace(i))
 
 
 def _randn(generator: torch.Generator, n: int, draw_only: bool = False) -> np.ndarray | None:
