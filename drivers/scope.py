@@ -244,7 +244,10 @@ class KeysightInfiniiVision(SCPIInstrument):
         if volts.size != pre.points:
             raise ProtocolError(self.name, ":WAV:DATA?", f"preamble announced {pre.points} points, the data block "
                                                          f"holds {volts.size}")
-        t = (np.arange(volts.size) - pre.x_reference) * pre.x_increment_s + pre.x_origin_s
+        t = np.arange(volts.size, dtype=np.float64)  # (k - x_reference) x_increment + x_origin, in place
+        t -= pre.x_reference
+        t *= pre.x_increment_s
+        t += pre.x_origin_s
         log.debug("%s: read %d points of CHAN%d (%s)", self.name, volts.size, ch, form)
         return Waveform(ch, t, volts, pre)
 
@@ -253,7 +256,11 @@ class KeysightInfiniiVision(SCPIInstrument):
             return self._parse_ascii(payload)
         dtype = "uint16" if pre.format == "WORD" else "uint8"
         codes = unpack_values(payload, dtype, "little", instrument=self.name, command=":WAV:DATA?")
-        return (codes.astype(float) - pre.y_reference) * pre.y_increment_v + pre.y_origin_v
+        volts = codes.astype(np.float64)  # (code - y_reference) y_increment + y_origin, in place
+        volts -= pre.y_reference
+        volts *= pre.y_increment_v
+        volts += pre.y_origin_v
+        return volts
 
     def _parse_ascii(self, payload: bytes) -> np.ndarray:
         text = payload.decode("latin-1").strip().rstrip(",")

@@ -175,10 +175,13 @@ class AwgScopeSetup(PhysicalSetup):
 
     def waveform(self, units: Tensor) -> np.ndarray:
         """[B, L] drive units -> one waveform (DAC values in [-1, 1]): lead, then each item and its guard."""
-        enc = self.enc
-        items = torch.nn.functional.pad(units, (0, enc.guard_samples)).reshape(-1)
-        lead = torch.zeros(enc.lead_samples, dtype=units.dtype)
-        return torch.cat([lead, items, lead]).clamp(-1.0, 1.0).numpy()
+        lead, guard = self.enc.lead_samples, self.enc.guard_samples
+        units = units.numpy()
+        batch, length = units.shape
+        wave = np.zeros(2 * lead + batch * (length + guard), dtype=units.dtype)
+        items = wave[lead: wave.size - lead].reshape(batch, length + guard)
+        np.clip(units, -1.0, 1.0, out=items[:, :length])  # written in place: no padded copies
+        return wave
 
     def _play_and_record(self, units: Tensor) -> Tensor:
         enc, sc = self.enc, self.cfg.scope
