@@ -437,13 +437,16 @@ class SerialLink(Link):
         self._baud_rate = baud_rate
         self._flow_control = flow_control
         self._port: serial.SerialBase | None = None
+        self._received = bytearray()  # bytes read from the port beyond the last reply line (see _receive_line)
 
     def _open(self) -> None:
+        self._received.clear()
         self._port = serial.serial_for_url(self.resource, baudrate=self._baud_rate, timeout=self._timeout_s,
                                            write_timeout=self._timeout_s, rtscts=self._flow_control == "rtscts",
                                            xonxoff=self._flow_control == "xonxoff")
 
     def _close(self) -> None:
+        self._received.clear()
         if self._port is not None:
             port, self._port = self._port, None
             port.close()
@@ -464,20 +467,35 @@ class SerialLink(Link):
         port.flush()
 
     def _receive_line(self) -> bytes:
-        term = self._read_term.encode("ascii")
-        data = self._serial().read_until(term)
-        if not data.endswith(term):
-            raise self._timed_out(self._last_command, f" (partial reply {preview(data)})" if data else "")
-        return data[:-len(term)]
+        """One reply line. Like pyserial's ``read_until`` (each wait for a byte up to the timeout, no further wait
+        once the timeout has passed since the start), but it takes whatever has arrived at once instead of a byte
+        per call; bytes past the terminator are kept for the next read."""
+        term, port, buffer = self._read_term.encode("ascii"), self._serial(), self._received
+        deadline = time.monotonic() + self._timeout_s
+        while (end := buffer.find(term)) < 0:
+            chunk = port.read(max(1, port.in_waiting)) if time.monotonic() < deadline else b""
+            if not chunk:
+                data = bytes(buffer)
+                buffer.clear()
+                raise self._timed_out(self._last_command, f" (partial reply {preview(data)})" if data else "")
+            buffer += chunk
+        line = bytes(buffer[:end])
+        del buffer[:end + len(term)]
+        return line
 
     def _receive_exact(self, count: int) -> bytes:
-        data = self._serial().read(count)
+        buffer = self._received
+        data = bytes(buffer[:count])
+        del buffer[:count]
+        if len(data) < count:
+            data += self._serial().read(count - len(data))
         if len(data) < count:
             raise self._timed_out(self._last_command, f": expected {count} bytes, only {len(data)} arrived "
                                                       f"({preview(data)})")
         return data
 
     def _discard_input(self) -> None:
+        self._received.clear()
         port = self._serial()
         _drain_serial_input(lambda: port.in_waiting, port.reset_input_buffer, max(_DRAIN_LIMIT_S, self._timeout_s))
 

@@ -232,6 +232,19 @@ def test_serial_link_bytes_query_and_block(wire_server, wire_link) -> None:
     assert server.since(0) == b"EXP 0.01\n*IDN?\nFRAME?\nLUT #12\x05\x06\n*OPC?\n"
 
 
+def test_serial_link_keeps_what_arrived_past_a_reply_line(wire_server, wire_link) -> None:
+    """Replies are read as they arrive, not a byte at a time: a line, a second line and a block that come in one
+    burst are each read in turn, and a timeout or a discard drops what is left."""
+    server = wire_server({"BURST?": WireReply([b"first\nsecond\n#15a\nb\nc\n"]), "HALF?": WireReply([b"half"])})
+    link = wire_link(server, name="slm", serial=True, timeout_s=0.2)
+    assert link.query("BURST?") == "first"
+    assert link.read() == "second"
+    assert link.read_raw_block() == b"a\nb\nc"
+    with pytest.raises(InstrumentTimeout, match="slm.*HALF\\?.*partial reply b'half'"):
+        link.query("HALF?")
+    assert link.query("*OPC?") == "1"  # the partial reply is gone with the timeout
+
+
 def test_serial_link_drops_the_rest_of_a_frame_still_arriving_after_a_timeout(wire_server, wire_link) -> None:
     """A timeout mid-frame: the camera keeps sending the frame; those bytes must not answer the next query."""
     payload = bytes(range(256)) * 4 + b"\n" * 24  # contains newlines, as a frame does
