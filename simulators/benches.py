@@ -185,7 +185,7 @@ class MechanicalBench(AwgScopeBench):
         return self.plate
 
     def respond(self, emf_v: np.ndarray, sample_rate_hz: float) -> tuple[dict[int, np.ndarray], float]:
-        return self.plate.respond(emf_v, sample_rate_hz)
+        return self.plate.respond(emf_v, sample_rate_hz, self.scope.channels_needed())
 
 
 class OpticalBench:

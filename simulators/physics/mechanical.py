@@ -537,9 +537,12 @@ class SpeakerPlate:
 
     # -- the simulated bench ---------------------------------------------------------------------------------------
 
-    def respond(self, emf_v: np.ndarray, sample_rate_hz: float) -> tuple[dict[int, np.ndarray], float]:
+    def respond(self, emf_v: np.ndarray, sample_rate_hz: float, channels: tuple[int, ...] = (1, 2)
+                ) -> tuple[dict[int, np.ndarray], float]:
         """The traces the scope sees for an AWG EMF waveform (V, held at ``sample_rate_hz``) that starts at the
-        trigger. Returns ({1: microphone (V), 2: AWG terminal (V)}, trace rate (Sa/s)), sample k at k / trace rate."""
+        trigger. Returns ({1: microphone (V), 2: AWG terminal (V)}, trace rate (Sa/s)), sample k at k / trace rate;
+        only the traces of ``channels`` (the scope reads no others), the noise of both drawn all the same, so that
+        the noise stream does not depend on what the scope reads."""
         start = time.perf_counter()
         v = self.values
         fs = float(sample_rate_hz)
@@ -549,7 +552,7 @@ class SpeakerPlate:
         u = np.repeat(u, m) if m > 1 else u
         n = u.shape[0]
         if n == 0:
-            return {1: np.zeros(0), 2: np.zeros(0)}, rate
+            return {ch: np.zeros(0) for ch in channels}, rate
         plan = self._plan(rate, self.acoustic_delay_s + self.trigger_delay_s, self.temperature_offset_k())
         mic, _ = _chain(u[None, :], plan, single=True)
         mic = mic[0]
@@ -558,11 +561,14 @@ class SpeakerPlate:
         for harmonic, amplitude, phase in ((1, v.hum_v, self._mains_phase[0]), (3, v.hum3_v, self._mains_phase[1])):
             mic += amplitude * _sine(harmonic * mains / rate, harmonic * mains * self.bench_time_s + phase, n)
         mic += v.mic_noise_v * self._noise.standard_normal(n, dtype=np.float32)
-        chan2 = _delay(u, self.trigger_delay_s * rate)
-        chan2 += self.chan2_noise_v * self._noise.standard_normal(n, dtype=np.float32)
+        chan2_noise = self._noise.standard_normal(n, dtype=np.float32)
+        traces = {1: mic}
+        if 2 in channels:
+            traces[2] = _delay(u, self.trigger_delay_s * rate)
+            traces[2] += self.chan2_noise_v * chan2_noise
         self.bench_time_s += n / rate + 0.02
         self.busy_s += time.perf_counter() - start
-        return {1: mic, 2: chan2}, rate
+        return {ch: traces[ch] for ch in channels}, rate
 
 
 def _sine(step: float, phase: float, n: int, block: int = 1024) -> np.ndarray:
