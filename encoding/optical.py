@@ -102,21 +102,30 @@ def bin_edges(enc: OpticalEncoding, n: int) -> np.ndarray:
     return first + np.floor(np.arange(2 * n + 1) * (end - first) / (2 * n)).astype(int)
 
 
+def slot_values(x: Tensor, theta: Tensor, enc: OpticalEncoding) -> Tensor:
+    """x [B, n] and θ [n] or [B, n] -> the values of the 2n pixel bins in their order on the SLM, then the
+    background's -1 (phase 0): [B, 2 n + 1]. Each pixel shows one of them (``pixel_slots``)."""
+    theta = theta.expand(x.shape[0], -1) if theta.dim() == 1 else theta
+    if enc.layout == "interleave":
+        values = torch.stack([x, theta], dim=2).reshape(x.shape[0], 2 * x.shape[1])
+    else:
+        values = torch.cat([x, theta], dim=1)
+    return torch.cat([values, values.new_full((x.shape[0], 1), -1.0)], dim=1)
+
+
+def pixel_slots(enc: OpticalEncoding, n: int) -> Tensor:
+    """Which of ``slot_values`` each SLM pixel shows [n_pixels] (index 2n: the background, outside the bins)."""
+    edges = bin_edges(enc, n)
+    which = np.full(enc.shaper.n_pixels, 2 * n)
+    for b in range(2 * n):
+        which[edges[b]:edges[b + 1]] = b
+    return torch.as_tensor(which)
+
+
 def pixel_values(x: Tensor, theta: Tensor, enc: OpticalEncoding) -> Tensor:
     """x [B, n] and θ [n] or [B, n] -> the value each SLM pixel shows [B, n_pixels]; inactive pixels get -1 (phase 0).
     Differentiable (a gather)."""
-    theta = theta.expand(x.shape[0], -1) if theta.dim() == 1 else theta
-    n = x.shape[1]
-    if enc.layout == "interleave":
-        values = torch.stack([x, theta], dim=2).reshape(x.shape[0], 2 * n)
-    else:
-        values = torch.cat([x, theta], dim=1)
-    edges = bin_edges(enc, n)
-    which = np.full(enc.shaper.n_pixels, 2 * n)  # index 2n: the background column
-    for b in range(2 * n):
-        which[edges[b]:edges[b + 1]] = b
-    padded = torch.cat([values, values.new_full((x.shape[0], 1), -1.0)], dim=1)
-    return padded[:, torch.as_tensor(which)]
+    return slot_values(x, theta, enc)[:, pixel_slots(enc, x.shape[1])]
 
 
 def gray_levels(values: Tensor, lut: Tensor | np.ndarray, phase_span_rad: float) -> Tensor:

@@ -53,7 +53,7 @@ from common.models import FieldError, StrictModel
 from drivers.resources import Resource
 from drivers.setups.base import PhysicalSetup, check_batch, uniform_bounds
 from encoding.optical import (OpticalCalibration, OpticalEncoding, bin_edges, centroid_column, gray_levels,
-                              output_roi, output_units, output_weights, pixel_values)
+                              output_roi, output_units, output_weights, pixel_slots, slot_values)
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,9 @@ class OpticalSetup(PhysicalSetup):
     # -- the physical forward pass --------------------------------------------------------------------------------
     def patterns(self, x: Tensor, theta: Tensor) -> np.ndarray:
         """x [B, n], θ -> SLM gray levels [B, n_pixels] uint8 (rounded; checked against the safety limits)."""
-        gray = torch.round(gray_levels(pixel_values(x, theta, self.enc), self.lut, self.enc.phase_span_rad))
+        # the gray level of each bin's value (and the background's), then the pixels: the same numbers as per pixel
+        slots = torch.round(gray_levels(slot_values(x, theta, self.enc), self.lut, self.enc.phase_span_rad))
+        gray = slots[:, pixel_slots(self.enc, x.shape[1])]
         sc = self.cfg.slm
         if gray.min() < sc.gray_min or gray.max() > sc.gray_max:
             raise LimitViolation(self.slm.name, None, f"gray levels {int(gray.min())} .. {int(gray.max())} outside "
