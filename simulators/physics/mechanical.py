@@ -559,8 +559,12 @@ class SpeakerPlate:
         # mains hum, its phase following bench time, and the microphone's self-noise
         mains = 2 * math.pi * v.mains_hz
         for harmonic, amplitude, phase in ((1, v.hum_v, self._mains_phase[0]), (3, v.hum3_v, self._mains_phase[1])):
-            mic += amplitude * _sine(harmonic * mains / rate, harmonic * mains * self.bench_time_s + phase, n)
-        mic += v.mic_noise_v * self._noise.standard_normal(n, dtype=np.float32)
+            hum = _sine(harmonic * mains / rate, harmonic * mains * self.bench_time_s + phase, n)
+            hum *= amplitude  # in place (the same numbers as amplitude * hum)
+            mic += hum
+        noise = self._noise.standard_normal(n, dtype=np.float32)
+        noise *= v.mic_noise_v  # float32, as v.mic_noise_v * noise
+        mic += noise
         chan2_noise = self._noise.standard_normal(n, dtype=np.float32)
         traces = {1: mic}
         if 2 in channels:
