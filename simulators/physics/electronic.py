@@ -36,7 +36,8 @@ to the C library's float32 functions but for a last bit here and there, which th
 the 1e-7 V level). ``integrate`` writes the scheme out as array operations (torch, for the differentiable perfect
 twin); numpy arrays go through ``_integrate_rows``, the same scheme compiled with numba (the same operations per step,
 equal to the per-time-step numpy loop within float rounding). The scope noise is ``torch.randn``'s stream, drawn
-through ``_randn`` (the same numbers, vectorised), and only for the channels the scope reads are the traces computed.
+through ``_randn`` (torch's uniforms, its Box-Muller compiled as SIMD vectors: the same numbers within a few ulps), and
+only for the channels the scope reads are the traces computed.
 """
 
 from __future__ import annotations
