@@ -16,13 +16,13 @@ import numpy as np
 
 # polynomial coefficients, highest power first (for ``_horner``)
 _EXP_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(13, -1, -1))                 # exp r, to r^13
-_ATANH_SERIES_23 = tuple(1.0 / k for k in range(23, 0, -2))                              # atanh(s) / s in t = s^2
-_ATANH_SERIES_21 = tuple(1.0 / k for k in range(21, 0, -2))
+_ATANH_SERIES = tuple(1.0 / k for k in range(23, 0, -2))                                 # atanh(s) / s in t = s^2
 _SIN_TAYLOR = tuple((-1.0) ** (k // 2) / math.factorial(k) for k in range(19, 0, -2))    # sin(x) / x in t = x^2
 _COS_TAYLOR = tuple((-1.0) ** (k // 2) / math.factorial(k) for k in range(18, -1, -2))   # cos x in t = x^2
 _LOG2_E = 1.0 / math.log(2.0)
 _LN_2_HI = 6.93147180369123816490e-01  # ln 2 in two parts (Cody and Waite): n * _LN_2_HI is exact for |n| < 2^20
 _LN_2_LO = 1.90821492927058770002e-10
+_SQRT_HALF = math.sqrt(0.5)
 
 
 @numba.njit(inline="always")
@@ -57,11 +57,8 @@ def log1p_unit(e: float) -> float:  # pragma: no cover - compiled
     """
     s = e / (2.0 + e)
     t = s * s
-    p = _horner(t, _ATANH_SERIES_23)
+    p = _horner(t, _ATANH_SERIES)
     return 2.0 * s * p
-
-
-_SQRT_HALF = math.sqrt(0.5)
 
 
 @numba.njit(inline="always")
@@ -78,7 +75,7 @@ def log_positive(y: float) -> float:  # pragma: no cover - compiled
         e += 1
     s = (m - 1.0) / (m + 1.0)
     t = s * s
-    p = _horner(t, _ATANH_SERIES_21[:-1])  # from s^3 on
+    p = _horner(t, _ATANH_SERIES[1:-1])  # s^3 / 3 .. s^21 / 21
     return e * _LN_2_HI + (2.0 * s + (2.0 * s * t * p + e * _LN_2_LO))
 
 
