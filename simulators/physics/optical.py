@@ -67,8 +67,7 @@ differentiable signal) is float64.  ``frames`` computes the signal in single pre
 error ~3e-7 of the peak, about 1.6x faster than float64): the signal enters the frames only as the mean of the
 photoelectrons' Poisson draw, whose integer outcome such a change of the mean rarely moves, so the counts are those of
 a float64 computation but for a one-count difference in a few pixels in 100,000 (``tests/test_fast_physics.py``
-compares them).  ``SHGPulseShaper(seed,
-values=OpticalValues())`` runs the nominal bench (for tests).
+compares them).  ``SHGPulseShaper(seed, values=OpticalValues())`` runs the nominal bench (for tests).
 """
 
 from __future__ import annotations
@@ -172,7 +171,7 @@ class SHGPulseShaper:
     n_pixels = N_PIXELS
     lut_nominal: np.ndarray = LUT_NOMINAL
     chunk = 64  # patterns computed at once by ``frames`` (cache-sized blocks: ~1.5x faster than 512 at once)
-    frames_dtype = torch.float32  # ~1.6x faster ``frames`` than float64, the same counts but rarely (docstring)
+    frames_dtype = torch.float32  # 1.6x faster than float64; counts off by one in a few pixels per 100,000
 
     def __init__(self, seed: int = 0, values: OpticalValues | None = None):
         self.rng = np.random.default_rng(seed)
