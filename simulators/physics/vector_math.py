@@ -5,6 +5,10 @@ a call is not vectorised. These functions use only +, *, /, floor, selects and e
 They work in float64 to within a few ulps, so a float32 result rounded from them equals the C library's float32
 function except where that one is not correctly rounded (a last-bit difference). The electronic bench's circuit
 and scope noise use them (``simulators.physics.electronic``).
+
+numba inlines them into the kernels that call them and caches those kernels by their own file's time stamp: after
+editing this file, delete ``simulators/physics/__pycache__`` (or touch the calling module), or a cached kernel keeps the
+old arithmetic.
 """
 
 from __future__ import annotations
