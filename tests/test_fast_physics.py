@@ -438,6 +438,18 @@ def test_shaper_frames_equal_the_torch_chain() -> None:
     assert differing <= 5  # of about 158,000 pixels: the float32 signal must not move the counts wholesale
 
 
+def test_shaper_frames_signal_in_float32_is_the_float64_signal_within_rounding() -> None:
+    """The frames' float32 signal (``frames_dtype``) against the float64 chain: a relative 1e-6 of the peak."""
+    shaper = SHGPulseShaper(seed=2)
+    assert shaper.frames_dtype == torch.float32
+    gray = torch.from_numpy(np.random.default_rng(11).integers(0, 256, (64, 640)))
+    with torch.no_grad():
+        single = shaper._sh_columns(gray, (380, 260), dtype=torch.float32).double()
+        double = shaper._sh_columns(gray, (380, 260))
+    assert single.dtype == double.dtype == torch.float64
+    assert float((single - double).abs().max()) <= 1e-6 * float(double.abs().max())
+
+
 def test_shaper_expected_counts_and_gradient_equal_the_torch_chain() -> None:
     fast, ref = SHGPulseShaper(seed=3), RefShaper(seed=3)
     gray = torch.tensor(np.random.default_rng(4).uniform(0, 255, (5, 640)), requires_grad=True)
