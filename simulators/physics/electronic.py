@@ -45,7 +45,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import numba
@@ -311,8 +310,8 @@ class ElectronicCircuit:
         # below 1 MSa/s each sample takes m substeps: integrate the EMF held for m steps at m times the rate instead
         # (the same scheme, but vectorised over chunks rather than looping over substeps in Python), keep every m-th
         drive = np.repeat(emf, m) if m > 1 else emf
-        v, current = self._integrate_chunked(drive, sample_rate_hz * m, self.temperature_offset_k())
-        traces = {1: lambda: v[m - 1::m], 2: lambda: emf - self.values.r_src * current()[m - 1::m]}
+        v, i = self._integrate_chunked(drive, sample_rate_hz * m, self.temperature_offset_k(), current=2 in channels)
+        traces = {1: lambda: v[m - 1::m], 2: lambda: emf - self.values.r_src * i[m - 1::m]}
         delay = self.trigger_delay_s * sample_rate_hz  # in samples
         out = {}
         for ch, trace in traces.items():
@@ -329,9 +328,10 @@ class ElectronicCircuit:
         """Integration steps per EMF sample (steps are at most 1 us long)."""
         return _scheme(sample_rate_hz, self.values, 0.0, 1e-6)[0]
 
-    def _integrate_chunked(self, emf: np.ndarray, fs: float, delta_t: float) -> tuple[np.ndarray, Callable]:
+    def _integrate_chunked(self, emf: np.ndarray, fs: float, delta_t: float, current: bool = True
+                           ) -> tuple[np.ndarray, np.ndarray | None]:
         """Sequential integration of one long waveform, computed as parallel overlapping chunks: the output voltage
-        v [N] (V), and a function that returns the current i [N] (A) when it is needed."""
+        v [N] (V) and, if ``current``, the inductor current i [N] (A; else None)."""
         # about 1024 chunks: many SIMD lanes, each chunk long enough that its warm-up costs little
         n, warm = emf.shape[0], self.warmup
         chunk = int(np.clip(n // 1024, self.min_chunk, self.max_chunk))
@@ -343,8 +343,12 @@ class ElectronicCircuit:
         n_sub, *constants = _kernel_constants(np.float32, fs, self.values, delta_t, 1e-6)
         assert n_sub == 1, "the chunks are integrated at one step per sample"
         _integrate_chunks(emf_t, warm, v, i, *constants)
-        trace = lambda chunks: np.ascontiguousarray(chunks.T).reshape(-1)[:n].astype(np.float64)  # noqa: E731
-        return trace(v), (lambda: trace(i))
+        return _trace_of_chunks(v, n), _trace_of_chunks(i, n) if current else None
+
+
+def _trace_of_chunks(chunks: np.ndarray, n: int) -> np.ndarray:
+    """Time-major chunk outputs [chunk, n_chunks] (float32) -> the first n samples of the trace they make, float64."""
+    return np.ascontiguousarray(chunks.T).reshape(-1)[:n].astype(np.float64)
 
 
 def _randn(generator: torch.Generator, n: int, draw_only: bool = False) -> np.ndarray | None:
