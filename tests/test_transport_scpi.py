@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 import threading
 import time
@@ -101,6 +102,29 @@ def test_large_block_full_of_newlines_then_lines_split_at_the_termination(wire_s
     assert link.query_block(":WAV:DATA?") == payload
     assert link.query("TWO?") == "first"
     assert link.read() == "second"
+
+
+def test_a_large_block_goes_out_exactly_and_a_peer_that_stops_reading_times_out(wire_server, wire_link) -> None:
+    """A write over 64 KiB goes onto pyvisa-py's socket in one piece (not 4 KiB at a time): the same bytes arrive,
+    and an instrument that stops taking them gives InstrumentTimeout within the link's timeout, not a hang."""
+    payload = bytes(range(256)) * 8192  # 2 MB, with newlines and '#' in it
+    server = wire_server()
+    link = wire_link(server, name="awg")
+    link.write_block("DATA:ARB:DAC A,", payload)
+    assert link.query("*OPC?") == "1"
+    assert server.since(0) == b"DATA:ARB:DAC A," + encode_block(payload) + b"\n*OPC?\n"
+
+    deaf = socket.create_server(("127.0.0.1", 0))  # connections complete in the backlog, nothing is ever read
+    try:
+        stuck = open_link(f"TCPIP0::127.0.0.1::{deaf.getsockname()[1]}::SOCKET", name="awg", timeout_s=0.3)
+        start = time.monotonic()
+        with pytest.raises(InstrumentTimeout, match="awg, command 'DATA:ARB:DAC A,#<64000000 byte block>': a "
+                                                    "64000026-byte write did not complete within 0.3 s"):
+            stuck.write_block("DATA:ARB:DAC A,", bytes(64_000_000))
+        assert time.monotonic() - start < 3.0
+        stuck.close()
+    finally:
+        deaf.close()
 
 
 @pytest.mark.parametrize("reply", [b"-113,\"Undefined header\"\n", b"#0abc\n", b"#4x12abcd\n"])
