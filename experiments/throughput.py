@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from common.memory import keep_freed_memory
 from orchestrator.experiment_file import load_experiment
 from orchestrator.datasets import load_dataset
 from orchestrator.lab import device_width
@@ -47,6 +48,7 @@ def main() -> None:
     if args.baseline:
         compare(args)
         return
+    keep_freed_memory()  # as the pnn command does
     cfg = load_experiment(args.experiment, overrides={"simulate.realtime": args.realtime})
     data = load_dataset(cfg.task.dataset, downsample=cfg.task.downsample, n_train=64, n_test=64, seed=0) \
         if cfg.task.dataset == "digits" else None

@@ -41,6 +41,7 @@ try:  # a Ctrl-C while the libraries load (torch takes seconds): nothing has bee
     from orchestrator.run_folder import RunFolder, RunFolderInUse, check_not_in_use
     from orchestrator.trainer import CHECKPOINT, StopRequest, TrainingStopped
     from common.files import CorruptFileError
+    from common.memory import keep_freed_memory
 except (KeyboardInterrupt, RuntimeError) as err:
     # Python wraps a Ctrl-C that lands in a class's __set_name__ (a dataclass field) in a RuntimeError
     if not isinstance(err, KeyboardInterrupt) and not isinstance(err.__cause__, KeyboardInterrupt):
@@ -293,6 +294,7 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
               help="Print pnn-lab's version and git commit, and exit.")
 def main(verbose: int, setup_files: tuple[str, ...]) -> None:
     """pnn-lab: physics-aware training of physical neural networks."""
+    keep_freed_memory()  # arrays of MBs are freed and allocated again at every forward pass
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     _configure_logging(level)
     if verbose == 0:

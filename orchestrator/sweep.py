@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from common.files import read_json_object
+from common.memory import keep_freed_memory
 from orchestrator.sweep_file import Sweep
 from orchestrator.sweep_results import TrialRow, write_results
 from orchestrator.sweep_trial import STOP_FILE, TrialRun, read_trial_file
@@ -316,6 +317,7 @@ def _trainable_class():
 
             from orchestrator.kits import load_setup_file
 
+            keep_freed_memory()  # a Ray worker is a process of its own
             for path in spec.get("setup_files", []):
                 load_setup_file(path)
             logging.getLogger("orchestrator").setLevel(logging.INFO)
