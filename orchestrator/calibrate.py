@@ -108,7 +108,7 @@ def fit_and_save(kind: str, cfg: ExperimentConfig, data: TwinData, artifacts: Pa
     nc, pc = cfg.twin.neural, cfg.twin.physics
     if kind == "neural":
         rep = fit_twin(model, train, val, epochs=nc.epochs, lr=nc.lr, batch_size=nc.batch_size,
-                       patience=nc.patience, seed=cfg.seed, progress=progress)
+                       patience=nc.patience, seed=cfg.seed, threads=nc.threads, progress=progress)
     elif kind == "physics":
         sub = min(pc.samples, len(train.y))
         train = TwinData(train.x[:sub], train.theta[:sub], train.y[:sub], train.metadata)
@@ -117,7 +117,7 @@ def fit_and_save(kind: str, cfg: ExperimentConfig, data: TwinData, artifacts: Pa
     else:
         physics = fitted_physics_twin(cfg, data, artifacts, setup, report_entries)
         model, rep = fit_hybrid(physics, model, train, val, epochs=nc.epochs, lr=nc.lr, batch_size=nc.batch_size,
-                                patience=nc.patience, seed=cfg.seed, progress=progress)
+                                patience=nc.patience, seed=cfg.seed, threads=nc.threads, progress=progress)
     meta = {"setup": cfg.setup, "experiment": cfg.experiment, "twin": kind,
             "encoding": encoding_key(cfg.encoding), "n": int(n), "n_outputs": int(n_out),
             "instruments": json.dumps(setup.snapshot(), default=str), "dataset_checksum": data.checksum(),

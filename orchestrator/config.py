@@ -69,6 +69,8 @@ class NeuralTwinConfig(StrictModel):
     lr: PositiveFloat = 3e-3
     batch_size: PositiveInt = 64
     patience: PositiveInt = 10
+    threads: PositiveInt | None = Field(1, description="torch CPU threads while fitting (null: torch's own "
+                                        "setting, all cores); one is fastest for an MLP twin")
 
 
 class PhysicsTwinConfig(StrictModel):
