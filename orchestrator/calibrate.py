@@ -96,6 +96,12 @@ def _untrained_twin(kind: str, cfg: ExperimentConfig, n: int, n_outputs: int, se
     raise ValueError(f"no trainable twin of kind {kind!r}")
 
 
+def fit_threads(requested: int | None) -> int | None:
+    """The torch threads a neural twin's fit uses: ``twin.neural.threads``, but never more than torch's own setting,
+    which a sweep trial sets to its ``cpus_per_trial`` (None: torch's setting)."""
+    return None if requested is None else min(requested, torch.get_num_threads())
+
+
 def fit_and_save(kind: str, cfg: ExperimentConfig, data: TwinData, artifacts: Path, setup: PhysicalSetup,
                  progress: Callable[[int, float, float], None] | None = None,
                  report_entries: list[dict] | None = None) -> dict:
@@ -108,7 +114,7 @@ def fit_and_save(kind: str, cfg: ExperimentConfig, data: TwinData, artifacts: Pa
     nc, pc = cfg.twin.neural, cfg.twin.physics
     if kind == "neural":
         rep = fit_twin(model, train, val, epochs=nc.epochs, lr=nc.lr, batch_size=nc.batch_size,
-                       patience=nc.patience, seed=cfg.seed, threads=nc.threads, progress=progress)
+                       patience=nc.patience, seed=cfg.seed, threads=fit_threads(nc.threads), progress=progress)
     elif kind == "physics":
         sub = min(pc.samples, len(train.y))
         train = TwinData(train.x[:sub], train.theta[:sub], train.y[:sub], train.metadata)
@@ -117,7 +123,7 @@ def fit_and_save(kind: str, cfg: ExperimentConfig, data: TwinData, artifacts: Pa
     else:
         physics = fitted_physics_twin(cfg, data, artifacts, setup, report_entries)
         model, rep = fit_hybrid(physics, model, train, val, epochs=nc.epochs, lr=nc.lr, batch_size=nc.batch_size,
-                                patience=nc.patience, seed=cfg.seed, threads=nc.threads, progress=progress)
+                                patience=nc.patience, seed=cfg.seed, threads=fit_threads(nc.threads), progress=progress)
     meta = {"setup": cfg.setup, "experiment": cfg.experiment, "twin": kind,
             "encoding": encoding_key(cfg.encoding), "n": int(n), "n_outputs": int(n_out),
             "instruments": json.dumps(setup.snapshot(), default=str), "dataset_checksum": data.checksum(),

@@ -70,7 +70,8 @@ class NeuralTwinConfig(StrictModel):
     batch_size: PositiveInt = 64
     patience: PositiveInt = 10
     threads: PositiveInt | None = Field(1, description="torch CPU threads while fitting (null: torch's own "
-                                        "setting, all cores); one is fastest for an MLP twin")
+                                        "setting, all cores), at most torch's setting (a sweep trial's "
+                                        "cpus_per_trial); one is fastest for an MLP twin")
 
 
 class PhysicsTwinConfig(StrictModel):

@@ -101,6 +101,25 @@ def test_fit_is_deterministic_and_leaves_global_rng_alone(split_data):
     assert other.val_nmse != reports[0].val_nmse
 
 
+def test_the_fit_runs_on_the_threads_asked_for_capped_by_torchs_setting(split_data):
+    """``twin.neural.threads`` sets the fit's torch threads, but a sweep trial's setting (torch's) is the ceiling; the
+    process's setting is back afterwards."""
+    from orchestrator.calibrate import fit_threads
+
+    train, val = split_data
+    before = torch.get_num_threads()
+    try:
+        for setting, requested, used in ((1, 2, 1), (2, 2, 2), (2, 1, 1), (2, None, 2)):
+            torch.set_num_threads(setting)
+            seen = []
+            fit_twin(small_twin(), train, val, epochs=1, threads=fit_threads(requested),
+                     progress=lambda *_: seen.append(torch.get_num_threads()))
+            assert seen == [used]
+            assert torch.get_num_threads() == setting
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_early_stopping_keeps_best_weights(split_data):
     train, val = split_data
     model = small_twin()
