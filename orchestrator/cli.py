@@ -22,32 +22,35 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-try:  # a Ctrl-C while the libraries load (torch takes seconds): nothing has been done yet
-    import click
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.logging import RichHandler
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-    from rich.table import Table
+from common.memory import keep_freed_memory, objects_kept, skip_collection_at_exit
 
-    from drivers.errors import InstrumentError, NotMadeSafe
-    from orchestrator.config import ConfigError, ExperimentConfig, task_data_error
-    from orchestrator.experiment_file import load_experiment, require_resources
-    from orchestrator.config import data_dir as resolve_data_dir
-    from orchestrator.datasets import DatasetError
-    from orchestrator.experiment import BENCH_ROW_CHOICES, BENCH_ROWS
-    from orchestrator.kits import KitError
-    from orchestrator.run_folder import RunFolder, RunFolderInUse, check_not_in_use
-    from orchestrator.trainer import CHECKPOINT, StopRequest, TrainingStopped
-    from common.files import CorruptFileError
-    from common.memory import keep_freed_memory
-except (KeyboardInterrupt, RuntimeError) as err:
-    # Python wraps a Ctrl-C that lands in a class's __set_name__ (a dataclass field) in a RuntimeError
-    if not isinstance(err, KeyboardInterrupt) and not isinstance(err.__cause__, KeyboardInterrupt):
-        raise
-    os.write(2, b"interrupted while starting: nothing was done\n")
-    raise SystemExit(130) from None
+# the libraries' objects live as long as the process: the garbage collector need not walk them (common.memory)
+with objects_kept():
+    try:  # a Ctrl-C while the libraries load (torch takes seconds): nothing has been done yet
+        import click
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.logging import RichHandler
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+        from rich.table import Table
+
+        from drivers.errors import InstrumentError, NotMadeSafe
+        from orchestrator.config import ConfigError, ExperimentConfig, task_data_error
+        from orchestrator.experiment_file import load_experiment, require_resources
+        from orchestrator.config import data_dir as resolve_data_dir
+        from orchestrator.datasets import DatasetError
+        from orchestrator.experiment import BENCH_ROW_CHOICES, BENCH_ROWS
+        from orchestrator.kits import KitError
+        from orchestrator.run_folder import RunFolder, RunFolderInUse, check_not_in_use
+        from orchestrator.trainer import CHECKPOINT, StopRequest, TrainingStopped
+        from common.files import CorruptFileError
+    except (KeyboardInterrupt, RuntimeError) as err:
+        # Python wraps a Ctrl-C that lands in a class's __set_name__ (a dataclass field) in a RuntimeError
+        if not isinstance(err, KeyboardInterrupt) and not isinstance(err.__cause__, KeyboardInterrupt):
+            raise
+        os.write(2, b"interrupted while starting: nothing was done\n")
+        raise SystemExit(130) from None
 
 
 log = logging.getLogger(__name__)
@@ -70,7 +73,8 @@ def _load(path: str, sets: tuple[str, ...] = ()) -> ExperimentConfig:
     ctx = click.get_current_context(silent=True)
     if ctx is not None and ctx.meta.get("fault_rate") is not None:  # --faults RATE
         overrides["simulate.faults.all.rate"] = str(ctx.meta["fault_rate"])
-    cfg = load_experiment(path, overrides=overrides or None)
+    with objects_kept():  # it imports the setup's kit: drivers, twins, encoding, their libraries
+        cfg = load_experiment(path, overrides=overrides or None)
     if ctx is not None and ctx.meta.get("simulate") is False:  # real instruments: no placeholder resources
         require_resources(cfg, path)
     return cfg
@@ -295,6 +299,7 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
 def main(verbose: int, setup_files: tuple[str, ...]) -> None:
     """pnn-lab: physics-aware training of physical neural networks."""
     keep_freed_memory()  # arrays of MBs are freed and allocated again at every forward pass
+    skip_collection_at_exit()  # the interpreter's last collections would walk every object: a second at exit
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     _configure_logging(level)
     if verbose == 0:

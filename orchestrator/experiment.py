@@ -122,7 +122,7 @@ def _train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, 
     log.info("%s: %s, %s, into %s (%s)", cfg.experiment, cfg.training.mode + (" + refine" if refine else ""),
              f"{cfg.twin.kind} twin" if twin is not None else "no twin", out, version_line())
     about["provenance"] = run_provenance(cfg, data, twin_info, previous)
-    watch = RunWatch(folder, tensorboard=tensorboard)
+    watch = RunWatch(folder, tensorboard=tensorboard, final_after=cfg.training.epochs)
     twin_samples = twin_data_cost(twin_info) if twin is not None else 0
     refiner = make_refiner(cfg, setup, twin, out, twin_info) if refine and twin is not None else None
     trainer = Trainer(net, data, setup.forward, twin, cfg.training, cfg.seed, out, recover=setup.recover,
@@ -148,44 +148,50 @@ def _train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, 
                    "wall_time_s": trainer.wall_s + trainer.at.seconds, **asdict(trainer.retries)}
         folder.write_summary(summary)
         raise
-    watch.close()
-    test_acc = float((test_pred == torch.as_tensor(data.y_test)).float().mean())
-    wall = time.perf_counter() - t0
-    eval_s = time.perf_counter() - t_eval
-    inst_s = c.instrument_s - inst0
-    summary = {
-        **about, **times, "status": "finished",
-        "test_accuracy": test_acc, "train_accuracy": train_acc, "epochs": len(rows),
-        # training epochs (of all sessions, if resumed) + the final evaluation
-        "wall_time_s": trainer.wall_s + eval_s,
-        "physical_forward_calls": c.forward_calls - calls0, "device_samples": c.samples - samples0,
-        # device samples by purpose: training, evaluation, refinement over all sessions; twin data measured in this one
-        "device_samples_by_purpose": {**asdict(trainer.samples), "twin_data": twin_data_samples},
-        "twin_data_samples": twin_samples,  # what the twin's data cost, whenever they were measured
-        "device_samples_budget": twin_samples + trainer.samples.training + trainer.samples.refinement,
-        "samples_per_s": (c.samples - samples0) / inst_s if inst_s > 0 else None,
-        "instrument_time_s": inst_s, "uploads_per_forward_max": max(c.history[calls0:], default=0),
-        "scope_clipped_records": c.clipped_records - clipped0,
-        "simulated": bench is not None,
-        **asdict(trainer.retries),  # device failures of all sessions (see orchestrator.retry.RetryCounts)
-    }
-    # the time split of all epochs (of all sessions, if resumed) and the final evaluation
-    parts = {part: sum(row.get(f"{part}_s", 0.0) for row in rows) + seconds
-             for part, seconds in trainer.clock.since(clock_eval).items()}
-    summary.update(time_split(parts, summary["wall_time_s"]))
-    if bench is not None:
-        summary["physics_time_s"] = bench.physics.busy_s - physics0
-        summary["physics_share_of_wall"] = summary["physics_time_s"] / wall if wall > 0 else None
-    if cfg.training.mode == "in_silico":
-        summary["twin_test_accuracy"] = rows[-1].get("twin_test_accuracy") if rows else None
-    if refiner is not None:
-        summary["refine"] = {"refinements": refiner.refinements, "samples": refiner.samples,
-                             "artifact": ARTIFACT if (out / ARTIFACT).exists() else None,
-                             "twin_nmse_recent_first": next((r["twin_nmse_recent_before"] for r in rows
-                                                             if r.get("twin_nmse_recent_before") is not None), None),
-                             "twin_nmse_recent_last": next((r["twin_nmse_recent_last"] for r in reversed(rows)
-                                                            if r.get("twin_nmse_recent_last") is not None), None)}
-    folder.write_results(rows, Evaluation.of(data.y_test, test_pred, record))
+    try:  # the event files are closed on every way out
+        test_acc = float((test_pred == torch.as_tensor(data.y_test)).float().mean())
+        wall = time.perf_counter() - t0
+        eval_s = time.perf_counter() - t_eval
+        inst_s = c.instrument_s - inst0
+        summary = {
+            **about, **times, "status": "finished",
+            "test_accuracy": test_acc, "train_accuracy": train_acc, "epochs": len(rows),
+            # training epochs (of all sessions, if resumed) + the final evaluation
+            "wall_time_s": trainer.wall_s + eval_s,
+            "physical_forward_calls": c.forward_calls - calls0, "device_samples": c.samples - samples0,
+            # device samples by purpose: training, evaluation, refinement over all sessions; twin data measured in
+            # this one
+            "device_samples_by_purpose": {**asdict(trainer.samples), "twin_data": twin_data_samples},
+            "twin_data_samples": twin_samples,  # what the twin's data cost, whenever they were measured
+            "device_samples_budget": twin_samples + trainer.samples.training + trainer.samples.refinement,
+            "samples_per_s": (c.samples - samples0) / inst_s if inst_s > 0 else None,
+            "instrument_time_s": inst_s, "uploads_per_forward_max": max(c.history[calls0:], default=0),
+            "scope_clipped_records": c.clipped_records - clipped0,
+            "simulated": bench is not None,
+            **asdict(trainer.retries),  # device failures of all sessions (see orchestrator.retry.RetryCounts)
+        }
+        # the time split of all epochs (of all sessions, if resumed) and the final evaluation
+        parts = {part: sum(row.get(f"{part}_s", 0.0) for row in rows) + seconds
+                 for part, seconds in trainer.clock.since(clock_eval).items()}
+        summary.update(time_split(parts, summary["wall_time_s"]))
+        if bench is not None:
+            summary["physics_time_s"] = bench.physics.busy_s - physics0
+            summary["physics_share_of_wall"] = summary["physics_time_s"] / wall if wall > 0 else None
+        if cfg.training.mode == "in_silico":
+            summary["twin_test_accuracy"] = rows[-1].get("twin_test_accuracy") if rows else None
+        if refiner is not None:
+            summary["refine"] = {"refinements": refiner.refinements, "samples": refiner.samples,
+                                 "artifact": ARTIFACT if (out / ARTIFACT).exists() else None,
+                                 "twin_nmse_recent_first": next(
+                                     (r["twin_nmse_recent_before"] for r in rows
+                                      if r.get("twin_nmse_recent_before") is not None), None),
+                                 "twin_nmse_recent_last": next(
+                                     (r["twin_nmse_recent_last"] for r in reversed(rows)
+                                      if r.get("twin_nmse_recent_last") is not None), None)}
+        folder.write_results(rows, Evaluation.of(data.y_test, test_pred, record))
+        watch.final_plots_written(trainer.step)
+    finally:
+        watch.close()
     summary["ended"] = utc_now()
     folder.write_summary(summary)
     return summary

@@ -16,7 +16,8 @@ It also holds ``started`` (when the run's first session started), ``session_star
 
 The plots are rewritten after every epoch (the confusion matrix and the physical outputs after every epoch evaluated
 on the device), as long as drawing them takes at most ``PLOT_SHARE`` of the training time; on a fast simulated bench
-some epochs are then skipped, and the end of the run draws them all.
+some epochs are then skipped, and the end of the run draws them all (after the final evaluation, which follows the
+last epoch at once: that epoch's own plots are not drawn).
 """
 
 from __future__ import annotations
@@ -129,8 +130,11 @@ class RunWatch(TrainingWatch):
     TensorBoard event files. ``close`` closes the event files (on every way out). A failure in any of them is
     logged once and does not stop training (``_optional``)."""
 
-    def __init__(self, folder: RunFolder, tensorboard: bool = True):
+    def __init__(self, folder: RunFolder, tensorboard: bool = True, final_after: int | None = None):
         self.folder = folder
+        # the epoch after which the final evaluation's plots follow at once (RunFolder.write_results): its own plots
+        # would be drawn only to be drawn again a moment later; None: draw after every epoch the pacing allows
+        self.final_after = final_after
         self.board = RunBoard(folder.path) if tensorboard else None
         self.t0 = time.perf_counter()
         self.plot_s = self.last_plot_s = 0.0  # all plots after epochs so far, and the last ones, s
@@ -151,6 +155,9 @@ class RunWatch(TrainingWatch):
     @_optional("the plots after an epoch")
     def epoch_evaluated(self, rows: list[dict], evaluation: Evaluation | None) -> None:
         self.image_written = False
+        if self.final_after is not None and rows[-1]["epoch"] >= self.final_after:
+            log.debug("plots after epoch %s left to the final evaluation", rows[-1]["epoch"])
+            return
         if self.plot_s + self.last_plot_s > PLOT_SHARE * (time.perf_counter() - self.t0):  # this one included
             log.debug("plots after epoch %s skipped (drawing them took %.1f s so far)", rows[-1]["epoch"], self.plot_s)
             return
@@ -165,6 +172,12 @@ class RunWatch(TrainingWatch):
         if self.board is not None:
             image = self.folder.path / "physical_outputs.png" if self.image_written else None
             self.board.epoch(step, row, image)
+
+    @_optional("TensorBoard")
+    def final_plots_written(self, step: int) -> None:
+        """The final evaluation's plots are in the folder: its physical outputs go to TensorBoard at ``step``."""
+        if self.board is not None:
+            self.board.image(step, self.folder.path / "physical_outputs.png")
 
     def close(self) -> None:
         if self.board is not None:

@@ -74,11 +74,18 @@ class RunBoard:
             value = row.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
                 self.writer.add_scalar(tag, value, step)
-        if image is not None and image.is_file():
-            from matplotlib.image import imread
+        if image is not None:
+            self.image(step, image)
+        self.writer.flush()
 
-            pixels = imread(image)  # [H, W, 3 or 4] float in [0, 1]
-            self.writer.add_image(IMAGE_TAG, np.ascontiguousarray(pixels[..., :3]), step, dataformats="HWC")
+    def image(self, step: int, path: Path) -> None:
+        """The PNG file ``path`` (the physical outputs' figure) as the image at ``step``, if the file is there."""
+        if self.writer is None or not path.is_file():
+            return
+        from matplotlib.image import imread
+
+        pixels = imread(path)  # [H, W, 3 or 4] float in [0, 1]
+        self.writer.add_image(IMAGE_TAG, np.ascontiguousarray(pixels[..., :3]), step, dataformats="HWC")
         self.writer.flush()
 
     def close(self) -> None:

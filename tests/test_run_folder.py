@@ -112,6 +112,28 @@ def test_a_run_stopped_after_its_first_epoch_has_its_plots(tmp_path: Path) -> No
     assert steps(events(tmp_path), "train/loss") == list(range(1, N_BATCHES + 2))
 
 
+def test_the_last_epochs_plots_are_the_final_ones_drawn_once(tmp_path: Path, monkeypatch) -> None:
+    """With the final evaluation following the last epoch, that epoch draws nothing: the final plots (written
+    after it) are the ones that stay, and their physical outputs are TensorBoard's image at the last step."""
+    monkeypatch.setattr("orchestrator.run_folder.PLOT_SHARE", 1e9)  # no pacing: every other epoch draws
+    folder = RunFolder(tmp_path, {"experiment": "toy", "mode": "pat", "twin": "test"}, ["a", "b", "c", "d"])
+    watch = RunWatch(folder, final_after=EPOCHS)
+    trainer = make_trainer(tmp_path, watch=watch)
+    try:
+        trainer.fit()
+        drawn = (tmp_path / "physical_outputs.png").stat().st_mtime_ns
+        title_file = (tmp_path / "confusion_matrix.png").read_bytes()
+        assert [e.step for e in events(tmp_path).Images(IMAGE_TAG)] == [N_BATCHES * e for e in range(1, EPOCHS)]
+        folder.write_results(trainer.rows, trainer.evaluation)
+        watch.final_plots_written(trainer.step)
+    finally:
+        watch.close()
+    assert (tmp_path / "physical_outputs.png").stat().st_mtime_ns > drawn
+    assert (tmp_path / "confusion_matrix.png").read_bytes() != title_file  # "final", not "after epoch 2"
+    steps_with_image = [e.step for e in events(tmp_path).Images(IMAGE_TAG)]
+    assert steps_with_image == [N_BATCHES * e for e in range(1, EPOCHS + 1)]
+
+
 # -- real runs on the simulated bench -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -135,7 +157,8 @@ def test_the_run_folder_holds_its_log_event_files_and_provenance(two_runs) -> No
     assert set(EPOCH_SCALARS.values()) - {"accuracy/test_twin", "twin/nmse_recent_before",
                                            "twin/nmse_recent_after"} <= set(acc.Tags()["scalars"])
     assert steps(acc, "accuracy/test_device") == [n_batches, 2 * n_batches]
-    assert IMAGE_TAG in acc.Tags()["images"]
+    # after epoch 1 (the first plots are always drawn), and the final evaluation's after the last epoch
+    assert [e.step for e in acc.Images(IMAGE_TAG)] == [n_batches, 2 * n_batches]
 
     log = (out / "run.log").read_text()
     assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ orchestrator\.trainer INFO: epoch 2: loss", log, re.M)
