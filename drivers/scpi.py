@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -222,6 +223,7 @@ class SCPIInstrument:
         #: last value read or written per declared ``Control`` (see ``Control``)
         self.settings: dict[str, Any] = {}
         self._identity: Identity | None = None
+        self._unchecked: list[str] | None = None  # commands sent in an ``errors_checked_once`` block
 
     def command_fields(self) -> dict[str, Any]:
         """Values substituted into ``Control`` command templates (e.g. ``{ch}``)."""
@@ -264,10 +266,34 @@ class SCPIInstrument:
         self.settings.update(settings)
 
     def _check(self, cmd: str, check: bool | None) -> None:
-        if self.check_errors if check is None else check:
-            errors = self.errors()
-            if errors:
-                raise InstrumentReportedError(self.name, cmd, errors)
+        if not (self.check_errors if check is None else check):
+            return
+        if self._unchecked is not None:  # in an errors_checked_once block: checked when it ends
+            self._unchecked.append(cmd)
+            return
+        errors = self.errors()
+        if errors:
+            raise InstrumentReportedError(self.name, cmd, errors)
+
+    @contextmanager
+    def errors_checked_once(self) -> Iterator[None]:
+        """Read the error queue once, when the block ends, for every setting written in it (``write``,
+        ``write_all``, ``Control``s): one round trip instead of one per setting. Each value is still checked against
+        its limits before a byte is sent; an error the instrument reports names all the commands of the block. If the
+        block raises, nothing is read: the queue is left for the next check. Only for settings whose order of
+        checking does not matter: a setter that must see its own error before the next command (a level the next
+        one relies on) belongs outside. Nested blocks are checked by the outermost."""
+        if self._unchecked is not None:
+            yield
+            return
+        self._unchecked = []
+        try:
+            yield
+            sent = self._unchecked
+        finally:
+            self._unchecked = None
+        if sent:
+            self._check("; ".join(sent), True)
 
     def query(self, cmd: str) -> str:
         """Send a query and return the reply without surrounding whitespace."""

@@ -84,6 +84,48 @@ def test_an_error_in_an_upload_names_its_commands(awg_rig) -> None:
     assert "-258" in message
 
 
+def test_settings_in_one_block_share_one_look_at_the_error_queue(awg_rig) -> None:
+    """errors_checked_once: the upload's commands and the sample rate, then one SYST:ERR? for all of them; limits
+    are still checked before anything is sent."""
+    server, awg = awg_rig()
+
+    def upload_and_rate() -> None:
+        with awg.errors_checked_once():
+            awg.upload_arb("W", np.zeros(8))
+            awg.sample_rate = 1e6
+    sent = sent_by(server, awg, upload_and_rate)
+    assert sent.startswith(b"FORM:BORD SWAP\nSOUR1:DATA:VOL:CLE\nSOUR1:DATA:ARB:DAC W,#216")
+    assert sent.endswith(b"SOUR1:FUNC:ARB W\nSOUR1:FUNC ARB\nSOUR1:FUNC:ARB:SRAT 1000000.0\nSYST:ERR?\n")
+    assert sent.count(b"SYST:ERR?") == 1
+    assert awg.settings["sample_rate"] == 1e6
+
+    def refused_in_block() -> None:
+        with awg.errors_checked_once():
+            awg.sample_rate = 1e9  # above the limit: nothing sent, and no look at the queue either
+    refused(server, awg, refused_in_block)
+
+
+def test_an_error_in_a_block_names_all_its_commands_and_a_failed_block_reads_nothing(awg_rig) -> None:
+    server, awg = awg_rig({"SYST:ERR?": ['+0,"No error"', '-222,"Data out of range"', '+0,"No error"']})
+    with pytest.raises(InstrumentReportedError) as raised:
+        with awg.errors_checked_once():
+            awg.upload_arb("W", np.zeros(8))
+            awg.sample_rate = 1e6
+    message = str(raised.value)
+    assert "SOUR1:FUNC ARB; SOUR1:FUNC:ARB:SRAT 1000000.0" in message and "-222" in message
+
+    def fails_after_a_command() -> None:
+        with awg.errors_checked_once():
+            awg.sample_rate = 1e6
+            raise RuntimeError("the caller's own error")
+    mark = server.mark()
+    with pytest.raises(RuntimeError, match="the caller's own error"):
+        fails_after_a_command()
+    awg.wait_opc()
+    assert server.since(mark) == b"SOUR1:FUNC:ARB:SRAT 1000000.0\n*OPC?\n"  # the queue is left for the next check
+    assert sent_by(server, awg, lambda: setattr(awg, "offset", 0.0)) == b"SOUR1:VOLT:OFFS 0.0\nSYST:ERR?\n"
+
+
 def test_large_binary_upload_uses_a_six_digit_header(awg_rig) -> None:
     server, awg = awg_rig()
     samples = np.sin(np.linspace(0, 20, 100_000))

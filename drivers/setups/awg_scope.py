@@ -237,8 +237,9 @@ class AwgScopeSetup(PhysicalSetup):
         awg, scope, enc = self.awg, self.scope, self.enc
         fs = enc.sample_rate_hz
         self.before_upload()
-        awg.upload_arb("PNNBATCH", wave)
-        awg.sample_rate = fs
+        with awg.errors_checked_once():  # the waveform and its sample rate: one look at the error queue
+            awg.upload_arb("PNNBATCH", wave)
+            awg.sample_rate = fs
         duration = len(wave) / fs
         points = min(self.cfg.scope.max_points, self.points_per_sample * len(wave))
         if self._timebase != (duration, points):
