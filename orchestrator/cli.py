@@ -421,13 +421,28 @@ def run(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str | 
             console.print(f"note: {out_dir} holds a {status} run; it will be overwritten"
                           + ("" if status == "finished" else " (to continue it instead, use --resume)"))
         click.get_current_context().meta["run_folder"] = (out_dir, time.time(), resume)
-        with stop_on_signals("resume with --resume") as stop, _progress() as bar:
+        with _plot_worker() as plotter, stop_on_signals("resume with --resume") as stop, _progress() as bar:
             progress = TrainingBar(bar)
             summary = run_experiment(
                 cfg, out_dir, simulate=simulate, resume=resume, data_dir=resolve_data_dir(data_dir),
-                on_batch=progress.batch, on_calibration=progress.calibrating, stop=stop)  # epochs are logged
+                on_batch=progress.batch, on_calibration=progress.calibrating, stop=stop,
+                plotter=plotter)  # epochs are logged
         _print_summary(summary)
         out_console.print(f"run folder: {out_dir}")
+
+
+@contextmanager
+def _plot_worker():
+    """The run folders' plots drawn in a process of their own (``orchestrator.plot_worker``), forked now, before
+    the bench, the progress bar and torch start threads; None where that cannot be (they are then drawn here)."""
+    from orchestrator.plot_worker import PlotWorker
+
+    worker = PlotWorker.start()
+    try:
+        yield worker
+    finally:
+        if worker is not None:
+            worker.close()
 
 
 def _print_summary(summary: dict) -> None:
@@ -494,9 +509,10 @@ def bench(experiment: str, simulate: bool, sets: tuple[str, ...], data_dir: str 
             choices = ", ".join(f"{m}:{t}" if m != "digital" else m for m, t in BENCH_ROW_CHOICES)
             raise click.BadParameter(f"unknown row(s) {bad}; choose from {choices}", param_hint="--rows")
         out_dir = Path(out or Path("runs") / f"{cfg.experiment}-bench")
-        with stop_on_signals(f"the finished rows are in {out_dir / 'bench.json'}; continue with --resume") as stop:
+        with _plot_worker() as plotter, \
+                stop_on_signals(f"the finished rows are in {out_dir / 'bench.json'}; continue with --resume") as stop:
             run_bench(cfg, out_dir, simulate=simulate, data_dir=resolve_data_dir(data_dir), rows=wanted, resume=resume,
-                      on_row=lambda m, t: console.print(f"bench row: {m} / {t}"), stop=stop)
+                      on_row=lambda m, t: console.print(f"bench row: {m} / {t}"), stop=stop, plotter=plotter)
         out_console.print((out_dir / "bench.md").read_text())
 
 

@@ -9,7 +9,7 @@ import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import yaml
@@ -26,7 +26,11 @@ from orchestrator.refine import ARTIFACT, Refiner, refine_metadata
 from orchestrator.provenance import data_checksum, environment, twin_record, utc_now, version_line
 from orchestrator.run_folder import RunFolder, RunWatch, ended_early, using_run_folder
 from orchestrator.session import open_session
-from orchestrator.trainer import CHECKPOINT, TRAIN_EVAL_SAMPLES, Evaluation, StopRequest, Trainer, time_split
+from orchestrator.trainer import (CHECKPOINT, TRAIN_EVAL_SAMPLES, Evaluation, StopRequest, Trainer, time_split,
+                                  write_metrics)
+
+if TYPE_CHECKING:
+    from orchestrator.plot_worker import PlotWorker
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +52,18 @@ def build_network(cfg: ExperimentConfig, data: Dataset, width: int) -> PhysicalN
 
 def train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, twin: nn.Module | None, out: Path, *,
                    resume: bool, bench=None, on_batch=None, on_epoch=None, stop: StopRequest | None = None,
-                   twin_info: dict | None = None, tensorboard: bool = True, twin_data_samples: int = 0) -> dict:
+                   twin_info: dict | None = None, tensorboard: bool = True, twin_data_samples: int = 0,
+                   plotter: PlotWorker | None = None) -> dict:
     """Train and evaluate one network on an open setup; writes the run folder and returns the summary.
 
     ``twin`` is None for perturbative training. ``twin_info`` describes the twin for the provenance
     (``provenance.twin_record``); ``tensorboard`` writes event files; ``twin_data_samples``: the device samples
-    measured for the twin's data in this session (0 when an existing twin was loaded)."""
+    measured for the twin's data in this session (0 when an existing twin was loaded); ``plotter`` draws the plots
+    in a process of its own (``orchestrator.plot_worker``; None: here)."""
     with using_run_folder(out, append=resume):
         return _train_on_setup(cfg, data, setup, twin, Path(out), resume=resume, bench=bench, on_batch=on_batch,
                                on_epoch=on_epoch, stop=stop, twin_info=twin_info, tensorboard=tensorboard,
-                               twin_data_samples=twin_data_samples)
+                               twin_data_samples=twin_data_samples, plotter=plotter)
 
 
 def twin_data_cost(twin_info: dict | None) -> int:
@@ -105,7 +111,7 @@ def make_refiner(cfg: ExperimentConfig, setup: PhysicalSetup, twin: nn.Module, o
 
 def _train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, twin: nn.Module | None, out: Path, *,
                     resume: bool, bench, on_batch, on_epoch, stop: StopRequest | None, twin_info: dict | None,
-                    tensorboard: bool, twin_data_samples: int) -> dict:
+                    tensorboard: bool, twin_data_samples: int, plotter: PlotWorker | None) -> dict:
     session_started = utc_now()
     torch.manual_seed(cfg.seed)
     net = build_network(cfg, data, setup.n_inputs)
@@ -122,7 +128,7 @@ def _train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, 
     log.info("%s: %s, %s, into %s (%s)", cfg.experiment, cfg.training.mode + (" + refine" if refine else ""),
              f"{cfg.twin.kind} twin" if twin is not None else "no twin", out, version_line())
     about["provenance"] = run_provenance(cfg, data, twin_info, previous)
-    watch = RunWatch(folder, tensorboard=tensorboard, final_after=cfg.training.epochs)
+    watch = RunWatch(folder, tensorboard=tensorboard, final_after=cfg.training.epochs, plotter=plotter)
     twin_samples = twin_data_cost(twin_info) if twin is not None else 0
     refiner = make_refiner(cfg, setup, twin, out, twin_info) if refine and twin is not None else None
     trainer = Trainer(net, data, setup.forward, twin, cfg.training, cfg.seed, out, recover=setup.recover,
@@ -137,6 +143,8 @@ def _train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, 
         t_eval, clock_eval = time.perf_counter(), dict(trainer.clock.seconds)  # final evaluation on the device
         record: list = []
         test_pred = trainer.predict(data.x_test, record=record)
+        # the final plots: in the plot worker, while the device measures the training accuracy
+        watch.draw_final(rows, Evaluation.of(data.y_test, test_pred, record))
         n_tr = min(len(data.y_train), TRAIN_EVAL_SAMPLES)
         train_acc = trainer.accuracy(data.x_train[:n_tr], data.y_train[:n_tr])
     except BaseException as err:  # also Ctrl-C: the folder must say how far it got
@@ -188,8 +196,8 @@ def _train_on_setup(cfg: ExperimentConfig, data: Dataset, setup: PhysicalSetup, 
                                  "twin_nmse_recent_last": next(
                                      (r["twin_nmse_recent_last"] for r in reversed(rows)
                                       if r.get("twin_nmse_recent_last") is not None), None)}
-        folder.write_results(rows, Evaluation.of(data.y_test, test_pred, record))
-        watch.final_plots_written(trainer.step)
+        write_metrics(out / "metrics.csv", rows)
+        watch.finish_plots(trainer.step)
     finally:
         watch.close()
     summary["ended"] = utc_now()
@@ -221,7 +229,8 @@ def run_provenance(cfg: ExperimentConfig, data: Dataset, twin_info: dict | None,
 
 
 def run(cfg: ExperimentConfig, out: Path, *, simulate: bool, resume: bool, data_dir: str | None,
-        on_batch=None, on_epoch=None, on_calibration=None, stop: StopRequest | None = None) -> dict:
+        on_batch=None, on_epoch=None, on_calibration=None, stop: StopRequest | None = None,
+        plotter: PlotWorker | None = None) -> dict:
     """``pnn run``: everything for one training run; the run folder's run.log holds the calibration's log too."""
     data = load_task(cfg, data_dir)
     n = device_width(cfg, data.x_train.shape[1])
@@ -232,7 +241,7 @@ def run(cfg: ExperimentConfig, out: Path, *, simulate: bool, resume: bool, data_
                               on_batch=on_batch, on_epoch=on_epoch, stop=stop,
                               twin_info=twin_record(cfg.twin.kind, session.artifacts, out) if twin is not None else
                               no_twin_record(),
-                              twin_data_samples=session.setup.counters.samples - before)
+                              twin_data_samples=session.setup.counters.samples - before, plotter=plotter)
 
 
 BENCH_ROWS = [("pat", "neural"), ("pat", "physics"), ("pat", "perfect"), ("in_silico", "neural"), ("digital", "-")]

@@ -17,7 +17,8 @@ It also holds ``started`` (when the run's first session started), ``session_star
 The plots are rewritten after every epoch (the confusion matrix and the physical outputs after every epoch evaluated
 on the device), as long as drawing them takes at most ``PLOT_SHARE`` of the training time; on a fast simulated bench
 some epochs are then skipped, and the end of the run draws them all (after the final evaluation, which follows the
-last epoch at once: that epoch's own plots are not drawn).
+last epoch at once: that epoch's own plots are not drawn). ``pnn run`` draws them in a process of its own
+(``orchestrator.plot_worker``) while training goes on.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from filelock import FileLock, Timeout
 
@@ -35,7 +39,10 @@ from common.files import atomic_write_bytes, read_json_object
 from orchestrator import plots
 from orchestrator.config import ExperimentConfig, dump_config
 from orchestrator.tensorboard import RunBoard
-from orchestrator.trainer import Evaluation, TrainingStopped, TrainingWatch, write_metrics
+from orchestrator.trainer import Evaluation, TrainingStopped, TrainingWatch
+
+if TYPE_CHECKING:
+    from orchestrator.plot_worker import PlotWorker
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +111,19 @@ class RunFolder:
                 labels=[f"layer {i + 1}" for i in range(len(evaluation.layer_outputs))], axis=self.axis,
                 sample_classes=[names[int(c)] if int(c) < len(names) else str(c) for c in shown])
 
-    def write_results(self, rows: list[dict], evaluation: Evaluation) -> None:
-        """metrics.csv and the plots of the final evaluation on the device."""
-        write_metrics(self.path / "metrics.csv", rows)
-        self.write_plots(rows, evaluation, "final")
+
+
+def draw_plots(folder: RunFolder, rows: list[dict], evaluation: Evaluation | None, when: str) -> float:
+    """``folder.write_plots(rows, evaluation, when)``; returns the seconds it took (wherever it ran)."""
+    t0 = time.perf_counter()
+    folder.write_plots(rows, evaluation, when)
+    return time.perf_counter() - t0
+
+
+def _warn_once(watch: "RunWatch", what: str, err: BaseException) -> None:
+    if what not in watch.failed:
+        log.warning("%s failed (%s: %s); training goes on without it", what, type(err).__name__, err)
+    watch.failed.add(what)
 
 
 def _optional(what: str):
@@ -118,27 +134,45 @@ def _optional(what: str):
             try:
                 return method(self, *args, **kwargs)
             except Exception as err:  # noqa: BLE001 - anything, and only here: the watch shows, it does not train
-                if what not in self.failed:
-                    log.warning("%s failed (%s: %s); training goes on without it", what, type(err).__name__, err)
-                self.failed.add(what)
+                _warn_once(self, what, err)
         return call
     return wrap
 
 
-class RunWatch(TrainingWatch):
-    """What the run folder shows while training: plots after the epochs (paced, see ``PLOT_SHARE``) and
-    TensorBoard event files. ``close`` closes the event files (on every way out). A failure in any of them is
-    logged once and does not stop training (``_optional``)."""
+EPOCH_PLOTS = "the plots after an epoch"
 
-    def __init__(self, folder: RunFolder, tensorboard: bool = True, final_after: int | None = None):
+
+@dataclass
+class _Drawing:
+    """A set of plots handed to the plot worker: its future, the step of its epoch (once known), whether it draws
+    the physical outputs (TensorBoard's image)."""
+
+    job: Future
+    step: int | None
+    outputs: bool
+
+
+class RunWatch(TrainingWatch):
+    """What the run folder shows while training: plots after the epochs, paced (drawing them takes at most
+    ``PLOT_SHARE`` of the training time), and TensorBoard event files. With a ``plotter``
+    (``orchestrator.plot_worker``) the plots are drawn in its process and training goes on meanwhile; without one,
+    here. ``draw_final`` and ``finish_plots`` make the final evaluation's plots. ``close`` closes the event files
+    (on every way out). A failure of a plot after an epoch or of TensorBoard is logged once and does not stop
+    training (``_optional``)."""
+
+    def __init__(self, folder: RunFolder, tensorboard: bool = True, final_after: int | None = None,
+                 plotter: PlotWorker | None = None):
         self.folder = folder
-        # the epoch after which the final evaluation's plots follow at once (RunFolder.write_results): its own plots
-        # would be drawn only to be drawn again a moment later; None: draw after every epoch the pacing allows
+        # the epoch after which the final evaluation's plots follow at once (draw_final): its own plots would be
+        # drawn only to be drawn again a moment later; None: draw after every epoch the pacing allows
         self.final_after = final_after
+        self.plotter = plotter
         self.board = RunBoard(folder.path) if tensorboard else None
         self.t0 = time.perf_counter()
-        self.plot_s = self.last_plot_s = 0.0  # all plots after epochs so far, and the last ones, s
+        self.plot_s = self.last_plot_s = 0.0  # drawing all plots after epochs so far, and the last ones, s
         self.image_written = False
+        self.drawing: list[_Drawing] = []  # sets handed to the plotter, oldest first, not yet shown in TensorBoard
+        self.final: tuple[list[dict], Evaluation, Future | None] | None = None
         self.failed: set[str] = set()  # what failed already (warned once)
 
     @_optional("TensorBoard")
@@ -152,30 +186,82 @@ class RunWatch(TrainingWatch):
         if self.board is not None:
             self.board.batch(step, loss)
 
-    @_optional("the plots after an epoch")
+    @_optional(EPOCH_PLOTS)
     def epoch_evaluated(self, rows: list[dict], evaluation: Evaluation | None) -> None:
         self.image_written = False
-        if self.final_after is not None and rows[-1]["epoch"] >= self.final_after:
-            log.debug("plots after epoch %s left to the final evaluation", rows[-1]["epoch"])
+        self._show_drawn()  # before the worker may overwrite the files of the set it finished
+        epoch = rows[-1]["epoch"]
+        if self.final_after is not None and epoch >= self.final_after:
+            log.debug("plots after epoch %s left to the final evaluation", epoch)
             return
         if self.plot_s + self.last_plot_s > PLOT_SHARE * (time.perf_counter() - self.t0):  # this one included
-            log.debug("plots after epoch %s skipped (drawing them took %.1f s so far)", rows[-1]["epoch"], self.plot_s)
+            log.debug("plots after epoch %s skipped (drawing them took %.1f s so far)", epoch, self.plot_s)
             return
-        t0 = time.perf_counter()
-        self.folder.write_plots(rows, evaluation, f"after epoch {rows[-1]['epoch']}")
-        self.image_written = evaluation is not None and bool(evaluation.layer_outputs)
-        self.last_plot_s = time.perf_counter() - t0
+        outputs = evaluation is not None and bool(evaluation.layer_outputs)
+        if self.plotter is not None:
+            try:
+                job = self.plotter.draw(draw_plots, self.folder, rows, evaluation, f"after epoch {epoch}")
+            except BrokenProcessPool as err:
+                log.warning("the plot worker ended (%s); plots are drawn in the training process from now on", err)
+                self.plotter = None
+            else:
+                if job is None:
+                    log.debug("plots after epoch %s skipped: the previous ones are still being drawn", epoch)
+                else:
+                    self.drawing.append(_Drawing(job, None, outputs))
+                return
+        self.last_plot_s = draw_plots(self.folder, rows, evaluation, f"after epoch {epoch}")
         self.plot_s += self.last_plot_s
+        self.image_written = outputs
 
     @_optional("TensorBoard")
     def epoch_done(self, step: int, row: dict) -> None:
+        if self.drawing and self.drawing[-1].step is None:  # the set this epoch handed to the worker
+            self.drawing[-1].step = step
         if self.board is not None:
             image = self.folder.path / "physical_outputs.png" if self.image_written else None
             self.board.epoch(step, row, image)
+        self._show_drawn()
+
+    def _show_drawn(self, wait: bool = False) -> None:
+        """The sets the worker has finished (all of them, if ``wait``): their physical outputs go to TensorBoard at
+        their epoch's step, a failure is warned about once."""
+        while self.drawing and self.drawing[0].step is not None and (wait or self.drawing[0].job.done()):
+            done = self.drawing.pop(0)
+            if done.job.cancelled():
+                continue
+            if done.job.exception() is not None:
+                _warn_once(self, EPOCH_PLOTS, done.job.exception())
+                continue
+            self.last_plot_s = done.job.result()
+            self.plot_s += self.last_plot_s
+            if done.outputs and self.board is not None:
+                try:
+                    self.board.image(done.step, self.folder.path / "physical_outputs.png")
+                except Exception as err:  # noqa: BLE001 - as _optional
+                    _warn_once(self, "TensorBoard", err)
+
+    def draw_final(self, rows: list[dict], evaluation: Evaluation) -> None:
+        """Start the final evaluation's plots: in the worker, after the set it is drawing (training is over, the
+        device measures on meanwhile); without one, ``finish_plots`` draws them."""
+        job = self.plotter.draw_next(draw_plots, self.folder, rows, evaluation, "final") if self.plotter else None
+        self.final = (rows, evaluation, job)
+
+    def finish_plots(self, step: int) -> None:
+        """Wait for the final plots (or draw them here) and put their physical outputs into TensorBoard at ``step``.
+        An error drawing them is raised: the run's last plots must not be missing silently."""
+        self._show_drawn(wait=True)
+        if self.final is None:
+            return
+        rows, evaluation, job = self.final
+        if job is None:
+            self.folder.write_plots(rows, evaluation, "final")
+        else:
+            job.result()
+        self._final_image(step)
 
     @_optional("TensorBoard")
-    def final_plots_written(self, step: int) -> None:
-        """The final evaluation's plots are in the folder: its physical outputs go to TensorBoard at ``step``."""
+    def _final_image(self, step: int) -> None:
         if self.board is not None:
             self.board.image(step, self.folder.path / "physical_outputs.png")
 

@@ -124,8 +124,8 @@ def test_the_last_epochs_plots_are_the_final_ones_drawn_once(tmp_path: Path, mon
         drawn = (tmp_path / "physical_outputs.png").stat().st_mtime_ns
         title_file = (tmp_path / "confusion_matrix.png").read_bytes()
         assert [e.step for e in events(tmp_path).Images(IMAGE_TAG)] == [N_BATCHES * e for e in range(1, EPOCHS)]
-        folder.write_results(trainer.rows, trainer.evaluation)
-        watch.final_plots_written(trainer.step)
+        watch.draw_final(trainer.rows, trainer.evaluation)
+        watch.finish_plots(trainer.step)
     finally:
         watch.close()
     assert (tmp_path / "physical_outputs.png").stat().st_mtime_ns > drawn
