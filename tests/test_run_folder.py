@@ -13,6 +13,7 @@ import math
 import platform
 import re
 import shutil
+import struct
 import subprocess
 from datetime import datetime
 from importlib import metadata
@@ -130,8 +131,11 @@ def test_the_last_epochs_plots_are_the_final_ones_drawn_once(tmp_path: Path, mon
         watch.close()
     assert (tmp_path / "physical_outputs.png").stat().st_mtime_ns > drawn
     assert (tmp_path / "confusion_matrix.png").read_bytes() != title_file  # "final", not "after epoch 2"
-    steps_with_image = [e.step for e in events(tmp_path).Images(IMAGE_TAG)]
-    assert steps_with_image == [N_BATCHES * e for e in range(1, EPOCHS + 1)]
+    images = events(tmp_path).Images(IMAGE_TAG)
+    assert [e.step for e in images] == [N_BATCHES * e for e in range(1, EPOCHS + 1)]
+    final = (tmp_path / "physical_outputs.png").read_bytes()
+    assert images[-1].encoded_image_string == final  # the figure's own PNG, not decoded and encoded again
+    assert (images[-1].width, images[-1].height) == struct.unpack(">II", final[16:24])
 
 
 # -- real runs on the simulated bench -------------------------------------------------------------------------------
