@@ -13,11 +13,14 @@ The worker runs at the lowest priority (``NICENESS``): on a machine whose cores 
 time rather than taking a core from torch's threads. One set is drawn at a time: a set asked for while the previous
 one is still being drawn is skipped (the next epoch asks again, with fresher results). The worker ignores Ctrl-C and
 SIGTERM: ``pnn`` decides how a run stops, and the
-plots already written stay whole (they are written atomically).
+plots already written stay whole (they are written atomically). It ends with ``pnn``, however that ends (the kernel
+kills it when its parent ends: ``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -30,13 +33,22 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 NICENESS = 19
 """The worker's scheduling priority (the lowest): it draws with the CPU time training leaves idle, and does not slow
 down torch's threads, which wait for each other, by taking a core from one of them."""
 
 
-def _set_up_worker() -> None:
-    """In the worker: leave Ctrl-C and SIGTERM to ``pnn``, and take only CPU time that training leaves idle."""
+def _set_up_worker(parent: int) -> None:
+    """In the worker: end with ``pnn`` (process ``parent``) however it ends, leave Ctrl-C and SIGTERM to it, and take
+    only CPU time that training leaves idle."""
+    # the kernel kills the worker when its parent ends, even by SIGKILL: it holds copies of the parent's pipes and
+    # files, and would otherwise wait for work forever
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the parent ended before the line above
+        os._exit(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.nice(NICENESS)
@@ -56,7 +68,7 @@ class PlotWorker:
             log.debug("plots are drawn in the training process (%d threads run)", threading.active_count())
             return None
         pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
-                                   initializer=_set_up_worker)
+                                   initializer=_set_up_worker, initargs=(os.getpid(),))
         pid = pool.submit(os.getpid).result()  # forks the worker now, before this process starts other threads
         log.debug("plots are drawn by worker process %d", pid)
         return cls(pool)

@@ -112,7 +112,6 @@ class RunFolder:
                 sample_classes=[names[int(c)] if int(c) < len(names) else str(c) for c in shown])
 
 
-
 def draw_plots(folder: RunFolder, rows: list[dict], evaluation: Evaluation | None, when: str) -> float:
     """``folder.write_plots(rows, evaluation, when)``; returns the seconds it took (wherever it ran)."""
     t0 = time.perf_counter()
@@ -244,7 +243,12 @@ class RunWatch(TrainingWatch):
     def draw_final(self, rows: list[dict], evaluation: Evaluation) -> None:
         """Start the final evaluation's plots: in the worker, after the set it is drawing (training is over, the
         device measures on meanwhile); without one, ``finish_plots`` draws them."""
-        job = self.plotter.draw_next(draw_plots, self.folder, rows, evaluation, "final") if self.plotter else None
+        job = None
+        if self.plotter is not None:
+            try:
+                job = self.plotter.draw_next(draw_plots, self.folder, rows, evaluation, "final")
+            except BrokenProcessPool as err:
+                log.warning("the plot worker ended (%s); the final plots are drawn in the training process", err)
         self.final = (rows, evaluation, job)
 
     def finish_plots(self, step: int) -> None:
@@ -254,10 +258,14 @@ class RunWatch(TrainingWatch):
         if self.final is None:
             return
         rows, evaluation, job = self.final
+        if job is not None:
+            try:
+                job.result()
+            except BrokenProcessPool as err:
+                log.warning("the plot worker ended (%s); the final plots are drawn in the training process", err)
+                job = None
         if job is None:
-            self.folder.write_plots(rows, evaluation, "final")
-        else:
-            job.result()
+            draw_plots(self.folder, rows, evaluation, "final")
         self._final_image(step)
 
     @_optional("TensorBoard")

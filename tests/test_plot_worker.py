@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,67 @@ def test_a_run_has_its_plots_drawn_by_the_worker(tmp_path: Path) -> None:
     # epoch 1's plots (drawn while epoch 2 trains), then the final ones: each at its step, in order
     assert [e.step for e in acc.Images(IMAGE_TAG)] == [n_batches, 2 * n_batches]
     assert summary["status"] == "finished"
+
+
+# a worker killed mid-run (out of memory, a stray kill): the plots go on in the training process
+_DEAD_WORKER = """
+import os, signal, sys, time
+import numpy as np
+from pathlib import Path
+from orchestrator.plot_worker import PlotWorker
+from orchestrator.run_folder import RunFolder, RunWatch
+from orchestrator.trainer import Evaluation
+worker = PlotWorker.start()
+os.kill(worker.draw(os.getpid).result(), signal.SIGKILL)
+time.sleep(0.5)
+folder = RunFolder(Path(sys.argv[1]), {"experiment": "toy"}, ["a", "b"])
+watch = RunWatch(folder, tensorboard=False, plotter=worker)
+rows = [{"epoch": 1, "train_loss": 1.0, "test_accuracy": 0.5}]
+evaluation = Evaluation(np.array([0, 1, 1]), np.array([0, 1, 0]), [np.zeros((3, 4))])
+watch.epoch_evaluated(rows, evaluation)       # the worker is gone: drawn here, with a warning
+print(watch.plotter is None, sorted(p.name for p in Path(sys.argv[1]).glob("*.png")))
+for p in Path(sys.argv[1]).glob("*.png"):
+    p.unlink()
+watch.draw_final(rows, evaluation)
+watch.finish_plots(1)
+print(sorted(p.name for p in Path(sys.argv[1]).glob("*.png")))
+"""
+
+
+@linux_only
+def test_plots_go_on_in_the_training_process_when_the_worker_died(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _DEAD_WORKER, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    pngs = str(sorted(["confusion_matrix.png", "learning_curves.png", "physical_outputs.png"]))
+    assert done.stdout.splitlines() == [f"True {pngs}", pngs]
+    assert "the plot worker ended" in done.stderr
+
+
+_KILLED_PARENT = """
+import os, signal
+from orchestrator.plot_worker import PlotWorker
+worker = PlotWorker.start()
+print(worker.draw(os.getpid).result(), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)   # pnn killed outright: no close, no atexit
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (reaped or not, a zombie has ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@linux_only
+def test_the_worker_ends_when_pnn_is_killed(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _KILLED_PARENT], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -9, done.stderr
+    worker = int(done.stdout.strip())
+    deadline = time.monotonic() + 10
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(worker)
