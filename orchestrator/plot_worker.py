@@ -12,9 +12,8 @@ training process, as before.
 The worker runs at the lowest priority (``NICENESS``): on a machine whose cores training keeps busy it waits for idle
 time rather than taking a core from torch's threads. One set is drawn at a time: a set asked for while the previous
 one is still being drawn is skipped (the next epoch asks again, with fresher results). The worker ignores Ctrl-C and
-SIGTERM: ``pnn`` decides how a run stops, and the
-plots already written stay whole (they are written atomically). It ends with ``pnn``, however that ends (the kernel
-kills it when its parent ends: ``PR_SET_PDEATHSIG``).
+SIGTERM: ``pnn`` decides how a run stops, and the plots already written stay whole (they are written atomically). It
+ends with ``pnn``, however that ends (the kernel kills it when its parent ends: ``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,12 @@ class PlotWorker:
             return None
         pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
                                    initializer=_set_up_worker, initargs=(os.getpid(),))
-        pid = pool.submit(os.getpid).result()  # forks the worker now, before this process starts other threads
+        try:
+            pid = pool.submit(os.getpid).result()  # forks the worker now, before this process starts other threads
+        except BrokenProcessPool as err:  # its set-up failed (prctl refused, ...): draw here
+            log.warning("no plot worker (%s); plots are drawn in the training process", err)
+            pool.shutdown(wait=False)
+            return None
         log.debug("plots are drawn by worker process %d", pid)
         return cls(pool)
 
@@ -79,8 +84,9 @@ class PlotWorker:
         return self._last is not None and not self._last.done()
 
     def draw(self, fn: Callable[..., Any], *args: Any) -> Future | None:
-        """Run ``fn(*args)`` (picklable, e.g. a bound ``RunFolder.write_plots``) in the worker; None, and nothing
-        done, if it is busy. The future holds the error if drawing failed (a dead worker included)."""
+        """Run ``fn(*args)`` (picklable: a module-level function such as ``run_folder.draw_plots``) in the worker;
+        None, and nothing done, if it is busy. The future holds the error if drawing failed, a worker that died while
+        drawing included; BrokenProcessPool is raised at once if it had died before."""
         if self.busy:
             return None
         self._last = self._pool.submit(fn, *args)
