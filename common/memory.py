@@ -1,13 +1,14 @@
 """Memory settings of a long-running ``pnn`` process: glibc's allocator and Python's garbage collector.
 
-**Freed memory stays in the process** (glibc only). A forward pass allocates and frees arrays of several MB: the waveform, the scope's record of a million points, the
-noise, the twin's activations. glibc's default (a dynamic threshold that starts at 128 KiB) returns such blocks to the
-operating system when they are freed, by ``munmap`` or by trimming the top of the heap, and the next pass faults the
-same pages in again, each zero-filled. On the simulated electronic bench at batch 512 that was about 4,000 page faults
-per forward pass, some 15-20 ms of a 70 ms call (experiments/results_speed.md). ``keep_freed_memory`` sets glibc's
-mmap threshold to its largest value and its trim threshold to ``TRIM_THRESHOLD_BYTES``: blocks up to 32 MiB come from
-the heap, and up to that much free memory stays there for the next pass. The process's resident memory then stays
-near its peak instead of falling back between passes.
+**Freed memory stays in the process** (glibc only). A forward pass allocates and frees arrays of several MB: the
+waveform, the scope's record of a million points, the noise, the twin's activations. glibc's default (a dynamic
+threshold that starts at 128 KiB) returns such blocks to the operating system when they are freed, by ``munmap`` or by
+trimming the top of the heap, and the next pass faults the same pages in again, each zero-filled. On the simulated
+electronic bench at batch 512 that was about 4,000 page faults per forward pass, some 15-20 ms of a 70 ms call
+(experiments/results_speed.md). ``keep_freed_memory`` sets glibc's mmap threshold to its largest value and its trim
+threshold to ``TRIM_THRESHOLD_BYTES``: blocks up to 32 MiB come from the heap, and up to that much free memory stays
+there for the next pass. The process's resident memory then stays near its peak instead of falling back between
+passes.
 
 **The collector skips what start-up made.** The libraries (torch, numpy, scipy, matplotlib, numba) create some
 500,000 Python objects while they load, and all of them live as long as the process. Python's cyclic garbage collector

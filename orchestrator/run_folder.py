@@ -119,7 +119,7 @@ def draw_plots(folder: RunFolder, rows: list[dict], evaluation: Evaluation | Non
     return time.perf_counter() - t0
 
 
-def _warn_once(watch: "RunWatch", what: str, err: BaseException) -> None:
+def _warn_once(watch: RunWatch, what: str, err: BaseException) -> None:
     if what not in watch.failed:
         log.warning("%s failed (%s: %s); training goes on without it", what, type(err).__name__, err)
     watch.failed.add(what)

@@ -79,14 +79,19 @@ class RunBoard:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
                 self.writer.add_scalar(tag, value, step)
         if image is not None:
-            self.image(step, image)
+            self._add_image(step, image)
         self.writer.flush()
 
     def image(self, step: int, path: Path) -> None:
         """The PNG file ``path`` (the physical outputs' figure) as the image at ``step``, if the file is there. The
         file's bytes go into the event as they are: TensorBoard stores images PNG-encoded anyway, and decoding and
         encoding a figure again took 0.2 s (1.1 s the first time, loading the encoders)."""
-        if self.writer is None or not path.is_file():
+        if self.writer is not None:
+            self._add_image(step, path)
+            self.writer.flush()
+
+    def _add_image(self, step: int, path: Path) -> None:
+        if not path.is_file():
             return
         png = path.read_bytes()
         if png[:8] != PNG_SIGNATURE or png[12:16] != b"IHDR":
@@ -97,7 +102,6 @@ class RunBoard:
             height=height, width=width, colorspace=channels, encoded_image_string=png))])
         # what SummaryWriter.add_image does after encoding its tensor as PNG
         self.writer._get_file_writer().add_summary(summary, step)
-        self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:
