@@ -242,7 +242,9 @@ class RunWatch(TrainingWatch):
 
     def draw_final(self, rows: list[dict], evaluation: Evaluation) -> None:
         """Start the final evaluation's plots: in the worker, after the set it is drawing (training is over, the
-        device measures on meanwhile); without one, ``finish_plots`` draws them."""
+        device measures on meanwhile); without one, ``finish_plots`` draws them. A set after an epoch still being
+        drawn is waited for first: its image must be read before the final plots overwrite the file."""
+        self._show_drawn(wait=True)
         job = None
         if self.plotter is not None:
             try:

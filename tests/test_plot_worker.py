@@ -138,3 +138,42 @@ def test_the_worker_ends_when_pnn_is_killed(tmp_path: Path) -> None:
     while _running(worker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _running(worker)
+
+
+# the final plots asked for while the worker still draws an epoch's: each image in TensorBoard is its own set's
+_FINAL_AFTER_AN_EPOCH = """
+import sys, time
+import numpy as np
+from pathlib import Path
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from orchestrator.plot_worker import PlotWorker
+from orchestrator.run_folder import RunFolder, RunWatch
+from orchestrator.tensorboard import IMAGE_TAG
+from orchestrator.trainer import Evaluation
+out = Path(sys.argv[1])
+worker = PlotWorker.start()
+watch = RunWatch(RunFolder(out, {"experiment": "toy"}, ["a", "b"]), plotter=worker)
+watch.start(0, resumed=False)
+rows = [{"epoch": 1, "train_loss": 1.0, "test_accuracy": 0.5}]
+evaluation = Evaluation(np.array([0, 1, 1]), np.array([0, 1, 0]), [np.zeros((3, 4))])
+watch.epoch_evaluated(rows, evaluation)
+watch.epoch_done(10, rows[-1])          # the worker is still drawing epoch 1's set
+watch.draw_final(rows, evaluation)
+time.sleep(3)                           # the device measures the training accuracy meanwhile
+watch.finish_plots(20)
+watch.close()
+worker.close()
+acc = EventAccumulator(str(out), size_guidance={"images": 0})
+acc.Reload()
+images = acc.Images(IMAGE_TAG)
+final = (out / "physical_outputs.png").read_bytes()
+print([e.step for e in images], images[0].encoded_image_string != final, images[1].encoded_image_string == final)
+"""
+
+
+@linux_only
+def test_each_image_in_tensorboard_is_its_own_sets_when_the_final_plots_follow_at_once(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _FINAL_AFTER_AN_EPOCH, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[10,", "20]", "True", "True"]
