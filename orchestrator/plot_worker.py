@@ -87,10 +87,7 @@ class PlotWorker:
         """Run ``fn(*args)`` (picklable: a module-level function such as ``run_folder.draw_plots``) in the worker;
         None, and nothing done, if it is busy. The future holds the error if drawing failed, a worker that died while
         drawing included; BrokenProcessPool is raised at once if it had died before."""
-        if self.busy:
-            return None
-        self._last = self._pool.submit(fn, *args)
-        return self._last
+        return None if self.busy else self.draw_next(fn, *args)
 
     def draw_next(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Run ``fn(*args)`` in the worker after whatever it is drawing now (for the final plots, which must not be

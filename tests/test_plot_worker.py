@@ -77,27 +77,31 @@ def test_a_run_has_its_plots_drawn_by_the_worker(tmp_path: Path) -> None:
 
 
 # a worker killed mid-run (out of memory, a stray kill): the plots go on in the training process
-_DEAD_WORKER = """
+# a watch of a toy run folder (sys.argv[1]) with a plot worker, one epoch's rows and its evaluation
+_TOY_WATCH = """
 import os, signal, sys, time
 import numpy as np
 from pathlib import Path
 from orchestrator.plot_worker import PlotWorker
 from orchestrator.run_folder import RunFolder, RunWatch
 from orchestrator.trainer import Evaluation
+out = Path(sys.argv[1])
 worker = PlotWorker.start()
-os.kill(worker.draw(os.getpid).result(), signal.SIGKILL)
-time.sleep(0.5)
-folder = RunFolder(Path(sys.argv[1]), {"experiment": "toy"}, ["a", "b"])
-watch = RunWatch(folder, tensorboard=False, plotter=worker)
 rows = [{"epoch": 1, "train_loss": 1.0, "test_accuracy": 0.5}]
 evaluation = Evaluation(np.array([0, 1, 1]), np.array([0, 1, 0]), [np.zeros((3, 4))])
+"""
+
+_DEAD_WORKER = _TOY_WATCH + """
+os.kill(worker.draw(os.getpid).result(), signal.SIGKILL)
+time.sleep(0.5)
+watch = RunWatch(RunFolder(out, {"experiment": "toy"}, ["a", "b"]), tensorboard=False, plotter=worker)
 watch.epoch_evaluated(rows, evaluation)       # the worker is gone: drawn here, with a warning
-print(watch.plotter is None, sorted(p.name for p in Path(sys.argv[1]).glob("*.png")))
-for p in Path(sys.argv[1]).glob("*.png"):
+print(watch.plotter is None, sorted(p.name for p in out.glob("*.png")))
+for p in out.glob("*.png"):
     p.unlink()
 watch.draw_final(rows, evaluation)
 watch.finish_plots(1)
-print(sorted(p.name for p in Path(sys.argv[1]).glob("*.png")))
+print(sorted(p.name for p in out.glob("*.png")))
 """
 
 
@@ -141,21 +145,11 @@ def test_the_worker_ends_when_pnn_is_killed(tmp_path: Path) -> None:
 
 
 # the final plots asked for while the worker still draws an epoch's: each image in TensorBoard is its own set's
-_FINAL_AFTER_AN_EPOCH = """
-import sys, time
-import numpy as np
-from pathlib import Path
+_FINAL_AFTER_AN_EPOCH = _TOY_WATCH + """
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from orchestrator.plot_worker import PlotWorker
-from orchestrator.run_folder import RunFolder, RunWatch
 from orchestrator.tensorboard import IMAGE_TAG
-from orchestrator.trainer import Evaluation
-out = Path(sys.argv[1])
-worker = PlotWorker.start()
 watch = RunWatch(RunFolder(out, {"experiment": "toy"}, ["a", "b"]), plotter=worker)
 watch.start(0, resumed=False)
-rows = [{"epoch": 1, "train_loss": 1.0, "test_accuracy": 0.5}]
-evaluation = Evaluation(np.array([0, 1, 1]), np.array([0, 1, 0]), [np.zeros((3, 4))])
 watch.epoch_evaluated(rows, evaluation)
 watch.epoch_done(10, rows[-1])          # the worker is still drawing epoch 1's set
 watch.draw_final(rows, evaluation)
