@@ -29,10 +29,22 @@ def bin_outputs(trace: Tensor, n_outputs: int, statistic: str = "mean") -> Tenso
     """trace [B, T] -> [B, n_outputs]: mean (or root mean square) over n_outputs equal consecutive bins; samples
     beyond the last whole bin are dropped."""
     per_bin = trace.shape[1] // n_outputs
-    bins = trace[:, : per_bin * n_outputs].reshape(trace.shape[0], n_outputs, per_bin)
+    values = trace[:, : per_bin * n_outputs]
     if statistic == "rms":
-        return (bins.square().mean(dim=2) + 1e-12).sqrt()
-    return bins.mean(dim=2)
+        values = values.square()
+    if per_bin <= SHORT_BIN:
+        # a reduction over a short last axis is slow in torch (1.4 ms for 512 x 192 bins of 2): add the bins' k-th
+        # samples in turn instead (0.2 ms; for 2 samples a bin the same numbers)
+        total = values[:, 0::per_bin].clone()
+        for k in range(1, per_bin):
+            total += values[:, k::per_bin]
+        mean = total / per_bin
+    else:
+        mean = values.reshape(trace.shape[0], n_outputs, per_bin).mean(dim=2)
+    return (mean + 1e-12).sqrt() if statistic == "rms" else mean
+
+
+SHORT_BIN = 16  # samples a bin up to which ``bin_outputs`` adds them one by one
 
 
 def sample_averages(t: np.ndarray, volts: np.ndarray, n: int, fs: float, delay_s: float) -> np.ndarray:
