@@ -32,9 +32,10 @@ def bin_outputs(trace: Tensor, n_outputs: int, statistic: str = "mean") -> Tenso
     values = trace[:, : per_bin * n_outputs]
     if statistic == "rms":
         values = values.square()
-    if per_bin <= SHORT_BIN:
+    if per_bin <= SHORT_BIN and not (values.requires_grad and torch.is_grad_enabled()):
         # a reduction over a short last axis is slow in torch (1.4 ms for 512 x 192 bins of 2): add the bins' k-th
-        # samples in turn instead (0.2 ms; for 2 samples a bin the same numbers)
+        # samples in turn instead (0.2 ms; for 2 samples a bin the same numbers). Not under autograd (the twins),
+        # where the extra nodes cost more than they save
         total = values[:, 0::per_bin].clone()
         for k in range(1, per_bin):
             total += values[:, k::per_bin]
