@@ -48,6 +48,18 @@ def bin_outputs(trace: Tensor, n_outputs: int, statistic: str = "mean") -> Tenso
 SHORT_BIN = 16  # samples a bin up to which ``bin_outputs`` adds them one by one
 
 
+def delayed(trace: Tensor, samples: Tensor | float) -> Tensor:
+    """trace [B, T] delayed by ``samples`` >= 0 (fractional: linear interpolation between samples, zeros shifted in);
+    differentiable in both."""
+    d = torch.as_tensor(samples, dtype=trace.dtype)
+    whole = int(torch.floor(d.detach()))
+    frac = d - whole
+    t = trace.shape[1]
+    early = torch.nn.functional.pad(trace, (whole, 0))[:, :t]      # trace[k - whole]
+    late = torch.nn.functional.pad(trace, (whole + 1, 0))[:, :t]   # trace[k - whole - 1]
+    return (1 - frac) * early + frac * late
+
+
 def sample_averages(t: np.ndarray, volts: np.ndarray, n: int, fs: float, delay_s: float) -> np.ndarray:
     """The scope record (t [N] s, increasing; volts [N]) averaged over each of n AWG sample periods, the k-th starting
     at k / fs + delay_s -> [n] V. A box average of the piecewise-linear record, exact whatever the scope's point

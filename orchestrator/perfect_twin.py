@@ -15,9 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from encoding import electronic
-from encoding.awg_scope import bin_outputs
+from encoding.awg_scope import bin_outputs, delayed
 from encoding.optical import gray_levels, output_units, pixel_values
-from twins.mechanical import delayed
 
 log = logging.getLogger(__name__)
 

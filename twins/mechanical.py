@@ -62,7 +62,7 @@ import scipy.signal
 import torch
 from torch import Tensor, nn
 
-from encoding.awg_scope import bin_outputs
+from encoding.awg_scope import bin_outputs, delayed
 from encoding.mechanical import MechanicalEncoding, drive_units
 from twins.registry import broadcast_theta, register_twin
 
@@ -574,15 +574,3 @@ def _refine(w: np.ndarray, h: np.ndarray, f0: np.ndarray, zeta: np.ndarray, weig
     if not fit.success or np.sum(fit.fun**2) > np.sum(residual(p0) ** 2):
         return f0, zeta, weights
     return unpack(fit.x)
-
-
-def delayed(trace: Tensor, samples: Tensor | float) -> Tensor:
-    """trace [B, T] delayed by ``samples`` >= 0 (fractional: linear interpolation between samples, zeros shifted in);
-    differentiable in both."""
-    d = torch.as_tensor(samples, dtype=trace.dtype)
-    whole = int(torch.floor(d.detach()))
-    frac = d - whole
-    t = trace.shape[1]
-    early = nn.functional.pad(trace, (whole, 0))[:, :t]       # trace[k - whole]
-    late = nn.functional.pad(trace, (whole + 1, 0))[:, :t]    # trace[k - whole - 1]
-    return (1 - frac) * early + frac * late
