@@ -43,7 +43,7 @@ from scipy.special import expit
 
 from encoding.awg_scope import sample_averages
 from simulators.instruments import scope_record
-from simulators.physics import electronic, mechanical
+from simulators.physics import electronic, mechanical, optical
 from simulators.physics.electronic import CircuitValues, ElectronicCircuit
 from simulators.physics.mechanical import PlateValues, SpeakerPlate
 from simulators.physics.optical import (
@@ -450,11 +450,16 @@ def test_shaper_frames_signal_in_float32_is_the_float64_signal_within_rounding()
     assert float((single - double).abs().max()) <= 1e-6 * float(double.abs().max())
 
 
-def test_shaper_expected_counts_and_gradient_equal_the_torch_chain() -> None:
+@pytest.mark.parametrize("columns, shorter_fft", [((350, 400), False), ((500, 64), True)])
+def test_shaper_expected_counts_and_gradient_equal_the_torch_chain(columns: tuple[int, int],
+                                                                   shorter_fft: bool) -> None:
     fast, ref = SHGPulseShaper(seed=3), RefShaper(seed=3)
+    lo, hi, _ = fast._spectrometer(columns)
+    # a narrow window's autoconvolution by shorter FFTs, the wrapped points outside it (the reference: N_FFT)
+    assert (optical._circular_size(lo * OVERSAMPLE, hi * OVERSAMPLE) < N_FFT) == shorter_fft
     gray = torch.tensor(np.random.default_rng(4).uniform(0, 255, (5, 640)), requires_grad=True)
-    got = fast.expected_counts(gray, exposure_s=1e-3, electrons_per_count=4.0, columns=(350, 400))
-    want = ref.sh_columns(gray, (350, 400)) * (1e-3 / 4.0)
+    got = fast.expected_counts(gray, exposure_s=1e-3, electrons_per_count=4.0, columns=columns)
+    want = ref.sh_columns(gray, columns) * (1e-3 / 4.0)
     np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=SHAPER_RTOL,
                                atol=SHAPER_RTOL * float(want.detach().abs().max()))
     weights = torch.tensor(np.random.default_rng(5).standard_normal(got.shape))

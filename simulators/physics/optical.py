@@ -72,6 +72,7 @@ compares them).  ``SHGPulseShaper(seed, values=OpticalValues())`` runs the nomin
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -285,11 +286,14 @@ class SHGPulseShaper:
         """
         c = self._const(phase.dtype)
         field = torch.complex(c["amplitude"] * torch.cos(phase), c["amplitude"] * torch.sin(phase))
-        # sum_nu' E(nu') E(nu - nu') (linear: zero-padded to N_FFT >= 2 N_FINE - 1); "forward" norms make it exact.
-        # The field is padded here rather than by ifft's n= (the same numbers, faster)
-        time_domain = torch.fft.ifft(torch.nn.functional.pad(field, (0, N_FFT - N_FINE)), norm="forward")
-        sh = torch.fft.fft(time_domain * time_domain, norm="forward")
+        # sum_nu' E(nu') E(nu - nu') by FFTs of the zero-padded field; "forward" norms make it exact. The field is
+        # padded here rather than by ifft's n= (the same numbers, faster). A circular autoconvolution of n points
+        # wraps point nu + n of the linear one (2 N_FINE - 1 points) onto nu: n = ``_circular_size`` keeps every
+        # wrapped point out of the bins returned (the FFTs 30 % cheaper than at N_FFT for a camera window)
         lo, hi = bins[0] * OVERSAMPLE, bins[1] * OVERSAMPLE
+        n = _circular_size(lo, hi)
+        time_domain = torch.fft.ifft(torch.nn.functional.pad(field, (0, n - N_FINE)), norm="forward")
+        sh = torch.fft.fft(time_domain * time_domain, norm="forward")
         window = sh[:, lo:hi]
         power = torch.mul(window.real, window.real).addcmul_(window.imag, window.imag) * c["phase_matching"][lo:hi]
         binned = power[:, 0::OVERSAMPLE]
@@ -388,6 +392,16 @@ class SHGPulseShaper:
         self.bench_time_s += k * period
         self.busy_s += time.perf_counter() - start
         return np.clip(counts, 0, ADC_MAX).astype(np.uint16)
+
+
+@functools.lru_cache(maxsize=64)
+def _circular_size(first: int, end: int) -> int:
+    """FFT length n for SH points first .. end - 1 of the autoconvolution, free of wrap-around: n >= end, and the
+    linear points nu + n (nu >= first) lie beyond the last one, 2 N_FINE - 2. The smallest 2^a or 3 2^a that does,
+    at most N_FFT (whose 3 5 2^8 is slower)."""
+    need = max(end, 2 * N_FINE - 1 - first, N_FINE)
+    fast = min(m << max(0, (need - 1) // m).bit_length() for m in (1, 3))
+    return min(fast, N_FFT)
 
 
 def _check_window(window: tuple[int, int], size: int, name: str) -> tuple[int, int]:
