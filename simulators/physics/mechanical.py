@@ -581,6 +581,7 @@ def _add_sine(out: np.ndarray, amplitude: float, step: float, phase: float, bloc
 
 @numba.njit(cache=True, nogil=True)
 def _add_angle_sums(out, amplitude, sin_outer, cos_outer, sin_inner, cos_inner):  # pragma: no cover - compiled
+    """out[r block + j] += (sin_outer[r] cos_inner[j] + cos_outer[r] sin_inner[j]) amplitude."""
     n, block = out.shape[0], sin_inner.shape[0]
     for r in range(sin_outer.shape[0]):
         start = r * block

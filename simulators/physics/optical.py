@@ -397,8 +397,8 @@ class SHGPulseShaper:
 @functools.lru_cache(maxsize=64)
 def _circular_size(first: int, end: int) -> int:
     """FFT length n for SH points first .. end - 1 of the autoconvolution, free of wrap-around: n >= end, and the
-    linear points nu + n (nu >= first) lie beyond the last one, 2 N_FINE - 2. The smallest 2^a or 3 2^a that does,
-    at most N_FFT (whose 3 5 2^8 is slower)."""
+    linear points nu + n (nu >= first) lie beyond the last one, 2 N_FINE - 2. The smallest 2^a or 3 2^a that does
+    (lengths the FFT is fastest at), or N_FFT where that is shorter."""
     need = max(end, 2 * N_FINE - 1 - first, N_FINE)
     fast = min(m << max(0, (need - 1) // m).bit_length() for m in (1, 3))
     return min(fast, N_FFT)
