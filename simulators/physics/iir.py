@@ -61,13 +61,13 @@ class Blocks:
     def split(self, x: np.ndarray) -> np.ndarray:
         """[C, N] -> columns [L, B C]."""
         out = np.empty((self.size, self.count * self.rows))
-        _split(np.ascontiguousarray(x, dtype=np.float64), self.count, out)
+        _transpose(np.ascontiguousarray(x, dtype=np.float64), out, self.count, True)
         return out
 
     def join(self, columns: np.ndarray) -> np.ndarray:
         """Columns [L, B C] -> [C, N]."""
         out = np.empty((self.rows, self.length))
-        _join(columns, self.count, out)
+        _transpose(out, columns, self.count, False)
         return out
 
     def lfilter(self, ba: tuple[np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -232,25 +232,16 @@ TILE = 64
 
 
 @numba.njit(cache=True, nogil=True)
-def _split(x, count, out):  # pragma: no cover - compiled
-    """out[k, b C + c] = x[c, b L + k] (0 beyond the record) for x [C, N], out [L, B C]."""
-    rows, length, size = x.shape[0], x.shape[1], out.shape[0]
+def _transpose(rows, columns, count, to_columns):  # pragma: no cover - compiled
+    """Between rows [C, N] and columns [L, B C], columns[k, b C + c] = rows[c, b L + k]: into ``columns`` (0 beyond
+    the record) if ``to_columns``, else into ``rows``."""
+    n_rows, length, size = rows.shape[0], rows.shape[1], columns.shape[0]
     for k0 in range(0, size, TILE):
-        for c in range(rows):
+        for c in range(n_rows):
             for b in range(count):
                 for k in range(k0, min(size, k0 + TILE)):
                     i = b * size + k
-                    out[k, b * rows + c] = x[c, i] if i < length else 0.0
-
-
-@numba.njit(cache=True, nogil=True)
-def _join(columns, count, out):  # pragma: no cover - compiled
-    """out[c, b L + k] = columns[k, b C + c] for out [C, N], columns [L, B C]."""
-    rows, length, size = out.shape[0], out.shape[1], columns.shape[0]
-    for k0 in range(0, size, TILE):
-        for c in range(rows):
-            for b in range(count):
-                for k in range(k0, min(size, k0 + TILE)):
-                    i = b * size + k
-                    if i < length:
-                        out[c, i] = columns[k, b * rows + c]
+                    if to_columns:
+                        columns[k, b * n_rows + c] = rows[c, i] if i < length else 0.0
+                    elif i < length:
+                        rows[c, i] = columns[k, b * n_rows + c]
