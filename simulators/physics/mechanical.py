@@ -87,6 +87,7 @@ import torch
 from torch import Tensor
 
 from simulators.physics import iir
+from simulators.physics.normal_draws import standard_normal_f32
 
 log = logging.getLogger(__name__)
 
@@ -556,10 +557,10 @@ class SpeakerPlate:
         mains = 2 * math.pi * v.mains_hz
         for harmonic, amplitude, phase in ((1, v.hum_v, self._mains_phase[0]), (3, v.hum3_v, self._mains_phase[1])):
             _add_sine(mic, amplitude, harmonic * mains / rate, harmonic * mains * self.bench_time_s + phase)
-        noise = self._noise.standard_normal(n, dtype=np.float32)
+        noise = standard_normal_f32(self._noise, n)
         noise *= v.mic_noise_v  # float32, as v.mic_noise_v * noise
         mic += noise
-        chan2_noise = self._noise.standard_normal(n, dtype=np.float32)
+        chan2_noise = standard_normal_f32(self._noise, n, draw_only=2 not in channels)
         traces = {1: mic}
         if 2 in channels:
             traces[2] = _delay(u, self.trigger_delay_s * rate)
