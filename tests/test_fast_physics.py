@@ -43,7 +43,7 @@ from scipy.special import expit
 
 from encoding.awg_scope import sample_averages
 from simulators.instruments import scope_record
-from simulators.physics import electronic, iir, mechanical, optical
+from simulators.physics import electronic, iir, mechanical, normal_draws, optical
 from simulators.physics.electronic import CircuitValues, ElectronicCircuit
 from simulators.physics.mechanical import PlateValues, SpeakerPlate
 from simulators.physics.optical import (
@@ -202,7 +202,8 @@ def test_circuit_noise_is_torch_randn() -> None:
         ref, fast = torch.Generator().manual_seed(99), torch.Generator().manual_seed(99)
         for _ in range(2):  # the generator is left where torch.randn leaves it
             want = torch.randn(n, generator=ref, dtype=torch.float64).numpy()
-            np.testing.assert_allclose(electronic._randn(fast, n), want, rtol=0, atol=NOISE_ATOL)
+            np.testing.assert_allclose(normal_draws.torch_randn(fast, n), want, rtol=0, atol=NOISE_ATOL)
+        assert torch.equal(fast.get_state(), ref.get_state())
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -1,13 +1,15 @@
-"""``normal_draws.standard_normal_f32`` is numpy's ``standard_normal(n, dtype=np.float32)``, bit for bit, and leaves
-the generator exactly where numpy leaves it (the benches' noise streams are pinned)."""
+"""``normal_draws`` draws numpy's ``standard_normal(n, dtype=np.float32)`` and torch's uniforms, bit for bit, and
+leaves the generator exactly where numpy or torch leaves it (the benches' noise streams are pinned). Its
+``torch_randn`` (uniforms and Box-Muller) is checked against ``torch.randn`` in test_fast_physics.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from simulators.physics import normal_draws
-from simulators.physics.normal_draws import K, W, standard_normal_f32
+from simulators.physics.normal_draws import K, W, standard_normal_f32, torch_uniforms
 
 
 def assert_same_draws(seed: int, sizes: list[int]) -> None:
@@ -68,3 +70,18 @@ def test_other_bit_generators_are_drawn_by_numpy() -> None:
     ref, fast = np.random.Generator(np.random.MT19937(3)), np.random.Generator(np.random.MT19937(3))
     np.testing.assert_array_equal(standard_normal_f32(fast, 1000), ref.standard_normal(1000, dtype=np.float32))
     assert fast.bit_generator.state["state"]["pos"] == ref.bit_generator.state["state"]["pos"]
+
+
+def test_torch_uniforms_and_generator_state_are_torchs() -> None:
+    # 312 uniforms use up one regeneration of the Twister's 624 words: sizes around it cross regenerations with a
+    # uniform's two words on either side
+    for seed in (0, 12345):
+        ref, fast = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        for n in (1, 311, 312, 313, 1000, 491_520, 17):
+            want = torch.rand(n, generator=ref, dtype=torch.float64).numpy()
+            np.testing.assert_array_equal(torch_uniforms(fast, n), want)
+            assert torch.equal(fast.get_state(), ref.get_state())
+            # a draw that is not read: two words a number, as torch's 64-bit integers take
+            torch.empty(n, dtype=torch.int64).random_(generator=ref)
+            assert torch_uniforms(fast, n, draw_only=True) is None
+            assert torch.equal(fast.get_state(), ref.get_state())

@@ -36,8 +36,8 @@ to the C library's float32 functions but for a last bit here and there, which th
 the 1e-7 V level). ``integrate`` writes the scheme out as array operations (torch, for the differentiable perfect
 twin); numpy arrays go through ``_integrate_rows``, the same scheme compiled with numba (the same operations per step,
 equal to the per-time-step numpy loop within float rounding). The scope noise is ``torch.randn``'s stream, drawn
-through ``_randn`` (torch's uniforms, its Box-Muller compiled as SIMD vectors: the same numbers within a few ulps), and
-only for the channels the scope reads are the traces computed.
+through ``normal_draws.torch_randn`` (torch's Mersenne Twister and Box-Muller compiled: the same numbers within a few
+ulps), and only for the channels the scope reads are the traces computed.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from simulators.physics.vector_math import cos_sin_turns, exp_nonpositive, log1p_unit, log_positive
+from simulators.physics.normal_draws import torch_randn
+from simulators.physics.vector_math import exp_nonpositive, log1p_unit
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ class ElectronicCircuit:
         delay = self.trigger_delay_s * sample_rate_hz  # in samples
         out = {}
         for ch, trace in traces.items():
-            noise = _randn(self._noise, n, draw_only=ch not in channels)
+            noise = torch_randn(self._noise, n, draw_only=ch not in channels)
             if noise is not None:
                 noise *= self.noise_v[ch]
                 out[ch] = _delay(trace(), delay)
@@ -349,61 +350,6 @@ class ElectronicCircuit:
 def _trace_of_chunks(chunks: np.ndarray, n: int) -> np.ndarray:
     """Time-major chunk outputs [chunk, n_chunks] (float32) -> the first n samples of the trace they make, float64."""
     return np.ascontiguousarray(chunks.T).reshape(-1)[:n].astype(np.float64)
-
-
-def _randn(generator: torch.Generator, n: int, draw_only: bool = False) -> np.ndarray | None:
-    """``torch.randn(n, generator=generator, dtype=torch.float64)``: the same numbers (within a few ulps) and the same
-    use of the generator, a few times faster. For n >= 16 torch draws n uniforms u (53 bits each), turns each block of
-    16 into normals by Box-Muller (radius sqrt(-2 log(1 - u_j)), angle 2 pi u_{j+8}: cos for the first 8, sin for
-    the last 8) and, if 16 does not divide n, redraws the last 16 from 16 further uniforms; here the Box-Muller runs
-    compiled, as SIMD vectors. ``draw_only``: advance the generator as if, return None (64 random bits per uniform,
-    drawn as integers: the same use of the generator without the conversion)."""
-    if n < 16:
-        values = torch.randn(n, generator=generator, dtype=torch.float64)
-        return None if draw_only else values.numpy()
-    tail = n % 16
-    size = n + (16 if tail else 0)
-    if draw_only:
-        torch.empty(size, dtype=torch.int64).random_(generator=generator)
-        return None
-    u = torch.rand(size, generator=generator, dtype=torch.float64).numpy()
-    out = np.empty(n)
-    _box_muller(u[: n - tail], out[: n - tail])
-    if tail:  # the redrawn block is the last 16
-        _box_muller(u[n:], out[n - 16:])
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _box_muller(u, out):  # pragma: no cover - compiled
-    """Blocks of 16 uniforms -> 16 normals each (``torch.randn``'s normal_fill_16), u and out [16 K]: in block b,
-    radius sqrt(-2 log(1 - u[16 b + j])) and angle 2 pi u[16 b + 8 + j] give out[16 b + j] (cos) and
-    out[16 b + 8 + j] (sin), j < 8. Tiles of the blocks' halves are copied into contiguous buffers, so that the
-    arithmetic (``_normal_pairs``) runs as SIMD vectors."""
-    tile = 256  # blocks per tile: four 16 kB buffers, in the L1 cache
-    first, second = np.empty(8 * tile), np.empty(8 * tile)
-    cos_part, sin_part = np.empty(8 * tile), np.empty(8 * tile)
-    n_blocks = u.shape[0] // 16
-    for b0 in range(0, n_blocks, tile):
-        count = min(tile, n_blocks - b0)
-        for b in range(count):
-            for j in range(8):
-                first[8 * b + j], second[8 * b + j] = u[16 * (b0 + b) + j], u[16 * (b0 + b) + 8 + j]
-        _normal_pairs(first, second, cos_part, sin_part, 8 * count)
-        for b in range(count):
-            for j in range(8):
-                out[16 * (b0 + b) + j], out[16 * (b0 + b) + 8 + j] = cos_part[8 * b + j], sin_part[8 * b + j]
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _normal_pairs(u_radius, u_angle, cos_out, sin_out, count):  # pragma: no cover - compiled
-    """Box-Muller on the first ``count`` entries: r = sqrt(-2 log(1 - u_radius)), cos_out = r cos(2 pi u_angle),
-    sin_out = r sin(2 pi u_angle); ``vector_math``'s log and cos/sin, within a few ulps of the C library's."""
-    for i in range(count):
-        radius = math.sqrt(-2.0 * log_positive(1.0 - u_radius[i]))
-        cos_a, sin_a = cos_sin_turns(u_angle[i])
-        cos_out[i] = radius * cos_a
-        sin_out[i] = radius * sin_a
 
 
 @numba.njit(cache=True, nogil=True)

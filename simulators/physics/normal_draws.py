@@ -1,9 +1,11 @@
-"""numpy's float32 normal draws, the same numbers and the same use of the generator, several times faster.
+"""The benches' pinned noise streams, drawn several times faster: the same numbers, the same use of the generator.
 
-The simulated benches' noise streams are pinned: a bench seeded alike gives the same noise, bit for bit, whatever
-the code around it. ``Generator.standard_normal(n, dtype=np.float32)`` costs about 10 ns a number (5 ms for the
-mechanical bench's 504,000-sample record, twice a call), of which drawing the random bits is under 2 ns.
-``standard_normal_f32`` draws the bits in bulk (``random_raw``) and runs numpy's float32 ziggurat on them compiled:
+A bench seeded alike gives the same noise, bit for bit (torch's within a few ulps), whatever the code around it.
+
+**numpy's float32 normals** (the plate's microphone and CHAN2). ``Generator.standard_normal(n, dtype=np.float32)``
+costs about 9 ns a number (4.4 ms for the mechanical bench's 504,000-sample record, twice a call), of which drawing
+the random bits is about 1 ns. ``standard_normal_f32`` draws the bits in bulk (``random_raw``) and runs numpy's
+float32 ziggurat on them compiled:
 
 - each number takes one 32-bit word r: layer i = r & 0xff, sign = bit 8, rabs = r >> 9 (23 bits);
   x = rabs * w[i] (float32), kept if rabs < k[i] (about 98.5 % of the time);
@@ -11,10 +13,17 @@ mechanical bench's 504,000-sample record, twice a call), of which drawing the ra
   wedge, (f[i-1] - f[i]) u + f[i] < exp(-x^2 / 2) with u a further word, and start again if it fails.
 
 The tables k, w, f (256 layers of equal area V, the last bounded by R = 3.654...) are computed here as numpy
-computes its own; ``tests/test_normal_draws.py`` checks every layer's bound and width against numpy's draws.
-The words come from the generator in numpy's order (the low half of each 64-bit output first, the high half kept
-for the next draw), and the generator is left exactly where numpy's own draw would leave it. Only ``PCG64``
-(``np.random.default_rng``'s) on a little-endian machine is done this way; anything else falls back to numpy.
+computes its own; ``tests/test_normal_draws.py`` checks every layer's bound and width against numpy's draws, and
+3 million draws, tails and wedges included. The words come from the generator in numpy's order (the low half of each
+64-bit output first, the high half kept for the next draw), and the generator is left exactly where numpy's own
+draw would leave it. Only ``PCG64`` (``np.random.default_rng``'s) on a little-endian machine is done this way;
+anything else, or a numpy whose draws these do not reproduce (checked once), falls back to numpy.
+
+**torch's float64 normals** (the circuit's scope noise). ``torch.randn(n, dtype=torch.float64)`` draws n uniforms
+from the CPU generator's Mersenne Twister (MT19937), one at a time, and turns them into normals by Box-Muller.
+``torch_randn`` runs the Twister compiled on a copy of the generator's state and writes the state back (the same
+uniforms, bit for bit), and the Box-Muller as SIMD vectors (within a few ulps); a draw that is not read only
+advances the Twister. A torch whose generator state is not laid out as expected falls back to torch's own draws.
 """
 
 from __future__ import annotations
@@ -26,6 +35,9 @@ import sys
 
 import numba
 import numpy as np
+import torch
+
+from simulators.physics.vector_math import cos_sin_turns, log_positive
 
 log = logging.getLogger(__name__)
 
@@ -162,3 +174,140 @@ def _ziggurat(words, n, out, draw_only, k, w, f, log1p):  # pragma: no cover - c
         if not draw_only:
             out[i] = x
     return j
+
+
+# -- torch ------------------------------------------------------------------------------------------------------
+
+def torch_randn(generator: torch.Generator, n: int, draw_only: bool = False) -> np.ndarray | None:
+    """``torch.randn(n, generator=generator, dtype=torch.float64)``: the same numbers (within a few ulps) and the same
+    use of the generator, a few times faster. For n >= 16 torch draws n uniforms u (53 bits each), turns each block of
+    16 into normals by Box-Muller (radius sqrt(-2 log(1 - u_j)), angle 2 pi u_{j+8}: cos for the first 8, sin for
+    the last 8) and, if 16 does not divide n, redraws the last 16 from 16 further uniforms; here the uniforms come from
+    ``torch_uniforms`` and the Box-Muller runs compiled, as SIMD vectors. ``draw_only``: advance the generator as if,
+    return None."""
+    if n < 16:
+        values = torch.randn(n, generator=generator, dtype=torch.float64)
+        return None if draw_only else values.numpy()
+    tail = n % 16
+    size = n + (16 if tail else 0)
+    u = torch_uniforms(generator, size, draw_only)
+    if draw_only:
+        return None
+    out = np.empty(n)
+    _box_muller(u[: n - tail], out[: n - tail])
+    if tail:  # the redrawn block is the last 16
+        _box_muller(u[n:], out[n - 16:])
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _box_muller(u, out):  # pragma: no cover - compiled
+    """Blocks of 16 uniforms -> 16 normals each (``torch.randn``'s normal_fill_16), u and out [16 K]: in block b,
+    radius sqrt(-2 log(1 - u[16 b + j])) and angle 2 pi u[16 b + 8 + j] give out[16 b + j] (cos) and
+    out[16 b + 8 + j] (sin), j < 8. Tiles of the blocks' halves are copied into contiguous buffers, so that the
+    arithmetic (``_normal_pairs``) runs as SIMD vectors."""
+    tile = 256  # blocks per tile: four 16 kB buffers, in the L1 cache
+    first, second = np.empty(8 * tile), np.empty(8 * tile)
+    cos_part, sin_part = np.empty(8 * tile), np.empty(8 * tile)
+    n_blocks = u.shape[0] // 16
+    for b0 in range(0, n_blocks, tile):
+        count = min(tile, n_blocks - b0)
+        for b in range(count):
+            for j in range(8):
+                first[8 * b + j], second[8 * b + j] = u[16 * (b0 + b) + j], u[16 * (b0 + b) + 8 + j]
+        _normal_pairs(first, second, cos_part, sin_part, 8 * count)
+        for b in range(count):
+            for j in range(8):
+                out[16 * (b0 + b) + j], out[16 * (b0 + b) + 8 + j] = cos_part[8 * b + j], sin_part[8 * b + j]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _normal_pairs(u_radius, u_angle, cos_out, sin_out, count):  # pragma: no cover - compiled
+    """Box-Muller on the first ``count`` entries: r = sqrt(-2 log(1 - u_radius)), cos_out = r cos(2 pi u_angle),
+    sin_out = r sin(2 pi u_angle); ``vector_math``'s log and cos/sin, within a few ulps of the C library's."""
+    for i in range(count):
+        radius = math.sqrt(-2.0 * log_positive(1.0 - u_radius[i]))
+        cos_a, sin_a = cos_sin_turns(u_angle[i])
+        cos_out[i] = radius * cos_a
+        sin_out[i] = radius * sin_a
+
+
+MT_N, MT_M = 624, 397  # the Mersenne Twister's state words and its recurrence's offset
+_STATE_BYTES = 5056  # torch's CPU generator state: seed u64, left i32, seeded i32, next u64, 624 words as u64, 40 more
+_WORDS_AT = 24
+
+
+def torch_uniforms(generator: torch.Generator, count: int, draw_only: bool = False) -> np.ndarray | None:
+    """``torch.rand(count, generator=generator, dtype=torch.float64)``: the same uniforms [count] in [0, 1), bit for
+    bit, and the generator left where that call leaves it. Each uniform takes two 32-bit words a, b of the Twister:
+    ((a << 32 | b) & (2^53 - 1)) / 2^53. ``draw_only``: advance the generator as if, return None."""
+    state = generator.get_state().numpy().copy()  # uint8 [5056]
+    if state.shape[0] != _STATE_BYTES or sys.byteorder != "little":
+        if draw_only:  # two words per number, as a uniform takes
+            torch.empty(count, dtype=torch.int64).random_(generator=generator)
+            return None
+        return torch.rand(count, generator=generator, dtype=torch.float64).numpy()
+    words = state[_WORDS_AT:_WORDS_AT + 8 * MT_N].view(np.uint64).astype(np.uint32)
+    position = np.array([state[8:12].view(np.int32)[0], state[16:24].view(np.uint64)[0]], np.int64)  # left, next
+    out = np.empty(0 if draw_only else count)
+    _twister_uniforms(words, position, count, out, draw_only)
+    state[_WORDS_AT:_WORDS_AT + 8 * MT_N] = words.astype(np.uint64).view(np.uint8)
+    state[8:12] = position[:1].astype(np.int32).view(np.uint8)
+    state[16:24] = position[1:].astype(np.uint64).view(np.uint8)
+    generator.set_state(torch.from_numpy(state))
+    return None if draw_only else out
+
+
+@numba.njit(cache=True, nogil=True)
+def _twister_uniforms(state, position, count, out, draw_only):  # pragma: no cover - compiled
+    """``count`` uniforms from MT19937 words [624] (uint32, updated) at ``position`` = [left, next] (updated, as
+    torch keeps them: the next call takes state[next] unless left == 1, which first regenerates the state), into
+    out [count] unless ``draw_only``."""
+    left, nxt = position[0], position[1]
+    tempered = np.empty(0 if draw_only else MT_N, np.uint32)
+    half = np.uint32(0)  # the first word of a uniform whose second is in the next block
+    scale = 1.0 / 9007199254740992.0  # 2^-53
+    mask = np.uint64(0x1FFFFFFFFFFFFF)
+    done, total = 0, 2 * count  # words
+    while done < total:
+        if left == 1:
+            _twist(state)
+            left, nxt = MT_N + 1, 0
+        take = min(total - done, left - 1)
+        if not draw_only:
+            for t in range(take):
+                y = state[nxt + t]
+                y ^= y >> np.uint32(11)
+                y ^= (y << np.uint32(7)) & np.uint32(0x9D2C5680)
+                y ^= (y << np.uint32(15)) & np.uint32(0xEFC60000)
+                y ^= y >> np.uint32(18)
+                tempered[t] = y
+            t = 0
+            if done % 2:
+                out[done // 2] = ((np.uint64(half) << np.uint64(32) | np.uint64(tempered[0])) & mask) * scale
+                t = 1
+            while t + 1 < take:
+                out[(done + t) // 2] = ((np.uint64(tempered[t]) << np.uint64(32) | np.uint64(tempered[t + 1])) & mask
+                                        ) * scale
+                t += 2
+            if t < take:
+                half = tempered[t]
+        nxt += take
+        left -= take
+        done += take
+    position[0], position[1] = left, nxt
+
+
+@numba.njit(cache=True, nogil=True)
+def _twist(state):  # pragma: no cover - compiled
+    """The Twister's next 624 words, in place: state[i] = state[i + 397] ^ A(upper bit of state[i] | lower 31 bits
+    of state[i + 1]), indices mod 624, with A(y) = y >> 1, xor 0x9908B0DF if y is odd."""
+    upper, lower, a = np.uint32(0x80000000), np.uint32(0x7FFFFFFF), np.uint32(0x9908B0DF)
+    for i in range(MT_N - MT_M):  # in three runs, without the index wrap-around: the first two run as SIMD vectors
+        y = (state[i] & upper) | (state[i + 1] & lower)
+        state[i] = state[i + MT_M] ^ (y >> np.uint32(1)) ^ (a * (y & np.uint32(1)))
+    for i in range(MT_N - MT_M, MT_N - 1):
+        y = (state[i] & upper) | (state[i + 1] & lower)
+        state[i] = state[i + MT_M - MT_N] ^ (y >> np.uint32(1)) ^ (a * (y & np.uint32(1)))
+    y = (state[MT_N - 1] & upper) | (state[0] & lower)
+    state[MT_N - 1] = state[MT_M - 1] ^ (y >> np.uint32(1)) ^ (a * (y & np.uint32(1)))
