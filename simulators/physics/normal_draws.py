@@ -92,7 +92,8 @@ def _tail_logarithm() -> bool | None:
 
 def standard_normal_f32(rng: np.random.Generator, n: int, draw_only: bool = False) -> np.ndarray | None:
     """``rng.standard_normal(n, dtype=np.float32)``: the same numbers [n], and ``rng`` left where that call leaves
-    it. ``draw_only``: advance ``rng`` as if, return None."""
+    it. ``draw_only``: advance ``rng`` as if, return None. Reads and then sets the generator's state: one thread at a
+    time (the benches draw under their lock)."""
     bits = rng.bit_generator
     exact = isinstance(bits, np.random.PCG64) and sys.byteorder == "little" and n > 0
     log1p = _tail_logarithm() if exact else None
@@ -240,7 +241,8 @@ _WORDS_AT = 24
 def torch_uniforms(generator: torch.Generator, count: int, draw_only: bool = False) -> np.ndarray | None:
     """``torch.rand(count, generator=generator, dtype=torch.float64)``: the same uniforms [count] in [0, 1), bit for
     bit, and the generator left where that call leaves it. Each uniform takes two 32-bit words a, b of the Twister:
-    ((a << 32 | b) & (2^53 - 1)) / 2^53. ``draw_only``: advance the generator as if, return None."""
+    ((a << 32 | b) & (2^53 - 1)) / 2^53. ``draw_only``: advance the generator as if, return None. Reads and then
+    sets the generator's state: one thread at a time (the benches draw under their lock)."""
     state = generator.get_state().numpy().copy()  # uint8 [5056]
     if state.shape[0] != _STATE_BYTES or sys.byteorder != "little":
         if draw_only:  # two words per number, as a uniform takes
