@@ -85,3 +85,25 @@ def test_torch_uniforms_and_generator_state_are_torchs() -> None:
             torch.empty(n, dtype=torch.int64).random_(generator=ref)
             assert torch_uniforms(fast, n, draw_only=True) is None
             assert torch.equal(fast.get_state(), ref.get_state())
+
+
+def test_draws_fall_back_to_the_library_when_not_reproduced(monkeypatch: pytest.MonkeyPatch) -> None:
+    # what a numpy or torch build whose draws the compiled code does not reproduce gets: the library's own draws
+    monkeypatch.setattr(normal_draws, "_tail_logarithm", lambda: None)
+    monkeypatch.setattr(normal_draws, "_twister_reproduced", lambda: False)
+    ref, fast = np.random.default_rng(2), np.random.default_rng(2)
+    np.testing.assert_array_equal(standard_normal_f32(fast, 1001), ref.standard_normal(1001, dtype=np.float32))
+    assert standard_normal_f32(fast, 7, draw_only=True) is None
+    ref.standard_normal(7, dtype=np.float32)
+    assert fast.bit_generator.state == ref.bit_generator.state
+    t_ref, t_fast = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    np.testing.assert_array_equal(torch_uniforms(t_fast, 700), torch.rand(700, generator=t_ref, dtype=torch.float64))
+    assert torch_uniforms(t_fast, 5, draw_only=True) is None
+    torch.empty(5, dtype=torch.int64).random_(generator=t_ref)
+    assert torch.equal(t_fast.get_state(), t_ref.get_state())
+
+
+def test_the_compiled_draws_are_the_ones_in_use() -> None:
+    # this machine's numpy and torch are reproduced: the benches draw compiled, not through the fallback
+    assert normal_draws._tail_logarithm() is not None
+    assert normal_draws._twister_reproduced()

@@ -98,7 +98,7 @@ def standard_normal_f32(rng: np.random.Generator, n: int, draw_only: bool = Fals
     exact = isinstance(bits, np.random.PCG64) and sys.byteorder == "little" and n > 0
     log1p = _tail_logarithm() if exact else None
     if log1p is None:
-        values = rng.standard_normal(max(n, 0), dtype=np.float32)
+        values = rng.standard_normal(n, dtype=np.float32)
         return None if draw_only else values
     start = bits.state
     buffered = start["has_uint32"]
@@ -243,21 +243,42 @@ def torch_uniforms(generator: torch.Generator, count: int, draw_only: bool = Fal
     bit, and the generator left where that call leaves it. Each uniform takes two 32-bit words a, b of the Twister:
     ((a << 32 | b) & (2^53 - 1)) / 2^53. ``draw_only``: advance the generator as if, return None. Reads and then
     sets the generator's state: one thread at a time (the benches draw under their lock)."""
-    state = generator.get_state().numpy().copy()  # uint8 [5056]
-    if state.shape[0] != _STATE_BYTES or sys.byteorder != "little":
+    if not _twister_reproduced():
         if draw_only:  # two words per number, as a uniform takes
             torch.empty(count, dtype=torch.int64).random_(generator=generator)
             return None
         return torch.rand(count, generator=generator, dtype=torch.float64).numpy()
+    state = generator.get_state().numpy().copy()  # uint8 [5056]
+    out = np.empty(0 if draw_only else count)
+    _run_twister(state, count, out, draw_only)
+    generator.set_state(torch.from_numpy(state))
+    return None if draw_only else out
+
+
+def _run_twister(state: np.ndarray, count: int, out: np.ndarray, draw_only: bool) -> None:
+    """``count`` uniforms into out from torch's generator state (uint8 [5056], updated in place)."""
     words = state[_WORDS_AT:_WORDS_AT + 8 * MT_N].view(np.uint64).astype(np.uint32)
     position = np.array([state[8:12].view(np.int32)[0], state[16:24].view(np.uint64)[0]], np.int64)  # left, next
-    out = np.empty(0 if draw_only else count)
     _twister_uniforms(words, position, count, out, draw_only)
     state[_WORDS_AT:_WORDS_AT + 8 * MT_N] = words.astype(np.uint64).view(np.uint8)
     state[8:12] = position[:1].astype(np.int32).view(np.uint8)
     state[16:24] = position[1:].astype(np.uint64).view(np.uint8)
-    generator.set_state(torch.from_numpy(state))
-    return None if draw_only else out
+
+
+@functools.cache
+def _twister_reproduced() -> bool:
+    """Whether this torch's generator state is laid out as ``torch_uniforms`` reads it and its uniforms are
+    reproduced: 1,000 uniforms (three regenerations of the state) and the state after them, against torch's own."""
+    ref = torch.Generator().manual_seed(7)
+    state = ref.get_state().numpy().copy()
+    if sys.byteorder == "little" and state.shape[0] == _STATE_BYTES:
+        got = np.empty(1000)
+        _run_twister(state, 1000, got, False)
+        want = torch.rand(1000, generator=ref, dtype=torch.float64).numpy()
+        if np.array_equal(got, want) and torch.equal(torch.from_numpy(state), ref.get_state()):
+            return True
+    log.warning("torch's Mersenne Twister is not reproduced here; the circuit's scope noise is drawn by torch")
+    return False
 
 
 @numba.njit(cache=True, nogil=True)
@@ -305,7 +326,7 @@ def _twist(state):  # pragma: no cover - compiled
     """The Twister's next 624 words, in place: state[i] = state[i + 397] ^ A(upper bit of state[i] | lower 31 bits
     of state[i + 1]), indices mod 624, with A(y) = y >> 1, xor 0x9908B0DF if y is odd."""
     upper, lower, a = np.uint32(0x80000000), np.uint32(0x7FFFFFFF), np.uint32(0x9908B0DF)
-    for i in range(MT_N - MT_M):  # in three runs, without the index wrap-around: the first two run as SIMD vectors
+    for i in range(MT_N - MT_M):  # in three runs without the index wrap-around, so that the first two vectorise
         y = (state[i] & upper) | (state[i + 1] & lower)
         state[i] = state[i + MT_M] ^ (y >> np.uint32(1)) ^ (a * (y & np.uint32(1)))
     for i in range(MT_N - MT_M, MT_N - 1):
