@@ -23,7 +23,8 @@ anything else, or a numpy whose draws these do not reproduce (checked once), fal
 from the CPU generator's Mersenne Twister (MT19937), one at a time, and turns them into normals by Box-Muller.
 ``torch_randn`` runs the Twister compiled on a copy of the generator's state and writes the state back (the same
 uniforms, bit for bit), and the Box-Muller as SIMD vectors (within a few ulps); a draw that is not read only
-advances the Twister. A torch whose generator state is not laid out as expected falls back to torch's own draws.
+advances the Twister. A torch whose generator state is not laid out as expected, or whose uniforms these do not
+reproduce (checked once), falls back to torch's own draws.
 """
 
 from __future__ import annotations
