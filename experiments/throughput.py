@@ -12,7 +12,9 @@ rest is the software around them).
 With ``--baseline REV`` it measures this checkout against commit REV instead: REV is exported (``git archive``) into a
 temporary folder and both trees' ``throughput.py`` run in fresh processes on one core (``OMP_NUM_THREADS=1``),
 alternating for ``--rounds`` rounds, and a Markdown table gives each round's samples per CPU-second and the ratio of
-the medians (current / baseline; above 1 is faster).
+the medians (current / baseline; above 1 is faster). With ``--paired`` the two trees run at the same time instead,
+each pinned to a core of its own (cores 0 and 1, swapped every round): a shared machine's slow spells then fall on
+both, and the table adds each round's ratio and their median.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def main() -> None:
     parser.add_argument("--realtime", action="store_true")
     parser.add_argument("--baseline", help="a commit to compare with, side by side")
     parser.add_argument("--rounds", type=int, default=3, help="with --baseline: alternating runs of each tree")
+    parser.add_argument("--paired", action="store_true",
+                        help="with --baseline: run the two trees at the same time, on a core each")
     args = parser.parse_args()
     if args.baseline:
         compare(args)
@@ -83,7 +87,8 @@ def main() -> None:
 
 
 def compare(args: argparse.Namespace) -> None:
-    """This checkout against ``args.baseline``, alternating fresh one-core processes; prints a Markdown table."""
+    """This checkout against ``args.baseline`` in fresh one-core processes, alternating or (``--paired``) side by
+    side; prints a Markdown table."""
     from speedup import ROOT, export, head_commit  # experiments/speedup.py, beside this file
 
     head = head_commit()
@@ -91,26 +96,48 @@ def compare(args: argparse.Namespace) -> None:
     cpu_rates: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="pnn-throughput-") as tmp:
         trees = {args.baseline: export(args.baseline, Path(tmp) / "baseline"), head: ROOT}
+        cmd = [sys.executable, "experiments/throughput.py", str(experiment), "--repeats", str(args.repeats),
+               "--batch", *map(str, args.batch), *(["--realtime"] if args.realtime else [])]
         for round_ in range(args.rounds):
-            for rev, tree in trees.items():
-                env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                       "NUMBA_NUM_THREADS": "1"}
-                cmd = [sys.executable, "experiments/throughput.py", str(experiment), "--repeats", str(args.repeats),
-                       "--batch", *map(str, args.batch), *(["--realtime"] if args.realtime else [])]
-                done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
-                if done.returncode != 0:
-                    raise RuntimeError(f"throughput.py in {tree} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-                for row in json.loads(done.stdout):
+            if args.paired:  # both at once, each on a core of its own, the cores swapped every round
+                running = {rev: start(cmd, tree, core=(i + round_) % 2) for i, (rev, tree) in enumerate(trees.items())}
+                results = {rev: finish(process, trees[rev]) for rev, process in running.items()}
+            else:
+                results = {rev: finish(start(cmd, tree), tree) for rev, tree in trees.items()}
+            for rev, rows in results.items():
+                for row in rows:
                     cpu_rates.setdefault((rev, row["batch"]), []).append(row["samples_per_cpu_s"])
                     print(json.dumps({"commit": rev, "round": round_, "batch": row["batch"],
                                       "samples_per_s": row["samples_per_s"],
                                       "samples_per_cpu_s": row["samples_per_cpu_s"]}), flush=True)
-    print(f"| {experiment.stem}, batch | {args.baseline} samples/CPU-s | {head} samples/CPU-s | ratio of medians |")
-    print("| --- | --- | --- | --- |")
+    print(f"| {experiment.stem}, batch | {args.baseline} samples/CPU-s | {head} samples/CPU-s | ratio of medians |"
+          + (" ratio per (paired) round | median of the rounds' ratios |" if args.paired else ""))
+    print("| --- | --- | --- | --- |" + (" --- | --- |" if args.paired else ""))
     for batch in args.batch:
         base, new = cpu_rates[(args.baseline, batch)], cpu_rates[(head, batch)]
-        print(f"| {batch} | {', '.join(f'{v:.0f}' for v in base)} | {', '.join(f'{v:.0f}' for v in new)} | "
-              f"{statistics.median(new) / statistics.median(base):.2f} |")
+        row = (f"| {batch} | {', '.join(f'{v:.0f}' for v in base)} | {', '.join(f'{v:.0f}' for v in new)} | "
+               f"{statistics.median(new) / statistics.median(base):.2f} |")
+        if args.paired:
+            ratios = [n / b for n, b in zip(new, base)]
+            row += f" {', '.join(f'{r:.2f}' for r in ratios)} | {statistics.median(ratios):.2f} |"
+        print(row)
+
+
+def start(cmd: list[str], tree: Path, core: int | None = None) -> subprocess.Popen:
+    """``cmd`` in ``tree`` on one thread (and on CPU core ``core``, if given), its output piped."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "NUMBA_NUM_THREADS": "1"}
+    pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
+    return subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=pin)
+
+
+def finish(process: subprocess.Popen, tree: Path) -> list[dict]:
+    """The rows a ``throughput.py`` run printed; raises if it failed."""
+    out, err = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"throughput.py in {tree} failed ({process.returncode}):\n{err[-3000:]}")
+    return json.loads(out)
 
 
 if __name__ == "__main__":
