@@ -13,7 +13,7 @@ With ``--baseline REV`` it measures this checkout against commit REV instead: RE
 temporary folder and both trees' ``throughput.py`` run in fresh processes on one core (``OMP_NUM_THREADS=1``),
 alternating for ``--rounds`` rounds, and a Markdown table gives each round's samples per CPU-second and the ratio of
 the medians (current / baseline; above 1 is faster). With ``--paired`` the two trees run at the same time instead,
-each pinned to a core of its own (cores 0 and 1, swapped every round): a shared machine's slow spells then fall on
+each pinned to a core of its own (the first two this process may use, swapped every round): a shared machine's slow spells then fall on
 both, and the table adds each round's ratio and their median.
 """
 
@@ -98,10 +98,19 @@ def compare(args: argparse.Namespace) -> None:
         trees = {args.baseline: export(args.baseline, Path(tmp) / "baseline"), head: ROOT}
         cmd = [sys.executable, "experiments/throughput.py", str(experiment), "--repeats", str(args.repeats),
                "--batch", *map(str, args.batch), *(["--realtime"] if args.realtime else [])]
+        cores = sorted(os.sched_getaffinity(0))[:2]
+        if args.paired and len(cores) < 2:
+            raise SystemExit("--paired needs two CPU cores")
         for round_ in range(args.rounds):
             if args.paired:  # both at once, each on a core of its own, the cores swapped every round
-                running = {rev: start(cmd, tree, core=(i + round_) % 2) for i, (rev, tree) in enumerate(trees.items())}
-                results = {rev: finish(process, trees[rev]) for rev, process in running.items()}
+                running = {rev: start(cmd, tree, core=cores[(i + round_) % 2])
+                           for i, (rev, tree) in enumerate(trees.items())}
+                try:
+                    results = {rev: finish(process, trees[rev]) for rev, process in running.items()}
+                finally:  # one failed: the other does not run on alone
+                    for process in running.values():
+                        if process.poll() is None:
+                            process.kill()
             else:
                 results = {rev: finish(start(cmd, tree), tree) for rev, tree in trees.items()}
             for rev, rows in results.items():
