@@ -375,10 +375,11 @@ class SHGPulseShaper:
         times = self.bench_time_s + period * np.arange(k)
         if shutter_open and k:
             gray = torch.from_numpy(patterns.astype(np.int64))
+            signal = np.empty((k, count))
             with torch.no_grad():  # in chunks: bounded memory for long sequences (4096 patterns)
-                blocks = [self._sh_columns(gray[i:i + self.chunk], (first, count), dtype=self.frames_dtype)
-                          for i in range(0, k, self.chunk)]
-                signal = torch.cat(blocks).double().numpy()
+                for i in range(0, k, self.chunk):
+                    signal[i:i + self.chunk] = self._sh_columns(gray[i:i + self.chunk], (first, count),
+                                                                dtype=self.frames_dtype).numpy()
             shots = max(1, round(exposure_s * v.rep_rate_hz))
             eps = self._noise.normal(0.0, v.energy_jitter / math.sqrt(shots), k)
             signal *= ((self.relative_energy(times) * (1.0 + eps)) ** 2 * exposure_s)[:, None]   # e- [K, count]
@@ -387,11 +388,18 @@ class SHGPulseShaper:
         if mode == "IMAGE":
             signal = signal[:, None, :] * self.row_profile(rows)[None, :, None]          # e- [K, h, count]
         dark_e = v.dark_current_e_per_s * exposure_s * (N_ROWS if mode == "FVB" else 1)
-        electrons = self._noise.poisson(signal + dark_e) + self._noise.normal(0.0, v.read_noise_e, signal.shape)
-        counts = np.rint(self.column_bias[first:first + count] + electrons / electrons_per_count)
+        signal += dark_e
+        shot = self._noise.poisson(signal)
+        # in place, the same numbers as bias + (poisson + normal) / (e- per count), rounded and clipped
+        counts = self._noise.normal(0.0, v.read_noise_e, signal.shape)
+        counts += shot
+        counts /= electrons_per_count
+        counts += self.column_bias[first:first + count]
+        np.rint(counts, out=counts)
+        np.clip(counts, 0, ADC_MAX, out=counts)
         self.bench_time_s += k * period
         self.busy_s += time.perf_counter() - start
-        return np.clip(counts, 0, ADC_MAX).astype(np.uint16)
+        return counts.astype(np.uint16)
 
 
 @functools.lru_cache(maxsize=64)
