@@ -469,6 +469,25 @@ def test_shaper_expected_counts_and_gradient_equal_the_torch_chain(columns: tupl
     np.testing.assert_allclose(g_fast.numpy(), g_ref.numpy(), rtol=0, atol=1e-10 * float(g_ref.abs().max()))
 
 
+@pytest.mark.parametrize("columns", [(0, N_COLUMNS), (410, 318), (500, 64), (1000, 24)])
+def test_shaper_column_groups_leave_out_only_zeros(columns: tuple[int, int]) -> None:
+    """The spectrometer's product group by group: put back together, the groups' blocks are the whole matrix, and
+    what lies outside them is exactly zero; the product equals the full matmul within rounding."""
+    shaper = SHGPulseShaper(seed=2)
+    for dtype in (torch.float64, torch.float32):
+        _, _, matrix = shaper._spectrometer(columns, dtype)
+        rebuilt = torch.zeros_like(matrix)
+        c0 = 0
+        for r0, r1, part in shaper._column_groups(columns, dtype):
+            rebuilt[r0:r1, c0:c0 + part.shape[1]] = part
+            c0 += part.shape[1]
+        assert c0 == columns[1] and torch.equal(rebuilt, matrix)
+        bins = torch.rand(7, matrix.shape[0], dtype=dtype, generator=torch.Generator().manual_seed(1))
+        full = bins @ matrix
+        eps = torch.finfo(dtype).eps
+        assert float((shaper._spectrometer_image(bins, columns) - full).abs().max()) <= 50 * eps * float(full.max())
+
+
 @pytest.mark.parametrize("rows, length", [(1, 200_000), (3, 20_001), (300, 40), (1, 7)])
 def test_blocks_filter_like_one_pass(rows: int, length: int) -> None:
     """``iir.Blocks`` (blocks side by side, joined by the carried states) is as accurate as one pass of ``lfilter``:

@@ -27,7 +27,7 @@ The chain, top to bottom (SI units; frequencies in Hz; nu_c = c / 800 nm, c = 29
                 Numerically: the SH intensity is summed over groups of 3 SH grid points (one bin per dnu, 0.47 column)
                 and each bin is placed at its centre with sigma_ls reduced by the bins' own second moment
                 ((2/3) d^2, 0.016 column^2), so the blur is sigma_ls in the second moment; one fixed matrix per
-                column window (cached), a batch is one matmul.
+                column window (cached), a batch is one matmul per group of 32 columns (each group's few bins).
     camera      1024 columns x 128 rows; the light is spread over rows as a Gaussian (row centre r_0, sigma_r rows,
                 normalised over the sensor).  FVB bins all 128 rows in the serial register (one read per column);
                 IMAGE reads every pixel of the ROI.
@@ -95,6 +95,7 @@ DNU_HZ = C_M_S * 24e-9 / LAMBDA_C_M**2 / N_PIXELS   # 17.58 GHz per pixel
 OVERSAMPLE = 3                                      # field samples per pixel
 N_FINE = N_PIXELS * OVERSAMPLE                      # 1920
 N_FFT = 2 * N_FINE                                  # room for the linear autoconvolution (2 N_FINE - 1 points)
+COLUMN_GROUP = 32                                   # camera columns per block of the spectrometer's product
 SH_CENTRE_M, NM_PER_COLUMN, COLUMN_CENTRE = 400e-9, 0.02e-9, 511.5
 PM_FWHM_CONSTANT = 0.885892                         # np.sinc(x)^2 = 1/2 at x = 0.442946
 LUT_NOMINAL = 2.0 * math.pi * np.arange(256) / 255.0
@@ -185,7 +186,7 @@ class SHGPulseShaper:
         self.column_bias = v.bias_counts + self.rng.uniform(-half, half, N_COLUMNS)  # counts [1024]
         self._drift_phase = self.rng.uniform(0, 2 * math.pi, 2)
         self._noise = np.random.default_rng(int(seed) + 424242)
-        self._spectrometers: dict[tuple, tuple[int, int, Tensor]] = {}
+        self._spectrometers: dict[tuple, tuple | list] = {}  # matrices and their column groups, per window
         self._constants: dict[torch.dtype, dict[str, Tensor]] = {}
         self._build_constants()
         log.info("optical bench values (seed %d): %s", seed, asdict(v))
@@ -258,6 +259,29 @@ class SHGPulseShaper:
             self._spectrometers[key] = (lo, hi, torch.tensor(m, dtype=dtype))
         return self._spectrometers[key]
 
+    def _column_groups(self, columns: tuple[int, int], dtype: torch.dtype) -> list[tuple[int, int, Tensor]]:
+        """The spectrometer matrix (``_spectrometer``) cut into groups of ``COLUMN_GROUP`` columns, each with only the
+        rows of the bins that reach one of its columns: [(first row, end row, matrix [rows, group's columns])], rows
+        counted from the matrix's first. A column sees the ~45 bins within 8 line spreads of it, ~6 % of the matrix:
+        ``bins @ matrix`` group by group (``_spectrometer_image``) is 3x faster than the full product. The rows left
+        out hold exact zeros (``_spectrometer`` zeroes the far tails), so the sums differ only in their rounding."""
+        key = ("groups", *columns, dtype)
+        if key not in self._spectrometers:
+            matrix = self._spectrometer(columns, dtype)[2]
+            reach = matrix != 0
+            groups = []
+            for c0 in range(0, matrix.shape[1], COLUMN_GROUP):
+                rows = torch.nonzero(reach[:, c0:c0 + COLUMN_GROUP].any(dim=1)).flatten()
+                r0, r1 = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 1)
+                groups.append((r0, r1, matrix[r0:r1, c0:c0 + COLUMN_GROUP].contiguous()))
+            self._spectrometers[key] = groups
+        return self._spectrometers[key]
+
+    def _spectrometer_image(self, bins: Tensor, columns: tuple[int, int]) -> Tensor:
+        """SH bin energies [B, bins of ``_spectrometer``] -> the energy on each camera column [B, count]."""
+        groups = self._column_groups(columns, bins.dtype)
+        return torch.cat([bins[:, r0:r1] @ part for r0, r1, part in groups], dim=1)
+
     # -- the chain (torch float64, differentiable, vectorised over the batch) ------------------------------------
 
     def slm_phase(self, gray: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -305,9 +329,9 @@ class SHGPulseShaper:
                     dtype: torch.dtype = torch.float64) -> Tensor:
         """Signal photoelectrons per second of exposure at mean laser energy, FVB, [B, count]."""
         phase = self.slm_phase(gray, dtype) if phase is None else phase
-        lo, hi, matrix = self._spectrometer(columns, phase.dtype)
+        lo, hi, _ = self._spectrometer(columns, phase.dtype)
         bins = self.sh_bins(phase, (lo, hi))
-        return bins @ matrix * self._electrons_per_unit_s
+        return self._spectrometer_image(bins, columns) * self._electrons_per_unit_s
 
     def expected_counts(self, gray: Tensor, *, exposure_s: float, electrons_per_count: float,
                         columns: tuple[int, int] = (0, N_COLUMNS)) -> Tensor:
