@@ -195,8 +195,8 @@ def test_outputs_depend_on_inputs_and_parameters(opened) -> None:
 
 def test_each_chunk_is_what_the_line_uploads_while_the_previous_one_plays(opened) -> None:
     """The next chunk's upload (640 bytes a pattern, 10 bits a byte) takes at most 4/5 of the previous chunk's display
-    (``dwell_s`` a pattern) and at least a pattern's upload more than that; on a line too slow for the display, the
-    chunks keep the first one's size."""
+    (``dwell_s`` a pattern), and one pattern more would not fit; on a line too slow for the display, the chunks keep
+    the first one's size."""
     cfg, setup = opened
     upload_s = 640 * 10 / cfg.instruments.slm.baud_rate
     dwell = setup.dwell_s()

@@ -18,11 +18,11 @@ display (``chunk_growth``: about 2.9 times the previous at 3 Mbaud and optical_v
 smaller than the previous, at most the sequence memory). Chunk j + 1 is uploaded into the SLM's other sequence bank
 while chunk j plays, and the camera's frames are read (``DATA:NEXT?``) while the later exposures are taken, so the
 serial lines' upload and read-out overlap the patterns' display: the device's own time (settling, exposure, read-out
-per pattern) then sets the pace. What is not hidden: the first chunk's upload and
-the last frames' read-out. Sequential (``pipeline: false``, for an SLM without sequence banks or a camera without
-``DATA:NEXT?``): per memory-sized chunk, upload, arm the camera, play, wait, read the series, strictly in turn.
-Either way a failure anywhere raises at once and the frames read so far are dropped: a batch is measured whole or
-not at all (PAT's retry measures it again after ``recover()``).
+per pattern) then sets the pace. What is not hidden: the first chunk's upload and the last frames' read-out.
+Sequential (``pipeline: false``, for an SLM without sequence banks or a camera without ``DATA:NEXT?``): per
+memory-sized chunk, upload, arm the camera, play, wait, read the series, strictly in turn. Either way a failure
+anywhere raises at once and the frames read so far are dropped: a batch is measured whole or not at all (PAT's retry
+measures it again after ``recover()``).
 
 The simulated bench draws its noise per sequence, so the same patterns split into other chunks get other (equally
 distributed) noise; the same chunks give the same numbers pipelined or not.
