@@ -13,9 +13,9 @@ A batch is shown as SLM pattern sequences feeding ONE camera kinetic series: the
 settling time and pulses its trigger out, the camera takes one exposure per pulse.
 
 Pipelined (``instruments.slm.pipeline``, the default): the batch is split into chunks, the first of
-``pipeline_chunk`` patterns and each next one as large as the SLM's serial line uploads in 4/5 of the previous one's
-display (``chunk_growth``: about 2.9 times the previous at 3 Mbaud and optical_vowels' 7.8 ms a pattern; never
-smaller than the previous, at most the sequence memory). Chunk j + 1 is uploaded into the SLM's other sequence bank
+``pipeline_chunk`` patterns and each next one as large as the SLM's serial line uploads while the previous one plays
+and its frames are read (``chunk_growth``: 2.4 times the previous at 3 Mbaud and optical_vowels' 7.8 ms a pattern;
+never smaller than the previous, at most the sequence memory). Chunk j + 1 is uploaded into the SLM's other sequence bank
 while chunk j plays, and the camera's frames are read (``DATA:NEXT?``) while the later exposures are taken, so the
 serial lines' upload and read-out overlap the patterns' display: the device's own time (settling, exposure, read-out
 per pattern) then sets the pace. What is not hidden: the first chunk's upload and the last frames' read-out.
@@ -61,7 +61,7 @@ from encoding.optical import (OpticalCalibration, OpticalEncoding, bin_edges, ce
 log = logging.getLogger(__name__)
 
 CAMERA_GRACE_S = 1.0  # how long the camera may take beyond its cycles to finish a series once the SLM is done, s
-UPLOAD_SHARE = 0.8  # of a pipelined chunk's display, the part the next chunk's upload may take
+SERIAL_SHARE = 0.9  # of a pipelined chunk's display, the part its serial transfers (next upload, frames) may take
 
 
 class SerialInstrumentConfig(StrictModel):
@@ -85,8 +85,8 @@ class SLMConfig(SerialInstrumentConfig):
                            "(needs SEQ:BANK<n> on the SLM and DATA:NEXT? on the camera); false: upload, play and "
                            "read strictly in turn")
     pipeline_chunk: PositiveInt = Field(16, description="patterns in the first chunk of a pipelined batch (its upload "
-                                        "is not hidden); each next chunk is as large as the line uploads in 4/5 of "
-                                        "the previous one's display, up to the memory")
+                                        "is not hidden); each next chunk is as large as the line uploads while the "
+                                        "previous one plays and its frames are read, up to the memory")
 
     @model_validator(mode="after")
     def _ordered(self) -> "SLMConfig":
@@ -228,24 +228,27 @@ class OpticalSetup(PhysicalSetup):
         return sizes
 
     def chunk_growth(self) -> float:
-        """How many times the previous chunk the next one may hold: the patterns the SLM's line uploads in
-        ``UPLOAD_SHARE`` of one pattern's display (``dwell_s``). The rest of the display is left for the camera's
-        frames and for the software around the transfers; frames not read by a chunk's end are read during the
-        next one, and the last chunk, which has no upload beside it, catches up. Below 1 (a line slower than the
-        display) the chunks keep their size: each upload is then longer than the display before it, and the SLM
-        waits for it."""
-        return UPLOAD_SHARE * self._dwell / self._pattern_upload_s()
+        """How many times the previous chunk the next one may hold. While a chunk plays, the driver uploads the next
+        one and reads the camera's frames (one thread, one line after the other): per pattern shown, one frame's
+        read-out, and the rest of the display for the upload, of which it uses ``SERIAL_SHARE`` (the remainder is
+        for the software around the transfers). Fuller, the frames' read-out overruns the chunk and the SLM waits.
+        Below 1 (lines slower than the display) the chunks keep their size: the SLM then waits for each upload."""
+        return SERIAL_SHARE * (self._dwell - self._frame_readout_s()) / self._pattern_upload_s()
 
     def _pattern_upload_s(self) -> float:
         """One pattern over the SLM's serial line, s (``BITS_PER_BYTE`` bits a byte, one byte a pixel)."""
         return self.enc.shaper.n_pixels * BITS_PER_BYTE / self.cfg.slm.baud_rate
 
+    def _frame_readout_s(self) -> float:
+        """One spectrum over the camera's serial line, s (two bytes a column of the read-out)."""
+        columns = self.calibration.roi[1] if self.calibration else self.camera.sensor_size[0]
+        return 2 * columns * BITS_PER_BYTE / self.cfg.camera.baud_rate
+
     def device_seconds_per_item(self) -> dict[str, float]:
         """The instruments' own time per batch item, s: the SLM showing it (settling, exposure, read-out, margin) and
         the serial lines carrying its pattern and its spectrum (10 bits per byte); pipelined, only the lines' time
         beyond the display's, which the overlap cannot hide."""
-        roi = self.calibration.roi[1] if self.calibration else self.camera.sensor_size[0]
-        lines = self._pattern_upload_s() + 2 * roi * BITS_PER_BYTE / self.cfg.camera.baud_rate
+        lines = self._pattern_upload_s() + self._frame_readout_s()
         return {"device": self._dwell,
                 "serial_lines": max(0.0, lines - self._dwell) if self.cfg.slm.pipeline else lines}
 
