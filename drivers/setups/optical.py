@@ -15,9 +15,9 @@ settling time and pulses its trigger out, the camera takes one exposure per puls
 Pipelined (``instruments.slm.pipeline``, the default): the batch is split into chunks, the first of
 ``pipeline_chunk`` patterns and each next one as large as the SLM's serial line uploads while the previous one plays
 and its frames are read (``chunk_growth``: 2.4 times the previous at 3 Mbaud and optical_vowels' 7.8 ms a pattern;
-never smaller than the previous, at most the sequence memory). Chunk j + 1 is uploaded into the SLM's other sequence bank
-while chunk j plays, and the camera's frames are read (``DATA:NEXT?``) while the later exposures are taken, so the
-serial lines' upload and read-out overlap the patterns' display: the device's own time (settling, exposure, read-out
+never smaller than the previous, at most the sequence memory). Chunk j + 1 is uploaded into the SLM's other sequence
+bank while chunk j plays, and the camera's frames are read (``DATA:NEXT?``) while the later exposures are taken, so
+the serial lines' upload and read-out overlap the patterns' display: the device's own time (settling, exposure, read-out
 per pattern) then sets the pace. What is not hidden: the first chunk's upload and the last frames' read-out.
 Sequential (``pipeline: false``, for an SLM without sequence banks or a camera without ``DATA:NEXT?``): per
 memory-sized chunk, upload, arm the camera, play, wait, read the series, strictly in turn. Either way a failure
@@ -343,7 +343,8 @@ class OpticalSetup(PhysicalSetup):
                 ends = started + slm.start_sequence(bank=bank)
                 if j + 1 < len(sizes):
                     self._load_sequence(gray[starts[j + 1]:starts[j + 2]], bank=3 - bank)
-                # a read started before ``until`` carries at most about three frames: done before the chunk ends
+                # the first read takes the frames shown during the upload, which ``chunk_growth`` leaves time for;
+                # later ones carry about three frames each, so that a read started before ``until`` ends in time
                 read(until=ends - 3 * self._dwell, need=int(starts[j + 1]), poll=2 * self._dwell)
                 slm.wait_done(timeout_s=self.cfg.slm.timeout_s + 2 * size * self._dwell)
             # the last frame is read out one camera cycle after the last trigger; longer means triggers were missed
