@@ -187,8 +187,12 @@ class KeysightInfiniiVision(SCPIInstrument):
         self.write(":STOP")
 
     def arm_single(self, timeout_s: float) -> None:
-        """``:SING``, then poll ``:AER?`` until the trigger is armed (at most ``timeout_s``, s)."""
-        self.write(":SING")
+        """``:SING``, then poll ``:AER?`` until the trigger is armed (at most ``timeout_s``, s). The error queue is
+        read only if the first ``:AER?`` finds the trigger not armed yet: a scope that armed took the command."""
+        self.write(":SING", check=False)
+        if self.query_int(":AER?") == 1:
+            return
+        self._check(":SING", None)
         self._poll(":AER?", lambda v: v == 1, timeout_s, "the trigger was not armed")
 
     def digitize(self, channel: int | Sequence[int]) -> None:

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from drivers.errors import (ConnectionLost, InstrumentError, InstrumentTimeout, InstrumentWasReset, LimitViolation,
-                            ProtocolError)
+from drivers.errors import (ConnectionLost, InstrumentError, InstrumentReportedError, InstrumentTimeout,
+                            InstrumentWasReset, LimitViolation, ProtocolError)
 from drivers.scope import KeysightInfiniiVision, parse_preamble
 
 from conftest import WireReply
@@ -190,8 +190,24 @@ def test_arm_wait_and_trigger_polling(scope_rig) -> None:
     scope.arm_single(timeout_s=1.0)
     scope.wait_complete(timeout_s=1.0)
     assert scope.triggered() is True and scope.triggered() is False
-    assert server.since(0) == (b":SING\nSYST:ERR?\n:AER?\n:AER?\n:AER?\n"
+    # not armed at the first look: the error queue is read (:SING was taken), then the polling goes on
+    assert server.since(0) == (b":SING\n:AER?\nSYST:ERR?\n:AER?\n:AER?\n"
                                b":OPER:COND?\n:OPER:COND?\n:OPER:COND?\n:OPER:COND?\n:TER?\n:TER?\n")
+
+
+def test_a_scope_armed_at_once_costs_one_round_trip(scope_rig) -> None:
+    server, scope = scope_rig({":AER?": "1"})
+    scope.arm_single(timeout_s=1.0)
+    assert server.since(0) == b":SING\n:AER?\n"
+
+
+def test_a_refused_single_is_reported_at_once_naming_it(scope_rig) -> None:
+    server, scope = scope_rig({":AER?": "0", "SYST:ERR?": ['-221,"Settings conflict"', '+0,"No error"']})
+    start = time.monotonic()
+    with pytest.raises(InstrumentReportedError, match=":SING.*-221.*Settings conflict"):
+        scope.arm_single(timeout_s=5.0)
+    assert time.monotonic() - start < 2.0  # not after the arm's timeout
+    assert server.since(0) == b":SING\n:AER?\nSYST:ERR?\nSYST:ERR?\n"
 
 
 def test_wait_complete_times_out_naming_the_scope(scope_rig) -> None:

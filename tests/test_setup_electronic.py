@@ -6,6 +6,7 @@ V/div, propagated through the encoding's output bins; nothing is compared agains
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from drivers.errors import LimitViolation
+from drivers.errors import InstrumentReportedError, LimitViolation
 from orchestrator.checks import settings_problems
 from orchestrator.config import ExperimentConfig
 from orchestrator.experiment_file import load_experiment
@@ -22,6 +23,7 @@ from orchestrator.lab import open_setup
 from orchestrator.kits.awg_scope import awg_emf_per_unit
 from orchestrator.perfect_twin import PerfectElectronicTwin
 from simulators.benches import start_bench
+from simulators.scpi import SCPIError
 from simulators.physics.electronic import ElectronicCircuit
 from twins.fit import nmse
 
@@ -243,3 +245,38 @@ def test_a_record_clipped_at_the_top_edge_only_is_counted_and_reported_with_its_
     clipped, total = (int(v) for v in re.search(r"(\d+) of (\d+) points", message).groups())
     share = float(re.search(r"\(([\d.e+-]+) %\)", message).group(1))
     assert 0 < clipped < total and share == pytest.approx(100 * clipped / total, rel=0.05)
+
+
+def _replace_handler(monkeypatch, instrument, pattern: str, query: bool, make) -> None:
+    """Give the simulated ``instrument``'s command ``pattern`` the handler ``make(original)`` for this test."""
+    commands = list(instrument.commands.commands)
+    i = next(i for i, c in enumerate(commands) if c.pattern == pattern and c.query == query)
+    commands[i] = dataclasses.replace(commands[i], handler=make(commands[i].handler))
+    monkeypatch.setattr(instrument.commands, "commands", commands)
+    monkeypatch.setattr(instrument.commands, "_found", {})  # the headers looked up so far
+
+
+def test_a_refused_output_switch_fails_the_batch_before_its_record_is_read(bench, monkeypatch) -> None:
+    """The AWG's error queue is read once for the output switch and the trigger: an AWG that refuses OUTP ON fails
+    the batch, naming both commands, and the scope's record is never read."""
+    cfg = config()
+    x, theta = batch(4, seed=12)
+    reads = []
+
+    def refusing_on(switch):
+        def handler(instrument, call):
+            if call.boolean(0):
+                raise SCPIError(-221, "the test's AWG refuses to switch on")
+            return switch(instrument, call)
+        return handler
+
+    def counted(data):
+        return lambda instrument, call: reads.append(1) or data(instrument, call)
+
+    with open_setup(cfg, N, bench=bench) as setup:
+        setup.forward(x, theta)  # the setup works: the refusal below is the only fault
+        _replace_handler(monkeypatch, bench.instruments["awg"], "OUTPut#[:STATe]", False, refusing_on)
+        _replace_handler(monkeypatch, bench.instruments["scope"], ":WAVeform:DATA?", True, counted)
+        with pytest.raises(InstrumentReportedError, match=r"awg.*OUTP1 ON; \*TRG.*-221"):
+            setup.forward(x, theta)
+    assert reads == []

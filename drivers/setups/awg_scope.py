@@ -224,11 +224,13 @@ class AwgScopeSetup(PhysicalSetup):
                             self.cfg.scope.channel, low, high)
 
     def before_upload(self) -> None:
-        """Called before a waveform is replaced (the electronic setup switches the output off)."""
+        """Called before a waveform is replaced (the electronic setup switches the output off). The AWG's error queue
+        is read once after the upload: an error here fails the batch before the trigger, naming these settings."""
         self.awg.output = False
 
     def before_trigger(self) -> None:
-        """Called once the new waveform is loaded, before the scope is armed."""
+        """Called once the new waveform is loaded, before the scope is armed. The AWG's error queue is read once
+        after the trigger: an error here fails the batch before its record is read, naming these settings."""
         self.awg.output = True
 
     def play(self, wave: np.ndarray, channel: int):
@@ -236,8 +238,11 @@ class AwgScopeSetup(PhysicalSetup):
         scope's record of ``channel`` (a ``drivers.scope.Waveform``: t [N] s from the trigger, volts [N])."""
         awg, scope, enc = self.awg, self.scope, self.enc
         fs = enc.sample_rate_hz
-        self.before_upload()
-        with awg.errors_checked_once():  # the waveform and its sample rate: one look at the error queue
+        # one look at each instrument's error queue where the order of checking does not matter: the output switch
+        # before the upload, the waveform and its sample rate; then the switch before the trigger and the trigger.
+        # Every value is still checked against its limits before it is sent, and an error names the whole group
+        with awg.errors_checked_once():
+            self.before_upload()
             awg.upload_arb("PNNBATCH", wave)
             awg.sample_rate = fs
         duration = len(wave) / fs
@@ -247,9 +252,10 @@ class AwgScopeSetup(PhysicalSetup):
             # so the record starts at the trigger and holds the whole waveform
             scope.set_timebase(range_s=duration, position_s=duration / 10, reference="LEFT")
             self._timebase = (duration, points)
-        self.before_trigger()
-        scope.arm_single(timeout_s=self.cfg.scope.timeout_s)
-        awg.trigger()
+        with awg.errors_checked_once():
+            self.before_trigger()
+            scope.arm_single(timeout_s=self.cfg.scope.timeout_s)
+            awg.trigger()
         scope.wait_complete(timeout_s=self.cfg.scope.timeout_s + 2 * duration)
         return scope.read_waveform(channel, points=points, fmt=self.cfg.scope.waveform_format)
 
