@@ -41,7 +41,7 @@ import scipy.signal
 import torch
 from scipy.special import expit
 
-from encoding.awg_scope import sample_averages
+from encoding.awg_scope import interleave, sample_averages
 from simulators.instruments import scope_record
 from simulators.physics import electronic, iir, mechanical, normal_draws, optical
 from simulators.physics.electronic import CircuitValues, ElectronicCircuit
@@ -511,3 +511,21 @@ def test_blocks_filter_like_one_pass(rows: int, length: int) -> None:
     if blocks.count > 1:  # not merely blocks from rest: the join matters
         from_rest = [scipy.signal.lfilter(b, a, part, axis=-1) for part in np.array_split(x, blocks.count, axis=1)]
         assert np.abs(np.concatenate(from_rest, axis=1) - exact).max() > 1e-3 * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("per_item_theta", [False, True])
+@pytest.mark.parametrize("spv", [1, 3])
+def test_interleave_without_autograd_equals_the_differentiable_one(dtype, per_item_theta: bool, spv: int) -> None:
+    """The drivers' interleave (numpy, no gradient wanted) gives the autograd path's numbers and dtype, to the bit,
+    at a size torch would split over its threads (64 x 320)."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(64, 320, generator=gen, dtype=dtype)
+    theta = torch.rand(*((64, 320) if per_item_theta else (320,)), generator=gen, dtype=dtype)
+    plain = interleave(x, theta, spv)
+    differentiable = interleave(x.clone().requires_grad_(), theta, spv)
+    assert differentiable.requires_grad and not plain.requires_grad
+    assert plain.dtype == differentiable.dtype == dtype and plain.shape == (64, 2 * 320 * spv)
+    assert torch.equal(plain, differentiable.detach())
+    first_pair = torch.stack([x[:, 0], theta[..., 0].expand(64)], 1)  # x_1 θ_1 of each item
+    assert torch.equal(plain[:, : 2 * spv], first_pair.repeat_interleave(spv, 1))
