@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.network import PhysicalNetwork
-from orchestrator.pat import physics_aware
+from orchestrator.pat import physics_aware, twin_worker
 
 
 def twin(x, theta):
@@ -160,6 +160,38 @@ def test_the_overlapped_twin_gives_the_gradients_of_the_sequential_computation()
     assert len(grads[0]) == len(grads[1]) > 3
     for overlapped, sequential in zip(*grads):
         assert torch.equal(overlapped, sequential)
+
+
+def test_the_twin_worker_computes_on_one_thread_and_leaves_the_others_as_they_were():
+    """One CPU thread in the worker; the caller's count and the default of threads started later unchanged."""
+    import threading
+
+    before = torch.get_num_threads()
+    assert twin_worker().submit(torch.get_num_threads).result() == 1
+    assert torch.get_num_threads() == before
+    later = []
+    started = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    started.start()
+    started.join()
+    assert later == [before]
+
+
+def test_the_one_thread_twin_gives_the_main_thread_s_gradients_at_the_main_job_s_size():
+    """At a batch of 64 x 320 slots torch would split the twin's work over its threads: the twin worker's single
+    thread gives the same gradients, to the last bit, as the twin run again on the calling thread."""
+    from twins.neural import TemporalConvTwin
+
+    torch.manual_seed(4)
+    twin_net = TemporalConvTwin(320, 320, 320, channels=16, dilations=(1, 2, 4, 8)).requires_grad_(False)
+    gen = torch.Generator().manual_seed(1)
+    x = 2 * torch.rand(64, 320, generator=gen) - 1
+    grad_y = torch.randn(64, 320, generator=gen)
+    grads = []
+    for layer in (physics_aware(twin_net, twin_net), sequential_physics_aware(twin_net, twin_net)):
+        xx, theta = x.clone().requires_grad_(), torch.zeros(320).requires_grad_()
+        layer(xx, theta).backward(grad_y)
+        grads.append((xx.grad, theta.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
 
 
 def test_a_failed_measurement_leaves_no_twin_running_and_raises():
