@@ -21,7 +21,7 @@ def emf_per_unit(drive_volts_per_unit: float, load_ohm: float | str, source_ohm:
 def interleave(x: Tensor, theta: Tensor, samples_per_value: int) -> Tensor:
     """x [B, n] and θ [n] or [B, n] -> [B, 2 n spv]: x_1 θ_1 x_2 θ_2 ..., each value held ``samples_per_value``."""
     theta = theta.expand(x.shape[0], -1) if theta.dim() == 1 else theta
-    if not ((x.requires_grad or theta.requires_grad) and torch.is_grad_enabled()):
+    if x.device.type == "cpu" and not ((x.requires_grad or theta.requires_grad) and torch.is_grad_enabled()):
         # the same copies in numpy when no gradient is wanted (the drivers): torch spreads a copy of more than 32 k
         # values over its thread pool, and on a 2-core virtual machine waking the pool's threads cost more than the
         # copies (2.5 ms against 0.3 ms for a batch of 64 x 320)

@@ -122,7 +122,8 @@ class MechanicalSetup(AwgScopeSetup):
         return np.geomspace(low, target, self.cfg.awg.ramp_steps + 1)
 
     def enable_output(self) -> None:
-        """Switch the output on at a low amplitude and ramp up to the working amplitude over ``ramp_s``."""
+        """Switch the output on at a low amplitude and ramp up to the working amplitude over ``ramp_s``. Before a
+        trigger (``before_trigger``) the AWG's error queue is read once, after the trigger, for the whole ramp."""
         levels = self._ramp_levels()
         self.awg.set_levels(amplitude_vpp=levels[0], offset_v=0.0)
         self.awg.output = True
@@ -130,7 +131,7 @@ class MechanicalSetup(AwgScopeSetup):
         for vpp in levels[1:]:
             time.sleep(self.cfg.awg.ramp_s / max(1, len(levels) - 1))
             self.awg.amplitude = vpp
-        log.info("%s: output on, amplitude ramped to %.3g Vpp", self.awg.name, levels[-1])
+        log.info("%s: output on, amplitude ramp to %.3g Vpp sent", self.awg.name, levels[-1])
 
     def before_upload(self) -> None:
         if not self.cfg.awg.keep_output_on:
