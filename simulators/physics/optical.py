@@ -186,7 +186,8 @@ class SHGPulseShaper:
         self.column_bias = v.bias_counts + self.rng.uniform(-half, half, N_COLUMNS)  # counts [1024]
         self._drift_phase = self.rng.uniform(0, 2 * math.pi, 2)
         self._noise = np.random.default_rng(int(seed) + 424242)
-        self._spectrometers: dict[tuple, tuple | list] = {}  # matrices and their column groups, per window
+        self._spectrometers: dict[tuple, tuple[int, int, Tensor]] = {}  # the matrix per column window and dtype
+        self._groups: dict[tuple, list[tuple[int, int, Tensor]]] = {}  # its column groups (``_column_groups``)
         self._constants: dict[torch.dtype, dict[str, Tensor]] = {}
         self._build_constants()
         log.info("optical bench values (seed %d): %s", seed, asdict(v))
@@ -265,8 +266,8 @@ class SHGPulseShaper:
         counted from the matrix's first. A column sees the ~45 bins within 8 line spreads of it, ~6 % of the matrix:
         ``bins @ matrix`` group by group (``_spectrometer_image``) is 3x faster than the full product. The rows left
         out hold exact zeros (``_spectrometer`` zeroes the far tails), so the sums differ only in their rounding."""
-        key = ("groups", *columns, dtype)
-        if key not in self._spectrometers:
+        key = (*columns, dtype)
+        if key not in self._groups:
             matrix = self._spectrometer(columns, dtype)[2]
             reach = matrix != 0
             groups = []
@@ -274,8 +275,8 @@ class SHGPulseShaper:
                 rows = torch.nonzero(reach[:, c0:c0 + COLUMN_GROUP].any(dim=1)).flatten()
                 r0, r1 = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 1)
                 groups.append((r0, r1, matrix[r0:r1, c0:c0 + COLUMN_GROUP].contiguous()))
-            self._spectrometers[key] = groups
-        return self._spectrometers[key]
+            self._groups[key] = groups
+        return self._groups[key]
 
     def _spectrometer_image(self, bins: Tensor, columns: tuple[int, int]) -> Tensor:
         """SH bin energies [B, bins of ``_spectrometer``] -> the energy on each camera column [B, count]."""
